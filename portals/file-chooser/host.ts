@@ -1,0 +1,86 @@
+import type { VmConfig } from '../../src/config/schema.js';
+import type { Bus } from '../../src/dbus/bus.js';
+import { audit } from '../../src/host/audit.js';
+import type { DocumentStore, Grant } from '../../src/host/documents.js';
+import type { Logger } from '../../src/log.js';
+import type { HandlerContext, Params, ResultOf } from '../../src/protocol/methods.js';
+import { sanitizeGuestText } from '../../src/text.js';
+import { showHostFileDialog } from './host-dialog.js';
+import { guestPathToHost, guestUriOf, hostPathOfUri } from './paths.js';
+import type { DialogKind, FileChooserOptions, OpenDialog } from './schema.js';
+
+/**
+ * The host half of FileChooser: turn the VM's request into a host dialog that
+ * names the VM, and each chosen file into a document of that VM's view.
+ */
+export interface FileChooserHostDeps {
+  vm: VmConfig;
+  hostBus: Bus;
+  docs: DocumentStore;
+  log: Logger;
+  requestId: string;
+}
+
+const DEFAULT_TITLES: Record<DialogKind, string> = { open: 'Open File', save: 'Save File', 'save-files': 'Save Files' };
+
+export function dialogTitle(vm: VmConfig, kind: DialogKind, guestTitle: string): string {
+  return `${vm.label}: ${sanitizeGuestText(guestTitle) || DEFAULT_TITLES[kind]}`;
+}
+
+/** Guest strings that the host dialog displays, cleaned; guest paths translated or dropped. */
+export async function hostOptions(vm: VmConfig, docs: Pick<DocumentStore, 'lookup'>, options: FileChooserOptions): Promise<FileChooserOptions> {
+  const out: FileChooserOptions = { ...options };
+  if (out.accept_label !== undefined) out.accept_label = sanitizeGuestText(out.accept_label, 64);
+  if (out.current_name !== undefined) out.current_name = sanitizeGuestText(out.current_name, 255);
+  out.filters = out.filters?.map(([name, rules]) => [sanitizeGuestText(name, 100), rules]);
+  if (out.current_filter) out.current_filter = [sanitizeGuestText(out.current_filter[0], 100), out.current_filter[1]];
+  out.choices = out.choices?.map(([id, label, values, initial]) => [id, sanitizeGuestText(label, 100), values.map(([k, v]) => [k, sanitizeGuestText(v, 100)]), initial]);
+  for (const key of ['current_folder', 'current_file'] as const) {
+    const guestPath = out[key];
+    if (guestPath === undefined) continue;
+    const hostPath = await guestPathToHost(guestPath, vm.name, vm.share.guestMount, docs);
+    if (hostPath === undefined) delete out[key];
+    else out[key] = hostPath;
+  }
+  for (const key of Object.keys(out) as (keyof FileChooserOptions)[]) if (out[key] === undefined) delete out[key];
+  return out;
+}
+
+export async function handleOpenDialog(params: Params<typeof OpenDialog>, ctx: HandlerContext, deps: FileChooserHostDeps): Promise<ResultOf<typeof OpenDialog>> {
+  const { vm, docs, log, requestId } = deps;
+  const asked = { kind: params.kind, title: sanitizeGuestText(params.title), appId: sanitizeGuestText(params.appId, 100) };
+  const options = await hostOptions(vm, docs, params.options);
+  const title = dialogTitle(vm, params.kind, params.title);
+  log.info({ kind: params.kind, title, dropped: Object.keys(params.options).filter((k) => !(k in options)) }, 'showing the host file dialog');
+  const answer = await showHostFileDialog(deps.hostBus, params.kind, title, options, ctx.signal);
+  if (answer.response !== 0 || ctx.signal.aborted) {
+    const reason = ctx.signal.aborted ? 'closed' : answer.response === 1 ? 'user' : 'failure';
+    audit({ vm: vm.name, portal: 'FileChooser', request: requestId, decision: 'cancel', reason, grant: null, asked });
+    return { response: answer.response === 0 ? 2 : answer.response, results: {} };
+  }
+  const write = params.kind !== 'open' || answer.results.writable === true;
+  const grants: Grant[] = [];
+  for (const uri of answer.results.uris ?? []) {
+    const hostPath = hostPathOfUri(uri);
+    if (!hostPath) {
+      log.warn({ uri }, 'the host dialog returned a URI that is not a local file; it cannot be shared with the VM');
+      continue;
+    }
+    grants.push(await docs.grant(vm.name, hostPath, { write }));
+  }
+  if (grants.length === 0) {
+    audit({ vm: vm.name, portal: 'FileChooser', request: requestId, decision: 'error', reason: 'failure', grant: null, asked });
+    return { response: 2, results: {} };
+  }
+  audit({
+    vm: vm.name,
+    portal: 'FileChooser',
+    request: requestId,
+    decision: 'allow',
+    reason: 'user',
+    grant: grants.map((g) => g.id),
+    asked: { ...asked, paths: grants.map((g) => g.hostPath), writable: write },
+  });
+  const results = { ...answer.results, uris: grants.map((g) => guestUriOf(g, vm.share.guestMount)), writable: write };
+  return { response: 0, results };
+}

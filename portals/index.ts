@@ -1,0 +1,50 @@
+import type { VmConfig } from '../src/config/schema.js';
+import type { Bus } from '../src/dbus/bus.js';
+import type { DocumentStore } from '../src/host/documents.js';
+import type { HostLink } from '../src/guest/host-link.js';
+import type { Logger } from '../src/log.js';
+import type { AnyHandler } from '../src/protocol/connection.js';
+import type { MethodDescriptor, Params } from '../src/protocol/methods.js';
+import { exportFileChooser } from './file-chooser/guest.js';
+import { handleOpenDialog } from './file-chooser/host.js';
+import { FILE_CHOOSER_METHODS, OpenDialog } from './file-chooser/schema.js';
+
+/**
+ * Every portal, end to end, in one flat table: the protocol methods it adds,
+ * what the guest backend exports, and the host handlers for one VM.
+ */
+export interface HostPortalDeps {
+  vm: VmConfig;
+  hostBus: Bus;
+  docs: DocumentStore;
+  log: Logger;
+  /** A fresh daemon-unique id for each request. */
+  nextRequestId: () => string;
+}
+
+export interface PortalEntry {
+  /** The impl.portal interface name, as listed in vm.portal. */
+  name: string;
+  interface: string;
+  methods: readonly MethodDescriptor[];
+  exportGuest(bus: Bus, host: HostLink, log: Logger): () => void;
+  hostHandlers(deps: HostPortalDeps): Record<string, AnyHandler>;
+}
+
+export const PORTALS: readonly PortalEntry[] = [
+  {
+    name: 'FileChooser',
+    interface: 'org.freedesktop.impl.portal.FileChooser',
+    methods: FILE_CHOOSER_METHODS,
+    exportGuest: exportFileChooser,
+    hostHandlers: (deps) => ({
+      // The connection has validated `params` against OpenDialog.params already.
+      [OpenDialog.name]: (params, ctx) => {
+        const requestId = deps.nextRequestId();
+        return handleOpenDialog(params as Params<typeof OpenDialog>, ctx, { ...deps, requestId, log: deps.log.child({ portal: 'FileChooser', request: requestId }) });
+      },
+    }),
+  },
+];
+
+export const ALL_METHODS: readonly MethodDescriptor[] = PORTALS.flatMap((p) => p.methods);

@@ -1,0 +1,59 @@
+import { existsSync } from 'node:fs';
+import { DEPENDENCIES, whichProgram } from '../deps.js';
+import { parse, type Verb } from './common.js';
+
+const usage = `Usage: xdp-vm doctor [--side host|guest|all] [--json]
+
+Check every runtime dependency and print the exact command that installs
+each missing one. Exits 1 when something is missing.`;
+
+interface Check {
+  what: string;
+  ok: boolean;
+  found?: string;
+  fix?: string;
+}
+
+function nodeCheck(): Check {
+  const [maj, min] = process.versions.node.split('.').map(Number) as [number, number];
+  const ok = maj > 20 || (maj === 20 && min >= 19);
+  return { what: `Node.js ${process.versions.node} (need 20.19 or newer)`, ok, found: process.execPath, fix: ok ? undefined : 'sudo apt-get install nodejs  # Debian 13 ships Node 20.19' };
+}
+
+async function vsockCheck(): Promise<Check> {
+  try {
+    const { vsockAvailable } = await import('../transport/af-vsock.js');
+    const r = vsockAvailable();
+    return { what: 'AF_VSOCK native addon', ok: r.ok, fix: r.ok ? undefined : r.reason };
+  } catch (err) {
+    return { what: 'AF_VSOCK native addon', ok: false, fix: `${(err as Error).message}; run: npm install (needs: sudo apt-get install build-essential python3)` };
+  }
+}
+
+export const doctorVerb: Verb = {
+  name: 'doctor',
+  summary: 'check runtime dependencies',
+  usage,
+  async run(argv) {
+    const { values } = parse(argv, { side: { type: 'string', default: 'all' }, json: { type: 'boolean' } }, usage);
+    if (values.help) return console.log(usage), 0;
+    const side = values.side as string;
+    const checks: Check[] = [nodeCheck()];
+    for (const dep of DEPENDENCIES) {
+      if (dep.side === 'test' || (side !== 'all' && dep.side !== 'both' && dep.side !== side)) continue;
+      const found = whichProgram(dep.candidates);
+      checks.push({ what: `${dep.what} (${dep.id})`, ok: !!found, found, fix: found ? undefined : `sudo apt-get install ${dep.debianPackage}` });
+    }
+    if (side !== 'guest') checks.push({ what: 'FUSE device /dev/fuse (document store)', ok: existsSync('/dev/fuse'), fix: 'sudo apt-get install fuse3, and load the fuse module' });
+    checks.push(await vsockCheck());
+    if (values.json) console.log(JSON.stringify(checks, null, 2));
+    else
+      for (const c of checks) {
+        console.log(`${c.ok ? 'ok     ' : 'MISSING'} ${c.what}${c.found && c.ok ? `: ${c.found}` : ''}`);
+        if (!c.ok && c.fix) console.log(`        fix: ${c.fix}`);
+      }
+    const missing = checks.filter((c) => !c.ok);
+    if (!values.json) console.log(missing.length ? `\n${missing.length} problem(s) found.` : '\nEverything is in place.');
+    return missing.length ? 1 : 0;
+  },
+};

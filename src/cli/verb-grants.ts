@@ -1,0 +1,71 @@
+import { defaultConfigPath, loadConfig } from '../config/load.js';
+import { vmConfigs, type VmConfig } from '../config/schema.js';
+import { Bus } from '../dbus/bus.js';
+import { bytesToString } from '../dbus/values.js';
+import { audit } from '../host/audit.js';
+import { grantRow } from '../host/control.js';
+import { DocumentStore } from '../host/documents.js';
+import { UsageError, daemonControl, parse, sessionBusAddress, table, type Verb } from './common.js';
+
+const usage = `Usage: xdp-vm grants [VM] [--config FILE] [--json]
+       xdp-vm grants revoke VM ID
+
+List what each VM has been given (every VM, or only VM), or take one grant
+back: the file disappears from the VM's share at once. An ID is the
+document id shown by the list, also the folder name under the VM's mount.
+
+Works through the running host daemon; without one it reads and changes the
+document store directly.`;
+
+type Row = [string, string, Buffer, string, boolean];
+
+function findVm(vms: VmConfig[], name: string): VmConfig {
+  const vm = vms.find((v) => v.name === name);
+  if (!vm) throw new UsageError(`no VM named "${name}"; configured: ${vms.map((v) => v.name).join(', ') || 'none'}`);
+  return vm;
+}
+
+export const grantsVerb: Verb = {
+  name: 'grants',
+  summary: 'list or revoke what each VM has been given',
+  usage,
+  async run(argv) {
+    const { values, positionals } = parse(argv, { config: { type: 'string' }, json: { type: 'boolean' } }, usage);
+    if (values.help) return console.log(usage), 0;
+    const vms = vmConfigs(loadConfig(values.config ?? defaultConfigPath()));
+    const revoking = positionals[0] === 'revoke';
+    if (revoking && positionals.length !== 3) throw new UsageError(`grants revoke takes VM and ID\n\n${usage}`);
+    if (!revoking && positionals.length > 1) throw new UsageError(usage);
+    const vmName = revoking ? positionals[1]! : positionals[0];
+    if (vmName) findVm(vms, vmName);
+    const bus = await Bus.connect(sessionBusAddress(), { unixFds: true });
+    try {
+      const control = await daemonControl(bus);
+      if (revoking) {
+        const id = positionals[2]!;
+        if (control) await control.call('Revoke', 'ss', [vmName, id]);
+        else {
+          const docs = await DocumentStore.open(bus);
+          if (!(await docs.revoke(vmName!, id))) throw new UsageError(`VM "${vmName}" has no grant "${id}"`);
+          audit({ vm: vmName!, portal: 'FileChooser', request: 'grants revoke', decision: 'revoke', reason: 'cli', grant: [id] });
+        }
+        console.log(`Revoked ${id} from ${vmName}.`);
+        return 0;
+      }
+      let rows: Row[];
+      if (control) [rows] = (await control.call('ListGrants', 's', [vmName ?? ''])) as [Row[]];
+      else {
+        const docs = await DocumentStore.open(bus);
+        rows = [];
+        for (const vm of vmName ? [findVm(vms, vmName)] : vms) for (const g of await docs.list(vm.name)) rows.push(grantRow(g, vm.share.guestMount));
+      }
+      const list = rows.map(([vm, id, host, guest, writable]) => ({ vm, id, hostPath: bytesToString(host) ?? '', guestPath: guest, writable }));
+      if (values.json) console.log(JSON.stringify(list, null, 2));
+      else if (list.length === 0) console.log(vmName ? `${vmName} has no grants.` : 'No VM has any grants.');
+      else console.log(table(list.map((g) => [g.vm, g.id, g.writable ? 'rw' : 'ro', g.hostPath, g.guestPath]), ['VM', 'ID', 'MODE', 'HOST PATH', 'GUEST PATH']));
+      return 0;
+    } finally {
+      bus.close();
+    }
+  },
+};

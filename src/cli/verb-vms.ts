@@ -1,0 +1,54 @@
+import { defaultConfigPath, loadConfig } from '../config/load.js';
+import { vmConfigs } from '../config/schema.js';
+import { Bus, type Vardict } from '../dbus/bus.js';
+import { daemonControl, parse, sessionBusAddress, table, type Verb } from './common.js';
+
+const usage = `Usage: xdp-vm vms [--config FILE] [--json]
+
+List the configured VMs, how each connects, whether it is connected now,
+and the state of its document share (ready, attached, failed, ...).`;
+
+interface VmRow {
+  name: string;
+  label: string;
+  transport: string;
+  connected: boolean | null;
+  share: string;
+  detail: string;
+}
+
+export const vmsVerb: Verb = {
+  name: 'vms',
+  summary: 'list VMs and whether each is connected',
+  usage,
+  async run(argv) {
+    const { values } = parse(argv, { config: { type: 'string' }, json: { type: 'boolean' } }, usage);
+    if (values.help) return console.log(usage), 0;
+    const config = loadConfig(values.config ?? defaultConfigPath());
+    const rows: VmRow[] = vmConfigs(config).map((vm) => ({ name: vm.name, label: vm.label, transport: vm.transport.type, connected: null, share: 'unknown', detail: '' }));
+    const bus = await Bus.connect(sessionBusAddress());
+    try {
+      const control = await daemonControl(bus);
+      if (control) {
+        const [live] = (await control.call('ListVms')) as [[string, Vardict][]];
+        for (const [name, props] of live) {
+          const row = rows.find((r) => r.name === name);
+          if (!row) continue;
+          row.connected = props.connected?.value as boolean;
+          row.share = props.share?.value as string;
+          row.detail = props.share_detail?.value as string;
+        }
+      }
+      if (values.json) console.log(JSON.stringify({ daemon: !!control, vms: rows }, null, 2));
+      else {
+        if (!control) console.log('The host daemon is not running (start it with: xdp-vm host); showing the config only.\n');
+        const yes = (c: boolean | null) => (c === null ? '?' : c ? 'yes' : 'no');
+        console.log(table(rows.map((r) => [r.name, r.label, r.transport, yes(r.connected), r.share]), ['VM', 'LABEL', 'TRANSPORT', 'CONNECTED', 'SHARE']));
+        for (const r of rows.filter((r) => r.detail)) console.log(`\n${r.name}: ${r.detail}`);
+      }
+    } finally {
+      bus.close();
+    }
+    return 0;
+  },
+};

@@ -1,0 +1,113 @@
+import path from 'node:path';
+import { z } from 'zod';
+
+/** The host's config file: which VMs exist, how each one connects, and its share. */
+export const VmName = z
+  .string()
+  .regex(/^[a-z][a-z0-9-]{0,30}$/, 'must be 1-31 characters of lowercase letters, digits and "-", starting with a letter');
+export type VmName = z.infer<typeof VmName>;
+
+const AbsolutePath = z.string().min(1).max(4000).refine((p) => path.isAbsolute(p), 'must be an absolute path');
+const Port = z.number().int().min(1).max(0xfffffffe);
+
+export const DEFAULT_PORT = 5000;
+export const DEFAULT_SERIAL_PORT_NAME = 'io.github.xdp_vm.portal';
+
+export const Transport = z.discriminatedUnion('type', [
+  z
+    .object({
+      type: z.literal('hybrid-vsock'),
+      /** The VMM's vsock socket; guest connections to `port` arrive on `<socket>_<port>`. */
+      socket: AbsolutePath,
+      port: Port.default(DEFAULT_PORT),
+    })
+    .strict(),
+  z
+    .object({
+      type: z.literal('vsock'),
+      /** The guest CID: accepted peers with this CID are this VM. */
+      cid: z.number().int().min(3).max(0xfffffffe),
+      port: Port.default(DEFAULT_PORT),
+    })
+    .strict(),
+  z
+    .object({
+      type: z.literal('virtio-serial'),
+      /** QEMU's chardev server socket behind the guest's virtserialport. */
+      socket: AbsolutePath,
+    })
+    .strict(),
+]);
+export type Transport = z.infer<typeof Transport>;
+
+export const Vmm = z.discriminatedUnion('type', [
+  z.object({ type: z.literal('none') }).strict(),
+  z.object({ type: z.literal('qmp'), socket: AbsolutePath }).strict(),
+  z.object({ type: z.literal('libvirt'), domain: z.string().min(1).max(255), uri: z.string().default('qemu:///system') }).strict(),
+  z.object({ type: z.literal('cloud-hypervisor'), socket: AbsolutePath }).strict(),
+]);
+export type Vmm = z.infer<typeof Vmm>;
+
+export const Share = z
+  .object({
+    /** Where the guest mounts the VM's document share; returned URIs point here. */
+    guestMount: AbsolutePath.default('/run/xdp-vm/doc'),
+    /** The virtio-fs tag the guest mounts. */
+    tag: z.string().regex(/^[A-Za-z0-9_.-]{1,36}$/, 'must be 1-36 characters of letters, digits, "_", "." and "-"').default('xdp-vm-doc'),
+    /** virtiofsd's vhost-user socket; defaults to $XDG_RUNTIME_DIR/xdp-vm/<vm>-doc.sock. */
+    socket: AbsolutePath.optional(),
+    /** Guest-side caching. "none" keeps revocation immediate; see README. */
+    cache: z.enum(['none', 'auto', 'always']).default('none'),
+  })
+  .strict();
+export type Share = z.infer<typeof Share>;
+
+export const Vm = z
+  .object({
+    label: z.string().min(1).max(64).optional(),
+    color: z.string().regex(/^#[0-9a-fA-F]{6}$/, 'must be a colour like #3465a4').default('#888a85'),
+    tags: z.array(z.string().regex(/^[a-z][a-z0-9-]{0,30}$/, 'must be lowercase letters, digits and "-"')).max(16).default([]),
+    transport: Transport,
+    vmm: Vmm.default({ type: 'none' }),
+    share: Share.default(Share.parse({})),
+  })
+  .strict();
+export type Vm = z.infer<typeof Vm>;
+
+export const Config = z
+  .object({
+    vms: z.record(VmName, Vm),
+    /** The virtiofsd binary; default /usr/lib/qemu/virtiofsd, else virtiofsd on PATH. */
+    virtiofsd: AbsolutePath.optional(),
+    /** Where per-VM virtiofsd sockets go by default. */
+    runtimeDir: AbsolutePath.optional(),
+  })
+  .strict()
+  .superRefine((cfg, ctx) => {
+    const seen = new Map<string, string>();
+    const claim = (key: string, vm: string, where: (string | number)[], what: string) => {
+      const other = seen.get(key);
+      if (other) ctx.addIssue({ code: 'custom', path: where, message: `${what} is already used by VM "${other}"` });
+      else seen.set(key, vm);
+    };
+    for (const [name, vm] of Object.entries(cfg.vms)) {
+      const t = vm.transport;
+      if (t.type === 'vsock') claim(`cid:${t.cid}`, name, ['vms', name, 'transport', 'cid'], `CID ${t.cid}`);
+      else if (t.type === 'hybrid-vsock') claim(`sock:${t.socket}_${t.port}`, name, ['vms', name, 'transport', 'socket'], `${t.socket}_${t.port}`);
+      else claim(`sock:${t.socket}`, name, ['vms', name, 'transport', 'socket'], t.socket);
+      if (vm.share.socket) claim(`share:${vm.share.socket}`, name, ['vms', name, 'share', 'socket'], vm.share.socket);
+    }
+    const ports = new Set(Object.values(cfg.vms).flatMap((v) => (v.transport.type === 'vsock' ? [v.transport.port] : [])));
+    if (ports.size > 1) ctx.addIssue({ code: 'custom', path: ['vms'], message: 'all "vsock" VMs must use the same port: the host listens on one AF_VSOCK port' });
+  });
+export type Config = z.infer<typeof Config>;
+
+/** A VM as the rest of the daemon sees it: config plus its name and resolved defaults. */
+export interface VmConfig extends Vm {
+  name: VmName;
+  label: string;
+}
+
+export function vmConfigs(cfg: Config): VmConfig[] {
+  return Object.entries(cfg.vms).map(([name, vm]) => ({ ...vm, name, label: vm.label ?? name }));
+}

@@ -1,0 +1,110 @@
+import { EventEmitter } from 'node:events';
+import type { Logger } from '../log.js';
+import { Connection, type AnyHandler } from '../protocol/connection.js';
+import { ProtocolError } from '../protocol/messages.js';
+import type { MethodDescriptor, MethodTable, Params, ResultOf } from '../protocol/methods.js';
+import { describeGuestLink, openGuestLink, type GuestLinkSpec } from '../transport/guest-link.js';
+
+/**
+ * The guest's one link to the host: connect, say hello, and keep reconnecting
+ * with a capped backoff whenever the link drops (host daemon restart, VM
+ * migration, a frame the host refused).
+ */
+export interface HostLinkOptions {
+  spec: GuestLinkSpec;
+  methods: MethodTable;
+  handlers: ReadonlyMap<string, AnyHandler>;
+  agent: { name: string; version: string };
+  log: Logger;
+  minDelayMs?: number;
+  maxDelayMs?: number;
+}
+
+export class HostLink extends EventEmitter {
+  private conn: Connection | undefined;
+  private stopped = false;
+  private delay: number;
+  private timer: NodeJS.Timeout | undefined;
+  private vmName: string | undefined;
+  private lastProblem = '';
+
+  constructor(private readonly opts: HostLinkOptions) {
+    super();
+    this.delay = opts.minDelayMs ?? 200;
+  }
+
+  get connected(): boolean {
+    return !!this.conn && !this.conn.isClosed && this.conn.negotiatedVersion !== undefined;
+  }
+
+  get vm(): string | undefined {
+    return this.vmName;
+  }
+
+  start(): void {
+    void this.connect();
+  }
+
+  stop(): void {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    this.conn?.close('guest backend stopping');
+  }
+
+  /** Wait until the link is up (at most `waitMs`), then call the host. */
+  async request<M extends MethodDescriptor>(method: M, params: Params<M>, opts: { signal?: AbortSignal; waitMs?: number } = {}): Promise<ResultOf<M>> {
+    if (!this.connected) await this.waitConnected(opts.waitMs ?? 3000);
+    return this.conn!.request(method, params, { signal: opts.signal });
+  }
+
+  private waitConnected(ms: number): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.off('up', onUp);
+        reject(new ProtocolError('not-ready', `not connected to the host (${describeGuestLink(this.opts.spec)}): ${this.lastProblem || 'still connecting'}`));
+      }, ms);
+      const onUp = () => (clearTimeout(timer), resolve());
+      this.once('up', onUp);
+    });
+  }
+
+  private async connect(): Promise<void> {
+    if (this.stopped) return;
+    const { log } = this.opts;
+    let conn: Connection | undefined;
+    try {
+      const stream = await openGuestLink(this.opts.spec);
+      conn = new Connection({ role: 'guest', stream, methods: this.opts.methods, handlers: this.opts.handlers, log });
+      const current = conn;
+      conn.once('close', (reason: string) => {
+        this.lastProblem = reason;
+        if (this.conn !== current) return; // never came up: connect() reports it
+        this.conn = undefined;
+        log.warn({ reason }, 'link to the host closed; reconnecting');
+        this.emit('down', reason);
+        this.schedule();
+      });
+      const { vm, version } = await conn.helloAsGuest(this.opts.agent, 3000);
+      this.conn = conn;
+      this.vmName = vm;
+      this.delay = this.opts.minDelayMs ?? 200;
+      log.info({ vm, version, link: describeGuestLink(this.opts.spec) }, 'connected to the host');
+      this.emit('up');
+    } catch (err) {
+      conn?.close('handshake failed');
+      const problem = (err as Error).message;
+      if (problem !== this.lastProblem) log.warn({ link: describeGuestLink(this.opts.spec) }, `cannot reach the host: ${problem}`);
+      this.lastProblem = problem;
+      this.schedule();
+    }
+  }
+
+  private schedule(): void {
+    if (this.stopped || this.timer) return;
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      void this.connect();
+    }, this.delay);
+    this.delay = Math.min(this.delay * 2, this.opts.maxDelayMs ?? 5000);
+  }
+}

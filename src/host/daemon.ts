@@ -1,0 +1,127 @@
+import type net from 'node:net';
+import path from 'node:path';
+import type { Config } from '../config/schema.js';
+import { vmConfigs } from '../config/schema.js';
+import { Bus } from '../dbus/bus.js';
+import { requireProgram } from '../deps.js';
+import { childLogger, type Logger } from '../log.js';
+import { runtimeDir } from '../paths.js';
+import { listenHybridVsock } from '../transport/hybrid-vsock.js';
+import { SerialConnector } from '../transport/virtio-serial.js';
+import { CONTROL_BUS_NAME, exportControl } from './control.js';
+import { DocumentStore } from './documents.js';
+import { VirtiofsdSupervisor } from './virtiofsd.js';
+import { VmSession } from './vm-session.js';
+
+/**
+ * The host daemon: one per user session. It listens on every VM's endpoint,
+ * answers each VM's requests with that VM's identity, runs one virtiofsd per
+ * VM share, and exports the control interface for the CLI.
+ */
+export interface HostDaemonOptions {
+  config: Config;
+  busAddress: string;
+  /** Start a virtiofsd for every VM share (off in tests that have no VMM). */
+  shares?: boolean;
+}
+
+export interface HostDaemon {
+  sessions: ReadonlyMap<string, VmSession>;
+  docs: DocumentStore;
+  /** Resolves when the session bus goes away. */
+  busGone: Promise<void>;
+  stop(): Promise<void>;
+}
+
+export async function startHostDaemon(opts: HostDaemonOptions): Promise<HostDaemon> {
+  const log = childLogger({ side: 'host' });
+  const hostBus = await Bus.connect(opts.busAddress, { unixFds: true });
+  const docs = await DocumentStore.open(hostBus);
+  let seq = 0;
+  const nextRequestId = () => `r${Date.now().toString(36)}-${(++seq).toString(36)}`;
+  const sessions = new Map<string, VmSession>();
+  for (const vm of vmConfigs(opts.config)) sessions.set(vm.name, new VmSession(vm, { hostBus, docs, log, nextRequestId }));
+
+  const stoppers: (() => Promise<void> | void)[] = [];
+  try {
+    if (opts.shares !== false) stoppers.push(...(await startShares(opts.config, sessions, docs, log)));
+    stoppers.push(...(await startTransports(sessions, log)));
+    stoppers.push(exportControl(hostBus, sessions, docs));
+    await hostBus.requestName(CONTROL_BUS_NAME);
+  } catch (err) {
+    for (const stop of stoppers.reverse()) await stop();
+    hostBus.close();
+    throw err;
+  }
+  log.info({ vms: [...sessions.keys()], documents: docs.mountPoint }, 'host daemon ready');
+  const busGone = new Promise<void>((resolve) => hostBus.onDisconnect(resolve));
+  return {
+    sessions,
+    docs,
+    busGone,
+    async stop() {
+      for (const s of sessions.values()) s.close('host daemon stopping');
+      for (const stop of stoppers.reverse()) await stop();
+      hostBus.close();
+      log.info('host daemon stopped');
+    },
+  };
+}
+
+async function startShares(config: Config, sessions: Map<string, VmSession>, docs: DocumentStore, log: Logger) {
+  const binary = requireProgram('virtiofsd', config.virtiofsd);
+  const dir = config.runtimeDir ?? path.join(runtimeDir(), 'xdp-vm');
+  const stoppers: (() => Promise<void>)[] = [];
+  for (const s of sessions.values()) {
+    const sup = new VirtiofsdSupervisor({
+      vm: s.vm.name,
+      binary,
+      source: docs.viewOf(s.vm.name),
+      socket: s.vm.share.socket ?? path.join(dir, `${s.vm.name}-doc.sock`),
+      cache: s.vm.share.cache,
+      log: s.log.child({ component: 'virtiofsd' }),
+    });
+    s.share = sup;
+    await sup.start();
+    stoppers.push(() => sup.stop());
+  }
+  return stoppers;
+}
+
+async function startTransports(sessions: Map<string, VmSession>, log: Logger) {
+  const stoppers: (() => Promise<void> | void)[] = [];
+  const byCid = new Map<number, VmSession>();
+  let vsockPort: number | undefined;
+  for (const s of sessions.values()) {
+    const t = s.vm.transport;
+    if (t.type === 'hybrid-vsock') {
+      const server = await listenHybridVsock(t.socket, t.port, (sock) => s.attach(sock, `${t.socket}_${t.port}`));
+      stoppers.push(() => closeServer(server));
+    } else if (t.type === 'virtio-serial') {
+      const connector = new SerialConnector(t.socket);
+      connector.on('link', (sock: net.Socket) => s.attach(sock, t.socket));
+      connector.start();
+      stoppers.push(() => connector.stop());
+    } else {
+      byCid.set(t.cid, s);
+      vsockPort = t.port;
+    }
+  }
+  if (vsockPort !== undefined) {
+    const { VsockServer } = await import('../transport/af-vsock.js');
+    const server = new VsockServer();
+    server.on('connection', (sock) => {
+      const s = byCid.get(sock.remote.cid);
+      if (s) return void s.attach(sock, `vsock cid ${sock.remote.cid}`);
+      log.warn({ cid: sock.remote.cid }, 'refused a vsock connection from a CID that no configured VM has');
+      sock.destroy();
+    });
+    await server.listen(vsockPort);
+    stoppers.push(() => server.close());
+  }
+  return stoppers;
+}
+
+function closeServer(server: net.Server): Promise<void> {
+  return new Promise((resolve) => server.close(() => resolve()));
+}

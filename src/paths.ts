@@ -1,0 +1,37 @@
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+let root: string | undefined;
+
+/**
+ * The package root (the folder with package.json), found by walking up from
+ * this module so the same code works from `src/` under vitest and from `dist/`.
+ */
+export function packageRoot(): string {
+  if (root) return root;
+  let dir = path.dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(path.join(dir, 'package.json'))) {
+    const up = path.dirname(dir);
+    if (up === dir) throw new Error('cannot find the xdg-desktop-portal-vm package root');
+    dir = up;
+  }
+  return (root = dir);
+}
+
+/** The CLI entry point as built by `npm run build`. */
+export function cliEntry(): string {
+  return path.join(packageRoot(), 'dist', 'src', 'cli', 'main.js');
+}
+
+export function runtimeDir(): string {
+  return process.env.XDG_RUNTIME_DIR ?? `/run/user/${process.getuid?.() ?? 0}`;
+}
+
+export function configHome(): string {
+  return process.env.XDG_CONFIG_HOME ?? path.join(process.env.HOME ?? '/root', '.config');
+}
+
+export function stateHome(): string {
+  return process.env.XDG_STATE_HOME ?? path.join(process.env.HOME ?? '/root', '.local', 'state');
+}

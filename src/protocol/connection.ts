@@ -1,0 +1,322 @@
+import { EventEmitter } from 'node:events';
+import type { Duplex } from 'node:stream';
+import type { Logger } from '../log.js';
+import { encodeFrame, FrameDecoder, FrameError, MAX_FRAME_BYTES } from './framing.js';
+import {
+  describeIssues,
+  Frame,
+  MIN_PROTOCOL_VERSION,
+  PROTOCOL_VERSION,
+  ProtocolError,
+  type ErrorCode,
+  type Failure,
+  type Hello,
+  type Request,
+} from './messages.js';
+import type { HandlerContext, MethodDescriptor, MethodTable, Params, ResultOf } from './methods.js';
+
+/**
+ * Layer 2 of the protocol: request ids, the pending map, the version handshake
+ * and cancellation in both directions. Symmetric: the guest calls host methods
+ * (a file chooser) and the host calls guest methods (unmount a share).
+ */
+export type Role = 'guest' | 'host';
+
+export type AnyHandler = (params: unknown, ctx: HandlerContext) => Promise<unknown>;
+
+export interface ConnectionOptions {
+  role: Role;
+  stream: Duplex;
+  methods: MethodTable;
+  /** Handlers for the methods the peer may call on us. */
+  handlers?: ReadonlyMap<string, AnyHandler>;
+  log: Logger;
+  maxFrameBytes?: number;
+  /** Most requests from the peer allowed in flight at once; more get `busy`. */
+  maxInFlight?: number;
+}
+
+interface Pending {
+  method: MethodDescriptor;
+  resolve: (value: unknown) => void;
+  reject: (err: Error) => void;
+}
+
+const CANCELLED_MEMORY = 256;
+
+export class Connection extends EventEmitter {
+  readonly role: Role;
+  private readonly stream: Duplex;
+  private readonly decoder: FrameDecoder;
+  private readonly log: Logger;
+  private readonly pending = new Map<number, Pending>();
+  private readonly incoming = new Map<number, AbortController>();
+  private readonly recentlyCancelled: number[] = [];
+  private nextId = 1;
+  private closed = false;
+  private version: number | undefined;
+  private onWelcome: ((vm: string, version: number) => void) | undefined;
+  private onHello: ((hello: Hello) => void) | undefined;
+
+  constructor(private readonly opts: ConnectionOptions) {
+    super();
+    this.role = opts.role;
+    this.stream = opts.stream;
+    this.log = opts.log;
+    this.decoder = new FrameDecoder(opts.maxFrameBytes ?? MAX_FRAME_BYTES);
+    this.stream.on('data', (chunk: Buffer) => this.receive(chunk));
+    this.stream.on('error', (err: Error) => this.close(`link error: ${err.message}`));
+    this.stream.on('close', () => this.close('link closed'));
+    this.stream.on('end', () => this.close('peer closed the link'));
+  }
+
+  get negotiatedVersion(): number | undefined {
+    return this.version;
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  /** Guest side: send hello and wait for the host's welcome. */
+  helloAsGuest(agent: Hello['agent'], timeoutMs = 5000): Promise<{ vm: string; version: number }> {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.onWelcome = undefined;
+        reject(new ProtocolError('not-ready', `no welcome from the host within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.onWelcome = (vm, version) => {
+        clearTimeout(timer);
+        this.onWelcome = undefined;
+        resolve({ vm, version });
+      };
+      this.once('close', (reason: string) => {
+        clearTimeout(timer);
+        reject(new ProtocolError('failed', reason));
+      });
+      this.send({ t: 'hello', versions: [MIN_PROTOCOL_VERSION, PROTOCOL_VERSION], agent });
+    });
+  }
+
+  /**
+   * Host side: answer hellos for `vm`. The first one resolves; a later hello on
+   * the same link means the guest backend restarted (virtio-serial has no
+   * connection of its own), so the session is reset.
+   */
+  acceptGuest(vm: string, timeoutMs = 10_000): Promise<Hello> {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        reject(new ProtocolError('not-ready', `no hello from the guest within ${timeoutMs} ms`));
+        this.close('handshake timed out');
+      }, timeoutMs);
+      let first = true;
+      this.onHello = (hello) => {
+        const [min, max] = hello.versions;
+        const version = Math.min(max, PROTOCOL_VERSION);
+        if (version < Math.max(min, MIN_PROTOCOL_VERSION)) {
+          this.fail(null, 'unsupported-version', `guest speaks versions ${min}-${max}; host speaks ${MIN_PROTOCOL_VERSION}-${PROTOCOL_VERSION}`);
+          return;
+        }
+        if (!first) {
+          this.log.info({ agent: hello.agent }, 'guest said hello again: its backend restarted, resetting the session');
+          this.reset('guest backend restarted');
+        }
+        this.version = version;
+        this.send({ t: 'welcome', version, vm });
+        if (first) {
+          first = false;
+          clearTimeout(timer);
+          resolve(hello);
+        }
+        this.emit('hello', hello);
+      };
+      this.once('close', (reason: string) => {
+        clearTimeout(timer);
+        if (first) reject(new ProtocolError('failed', reason));
+      });
+    });
+  }
+
+  request<M extends MethodDescriptor>(method: M, params: Params<M>, opts: { signal?: AbortSignal } = {}): Promise<ResultOf<M>> {
+    const allowed = this.role === 'guest' ? 'guest-to-host' : 'host-to-guest';
+    if (method.direction !== allowed) throw new Error(`${this.role} may not call ${method.name}`);
+    if (this.closed) return Promise.reject(new ProtocolError('failed', 'link is closed'));
+    if (this.version === undefined) return Promise.reject(new ProtocolError('not-ready', 'handshake not finished'));
+    const checked = method.params.safeParse(params);
+    if (!checked.success) {
+      return Promise.reject(new ProtocolError('invalid-params', `${method.name}: ${describeIssues(checked.error)}`));
+    }
+    const signal = opts.signal;
+    if (signal?.aborted) return Promise.reject(new ProtocolError('cancelled', `${method.name} was cancelled`));
+    const id = this.allocateId();
+    return new Promise<ResultOf<M>>((resolve, reject) => {
+      const onAbort = () => {
+        if (!this.pending.delete(id)) return;
+        this.rememberCancelled(id);
+        this.send({ t: 'cancel', id });
+        reject(new ProtocolError('cancelled', `${method.name} was cancelled`));
+      };
+      signal?.addEventListener('abort', onAbort, { once: true });
+      const done = () => signal?.removeEventListener('abort', onAbort);
+      this.pending.set(id, {
+        method,
+        resolve: (v) => (done(), resolve(v as ResultOf<M>)),
+        reject: (e) => (done(), reject(e)),
+      });
+      this.send({ t: 'req', id, method: method.name, params: checked.data });
+    });
+  }
+
+  close(reason = 'closed'): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.reset(reason);
+    this.stream.destroy();
+    this.emit('close', reason);
+  }
+
+  private reset(reason: string): void {
+    for (const [, p] of this.pending) p.reject(new ProtocolError('failed', reason));
+    this.pending.clear();
+    for (const [, ac] of this.incoming) ac.abort(new ProtocolError('cancelled', reason));
+    this.incoming.clear();
+  }
+
+  private allocateId(): number {
+    const id = this.nextId;
+    this.nextId = this.nextId >= 2 ** 31 - 1 ? 1 : this.nextId + 1;
+    return id;
+  }
+
+  private rememberCancelled(id: number): void {
+    this.recentlyCancelled.push(id);
+    if (this.recentlyCancelled.length > CANCELLED_MEMORY) this.recentlyCancelled.shift();
+  }
+
+  private send(frame: Frame): void {
+    if (this.closed && frame.t !== 'err') return;
+    let bytes: Buffer;
+    try {
+      bytes = encodeFrame(frame, this.opts.maxFrameBytes ?? MAX_FRAME_BYTES);
+    } catch (err) {
+      // Only our own result can be too big; tell the peer instead of going silent.
+      if (frame.t === 'res') return this.fail(frame.id, 'too-large', (err as Error).message, false);
+      throw err;
+    }
+    if (!this.stream.destroyed) this.stream.write(bytes);
+  }
+
+  private fail(id: number | null, code: ErrorCode, message: string, fatal = id === null): void {
+    this.send({ t: 'err', id, code, message: message.slice(0, 1024) });
+    if (fatal) this.close(`${code}: ${message}`);
+  }
+
+  private receive(chunk: Buffer): void {
+    if (this.closed) return;
+    let raw: unknown[];
+    try {
+      raw = this.decoder.push(chunk);
+    } catch (err) {
+      const e = err as FrameError;
+      this.log.warn({ code: e.code }, `closing link: ${e.message}`);
+      this.fail(null, e.code === 'too-large' ? 'too-large' : 'bad-frame', e.message);
+      return;
+    }
+    for (const value of raw) {
+      if (this.closed) return;
+      const parsed = Frame.safeParse(value);
+      if (!parsed.success) {
+        const message = `malformed frame: ${describeIssues(parsed.error)}`;
+        this.log.warn(`closing link: ${message}`);
+        this.fail(null, 'bad-frame', message);
+        return;
+      }
+      this.dispatch(parsed.data);
+    }
+  }
+
+  private dispatch(frame: Frame): void {
+    switch (frame.t) {
+      case 'hello':
+        if (this.role !== 'host' || !this.onHello) return this.fail(null, 'bad-frame', 'unexpected hello');
+        return this.onHello(frame);
+      case 'welcome':
+        if (this.role !== 'guest') return this.fail(null, 'bad-frame', 'unexpected welcome');
+        this.version = frame.version;
+        this.onWelcome?.(frame.vm, frame.version);
+        return;
+      case 'req':
+        return this.handleRequest(frame);
+      case 'res':
+        return this.settle(frame.id, (p) => {
+          const checked = p.method.result.safeParse(frame.result);
+          if (checked.success) p.resolve(checked.data);
+          else {
+            const message = `${p.method.name}: peer sent an invalid result: ${describeIssues(checked.error)}`;
+            this.log.warn(message);
+            p.reject(new ProtocolError('invalid-result', message));
+          }
+        });
+      case 'err':
+        if (frame.id === null) {
+          this.log.warn({ code: frame.code }, `peer reported a link error: ${frame.message}`);
+          return this.close(`peer: ${frame.code}: ${frame.message}`);
+        }
+        return this.settle(frame.id, (p) => p.reject(new ProtocolError(frame.code, frame.message)));
+      case 'cancel':
+        this.incoming.get(frame.id)?.abort(new ProtocolError('cancelled', 'peer cancelled the request'));
+        return;
+    }
+  }
+
+  private settle(id: number, fn: (p: Pending) => void): void {
+    const p = this.pending.get(id);
+    if (!p) {
+      if (this.recentlyCancelled.includes(id)) return;
+      this.log.warn({ id }, 'peer answered a request that does not exist');
+      return;
+    }
+    this.pending.delete(id);
+    fn(p);
+  }
+
+  private handleRequest(frame: Request): void {
+    if (this.version === undefined) return this.fail(frame.id, 'not-ready', 'say hello first');
+    const method = this.opts.methods.get(frame.method);
+    const handler = this.opts.handlers?.get(frame.method);
+    const allowed = this.role === 'host' ? 'guest-to-host' : 'host-to-guest';
+    if (!method || !handler || method.direction !== allowed) {
+      return this.fail(frame.id, 'unknown-method', `no method ${frame.method}`);
+    }
+    if (this.incoming.has(frame.id)) return this.fail(frame.id, 'bad-frame', `request id ${frame.id} is already in flight`);
+    if (this.incoming.size >= (this.opts.maxInFlight ?? 64)) {
+      return this.fail(frame.id, 'busy', `more than ${this.opts.maxInFlight ?? 64} requests in flight`);
+    }
+    const params = method.params.safeParse(frame.params);
+    if (!params.success) return this.fail(frame.id, 'invalid-params', `${method.name}: ${describeIssues(params.error)}`);
+    const ac = new AbortController();
+    this.incoming.set(frame.id, ac);
+    void this.runHandler(frame.id, method, handler, params.data, ac);
+  }
+
+  private async runHandler(id: number, method: MethodDescriptor, handler: AnyHandler, params: unknown, ac: AbortController): Promise<void> {
+    let outcome: { ok: true; value: unknown } | { ok: false; failure: Pick<Failure, 'code' | 'message'> };
+    try {
+      const value = await handler(params, { signal: ac.signal, requestId: id });
+      const checked = method.result.safeParse(value);
+      outcome = checked.success
+        ? { ok: true, value: checked.data }
+        : { ok: false, failure: { code: 'failed', message: `${method.name} produced an invalid result` } };
+      if (!checked.success) this.log.error({ issues: describeIssues(checked.error) }, `${method.name} handler returned an invalid result`);
+    } catch (err) {
+      const e = err as Error;
+      const code: ErrorCode = e instanceof ProtocolError ? e.code : ac.signal.aborted ? 'cancelled' : 'failed';
+      if (!(e instanceof ProtocolError)) this.log.error({ err: e }, `${method.name} handler failed`);
+      outcome = { ok: false, failure: { code, message: e instanceof ProtocolError ? e.message : `${method.name} failed` } };
+    }
+    if (this.incoming.get(id) !== ac) return; // the session was reset meanwhile
+    this.incoming.delete(id);
+    if (outcome.ok) this.send({ t: 'res', id, result: outcome.value });
+    else this.fail(id, outcome.failure.code, outcome.failure.message, false);
+  }
+}

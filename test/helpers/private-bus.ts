@@ -1,0 +1,110 @@
+import { mkdirSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { Bus } from '../../src/dbus/bus.js';
+import { requireProgram } from '../../src/deps.js';
+import { startService, type Service } from '../../src/exec.js';
+
+/**
+ * A private dbus-daemon for one side of a test (a "host" or a "guest"
+ * session), with D-Bus activation of the real services we list. Activated
+ * services inherit `env`, as they would from a user session.
+ */
+export interface ActivatableService {
+  name: string;
+  exec: string;
+}
+
+export interface PrivateBus {
+  address: string;
+  dir: string;
+  env: Record<string, string>;
+  /** Every process owning a name on this bus, then the daemon itself. */
+  stop(): Promise<void>;
+}
+
+export async function startPrivateBus(opts: { dir: string; env: Record<string, string>; services: ActivatableService[] }): Promise<PrivateBus> {
+  const servicesDir = path.join(opts.dir, 'services');
+  mkdirSync(servicesDir, { recursive: true });
+  for (const s of opts.services) writeFileSync(path.join(servicesDir, `${s.name}.service`), `[D-BUS Service]\nName=${s.name}\nExec=${s.exec}\n`);
+  const socket = path.join(opts.dir, 'bus');
+  const address = `unix:path=${socket}`;
+  const config = path.join(opts.dir, 'bus.conf');
+  writeFileSync(
+    config,
+    `<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN" "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <keep_umask/>
+  <listen>${address}</listen>
+  <servicedir>${servicesDir}</servicedir>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+    <allow own="*"/>
+  </policy>
+</busconfig>
+`,
+  );
+  const env = { ...opts.env, DBUS_SESSION_BUS_ADDRESS: address };
+  const daemon = startService('dbus-daemon', requireProgram('dbus-daemon'), ['--config-file', config, '--nofork', '--nopidfile'], { env, inheritEnv: false });
+  await waitForBus(address, daemon);
+  return { address, dir: opts.dir, env, stop: () => stopBus(address, daemon) };
+}
+
+async function waitForBus(address: string, daemon: Service): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    try {
+      const bus = await Bus.connect(address);
+      bus.close();
+      return;
+    } catch (err) {
+      if (!daemon.running || Date.now() > deadline) throw new Error(`dbus-daemon did not come up: ${(err as Error).message}\n${daemon.stderr}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+}
+
+async function stopBus(address: string, daemon: Service): Promise<void> {
+  const pids = await busPids(address).catch(() => []);
+  for (const pid of pids) signal(pid, 'SIGTERM');
+  const deadline = Date.now() + 3000;
+  while (pids.some(alive) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  for (const pid of pids.filter(alive)) signal(pid, 'SIGKILL');
+  await daemon.stop();
+}
+
+/** The pids of every client of the bus except ourselves. */
+async function busPids(address: string): Promise<number[]> {
+  const bus = await Bus.connect(address);
+  try {
+    const dbus = { destination: 'org.freedesktop.DBus', path: '/org/freedesktop/DBus', interface: 'org.freedesktop.DBus' };
+    const [names] = (await bus.call({ ...dbus, member: 'ListNames' })) as [string[]];
+    const pids = new Set<number>();
+    for (const name of names.filter((n) => n.startsWith(':'))) {
+      const [pid] = await bus.call({ ...dbus, member: 'GetConnectionUnixProcessID', signature: 's', body: [name] }).catch(() => [undefined]);
+      if (typeof pid === 'number' && pid !== process.pid) pids.add(pid);
+    }
+    return [...pids];
+  } finally {
+    bus.close();
+  }
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function signal(pid: number, sig: NodeJS.Signals): void {
+  try {
+    process.kill(pid, sig);
+  } catch {
+    /* already gone */
+  }
+}

@@ -1,0 +1,211 @@
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { Bus, type Vardict } from '../../src/dbus/bus.js';
+import { callPortalRequest } from '../../src/dbus/portal-request.js';
+import { dataPath, renderDataFile } from '../../src/data-files.js';
+import { requireProgram } from '../../src/deps.js';
+import { runProgram, startService, type Service } from '../../src/exec.js';
+import { CONTROL_BUS_NAME } from '../../src/host/control.js';
+import { appIdOf } from '../../src/host/documents.js';
+import { cliEntry } from '../../src/paths.js';
+import { startPrivateBus, type PrivateBus } from './private-bus.js';
+import { SCRIPTED_PORTAL_FILE, ScriptedDialog } from './scripted-dialog.js';
+
+/**
+ * A whole deployment on one machine: a host session (private bus, stock
+ * xdg-desktop-portal, document store, permission store, the scripted user)
+ * and one guest session per VM (private bus, stock xdg-desktop-portal, our
+ * guest backend by D-Bus activation), with our host daemon between them over
+ * hybrid vsock. In this tier a VM's "mount" is its document view on the host.
+ */
+export interface WorldVmSpec {
+  name: string;
+  label?: string;
+  color?: string;
+}
+
+export interface Guest {
+  name: string;
+  bus: PrivateBus;
+  /** Where the guest sees its share: here, the VM's view of the document store. */
+  mount: string;
+  /** The hybrid-vsock socket path the host listens on for this VM (`<socket>_<port>`). */
+  endpoint: string;
+}
+
+export interface DialogReply {
+  response: number;
+  results: Vardict;
+}
+
+const PORT = 5000;
+
+function sessionEnv(dir: string): Record<string, string> {
+  const env: Record<string, string> = {
+    HOME: path.join(dir, 'home'),
+    XDG_RUNTIME_DIR: path.join(dir, 'run'),
+    XDG_DATA_HOME: path.join(dir, 'data'),
+    XDG_CONFIG_HOME: path.join(dir, 'config'),
+    XDG_STATE_HOME: path.join(dir, 'state'),
+    XDG_CACHE_HOME: path.join(dir, 'cache'),
+    PATH: process.env.PATH ?? '/usr/bin:/bin',
+    GIO_USE_VFS: 'local',
+    GSETTINGS_BACKEND: 'memory',
+    XDP_VM_LOG_LEVEL: process.env.XDP_VM_LOG_LEVEL ?? 'info',
+  };
+  for (const d of ['HOME', 'XDG_DATA_HOME', 'XDG_CONFIG_HOME', 'XDG_STATE_HOME', 'XDG_CACHE_HOME']) mkdirSync(env[d]!, { recursive: true });
+  mkdirSync(env.XDG_RUNTIME_DIR!, { recursive: true, mode: 0o700 });
+  return env;
+}
+
+export class World {
+  readonly guests = new Map<string, Guest>();
+  dialog!: ScriptedDialog;
+  hostBus!: PrivateBus;
+  daemon: Service | undefined;
+  daemonLog: string[] = [];
+  readonly configPath: string;
+  readonly hostEnv: Record<string, string>;
+
+  private constructor(
+    readonly root: string,
+    readonly vms: WorldVmSpec[],
+  ) {
+    this.hostEnv = sessionEnv(path.join(root, 'host'));
+    this.configPath = path.join(root, 'host', 'config', 'xdp-vm', 'config.json');
+  }
+
+  static async start(vms: WorldVmSpec[], opts: { shares?: boolean } = {}): Promise<World> {
+    const world = new World(mkdtempSync(path.join(tmpdir(), 'xdp-vm-world-')), vms);
+    try {
+      await world.startHost();
+      world.writeConfig();
+      await world.startDaemon(opts);
+      for (const vm of vms) await world.startGuest(vm);
+    } catch (err) {
+      await world.stop();
+      throw err;
+    }
+    return world;
+  }
+
+  get docMount(): string {
+    return path.join(this.hostEnv.XDG_RUNTIME_DIR!, 'doc');
+  }
+
+  viewOf(vm: string): string {
+    return path.join(this.docMount, 'by-app', appIdOf(vm));
+  }
+
+  private async startHost(): Promise<void> {
+    const portals = path.join(this.root, 'host', 'portals');
+    mkdirSync(portals, { recursive: true });
+    writeFileSync(path.join(portals, 'scripted.portal'), SCRIPTED_PORTAL_FILE);
+    this.hostBus = await startPrivateBus({
+      dir: path.join(this.root, 'host'),
+      env: { ...this.hostEnv, XDG_DESKTOP_PORTAL_DIR: portals, XDG_CURRENT_DESKTOP: 'scripted' },
+      services: [
+        { name: 'org.freedesktop.portal.Desktop', exec: requireProgram('xdg-desktop-portal') },
+        { name: 'org.freedesktop.portal.Documents', exec: requireProgram('xdg-document-portal') },
+        { name: 'org.freedesktop.impl.portal.PermissionStore', exec: requireProgram('xdg-permission-store') },
+      ],
+    });
+    this.dialog = await ScriptedDialog.start(this.hostBus.address);
+  }
+
+  private writeConfig(): void {
+    const vms: Record<string, unknown> = {};
+    for (const vm of this.vms) {
+      vms[vm.name] = {
+        label: vm.label ?? vm.name,
+        color: vm.color ?? '#3465a4',
+        transport: { type: 'hybrid-vsock', socket: path.join(this.root, 'vms', `${vm.name}.vsock`), port: PORT },
+        share: { guestMount: this.viewOf(vm.name), socket: path.join(this.root, 'vms', `${vm.name}-doc.sock`) },
+      };
+    }
+    mkdirSync(path.join(this.root, 'vms'), { recursive: true });
+    mkdirSync(path.dirname(this.configPath), { recursive: true });
+    writeFileSync(this.configPath, JSON.stringify({ vms }, null, 2));
+  }
+
+  async startDaemon(opts: { shares?: boolean } = {}): Promise<void> {
+    const args = [cliEntry(), 'host', '--config', this.configPath, ...(opts.shares === false ? ['--no-shares'] : [])];
+    this.daemon = startService('xdp-vm host', process.execPath, args, {
+      env: this.hostBus.env,
+      onStderrLine: (l) => this.daemonLog.push(l),
+    });
+    const bus = await Bus.connect(this.hostBus.address);
+    try {
+      const deadline = Date.now() + 20_000;
+      while (!(await bus.nameOwner(CONTROL_BUS_NAME))) {
+        if (!this.daemon.running) throw new Error(`host daemon exited at start:\n${this.daemonLog.join('\n')}`);
+        if (Date.now() > deadline) throw new Error(`host daemon not ready after 20 s:\n${this.daemonLog.join('\n')}`);
+        await new Promise((r) => setTimeout(r, 25));
+      }
+    } finally {
+      bus.close();
+    }
+  }
+
+  async stopDaemon(): Promise<void> {
+    await this.daemon?.stop();
+    this.daemon = undefined;
+  }
+
+  private async startGuest(vm: WorldVmSpec): Promise<void> {
+    const dir = path.join(this.root, 'guest', vm.name);
+    const env = sessionEnv(dir);
+    const portals = path.join(dir, 'portals');
+    mkdirSync(portals, { recursive: true });
+    copyFileSync(dataPath('vm.portal'), path.join(portals, 'vm.portal'));
+    copyFileSync(dataPath('portals.conf'), path.join(portals, 'portals.conf'));
+    const endpoint = `${path.join(this.root, 'vms', `${vm.name}.vsock`)}_${PORT}`;
+    const service = renderDataFile('org.freedesktop.impl.portal.desktop.vm.service.in', { XDP_VM: `${process.execPath} ${cliEntry()}` });
+    const exec = /^Exec=(.*)$/m.exec(service)![1]!;
+    const bus = await startPrivateBus({
+      dir,
+      env: { ...env, XDG_DESKTOP_PORTAL_DIR: portals, XDG_CURRENT_DESKTOP: 'guest', XDP_VM_TRANSPORT: `unix:${endpoint}` },
+      services: [
+        { name: 'org.freedesktop.portal.Desktop', exec: requireProgram('xdg-desktop-portal') },
+        { name: 'org.freedesktop.impl.portal.desktop.vm', exec },
+      ],
+    });
+    this.guests.set(vm.name, { name: vm.name, bus, mount: this.viewOf(vm.name), endpoint });
+  }
+
+  guest(name: string): Guest {
+    const g = this.guests.get(name);
+    if (!g) throw new Error(`no guest ${name}`);
+    return g;
+  }
+
+  /** What an app in the guest does: call org.freedesktop.portal.FileChooser and wait for Response. */
+  async fileDialog(vm: string, method: 'OpenFile' | 'SaveFile' | 'SaveFiles', title: string, options: Vardict = {}, signal?: AbortSignal): Promise<DialogReply> {
+    const bus = await Bus.connect(this.guest(vm).bus.address);
+    try {
+      return await callPortalRequest(bus, { interface: 'org.freedesktop.portal.FileChooser', member: method, signature: 'ssa{sv}', args: ['', title], options, signal });
+    } finally {
+      bus.close();
+    }
+  }
+
+  /** Run `xdp-vm` against this world's host session. */
+  cli(args: string[]) {
+    return runProgram(process.execPath, [cliEntry(), ...args, ...(args.includes('--config') ? [] : [])], {
+      env: { ...this.hostBus.env, XDP_VM_CONFIG: this.configPath },
+      timeoutMs: 20_000,
+    });
+  }
+
+  async stop(): Promise<void> {
+    for (const g of this.guests.values()) await g.bus.stop().catch(() => undefined);
+    await this.stopDaemon().catch(() => undefined);
+    this.dialog?.stop();
+    await this.hostBus?.stop().catch(() => undefined);
+    if (existsSync(this.docMount) && readFileSync('/proc/self/mounts', 'utf8').includes(` ${this.docMount} `)) {
+      await runProgram(requireProgram('fusermount3'), ['-u', '-z', this.docMount]).catch(() => undefined);
+    }
+    rmSync(this.root, { recursive: true, force: true });
+  }
+}
