@@ -7,7 +7,7 @@ import type { HandlerContext, Params, ResultOf } from '../../src/protocol/method
 import { sanitizeGuestText } from '../../src/text.js';
 import { showHostFileDialog } from './host-dialog.js';
 import { guestPathToHost, guestUriOf, hostPathOfUri } from './paths.js';
-import type { DialogKind, FileChooserOptions, OpenDialog } from './schema.js';
+import type { DialogKind, FileChooserOptions, FileChooserResults, OpenDialog } from './schema.js';
 
 /**
  * The host half of FileChooser: turn the VM's request into a host dialog that
@@ -46,6 +46,15 @@ export async function hostOptions(vm: VmConfig, docs: Pick<DocumentStore, 'looku
   return out;
 }
 
+/**
+ * Saving needs write access. An opened file is writable only when the dialog
+ * says so; the stock frontend passes `writable` on to sandboxed callers only,
+ * so through it an opened file stays read-only (README: Limitations).
+ */
+export function grantsWrite(kind: DialogKind, results: FileChooserResults): boolean {
+  return kind !== 'open' || results.writable === true;
+}
+
 export async function handleOpenDialog(params: Params<typeof OpenDialog>, ctx: HandlerContext, deps: FileChooserHostDeps): Promise<ResultOf<typeof OpenDialog>> {
   const { vm, docs, log, requestId } = deps;
   const asked = { kind: params.kind, title: sanitizeGuestText(params.title), appId: sanitizeGuestText(params.appId, 100) };
@@ -58,7 +67,7 @@ export async function handleOpenDialog(params: Params<typeof OpenDialog>, ctx: H
     audit({ vm: vm.name, portal: 'FileChooser', request: requestId, decision: 'cancel', reason, grant: null, asked });
     return { response: answer.response === 0 ? 2 : answer.response, results: {} };
   }
-  const write = params.kind !== 'open' || answer.results.writable === true;
+  const write = grantsWrite(params.kind, answer.results);
   const grants: Grant[] = [];
   for (const uri of answer.results.uris ?? []) {
     const hostPath = hostPathOfUri(uri);
@@ -81,6 +90,7 @@ export async function handleOpenDialog(params: Params<typeof OpenDialog>, ctx: H
     grant: grants.map((g) => g.id),
     asked: { ...asked, paths: grants.map((g) => g.hostPath), writable: write },
   });
-  const results = { ...answer.results, uris: grants.map((g) => guestUriOf(g, vm.share.guestMount)), writable: write };
+  const uris = grants.map((g) => guestUriOf(g, vm.share.guestMount));
+  const results = params.kind === 'open' ? { ...answer.results, uris, writable: write } : { ...answer.results, uris };
   return { response: 0, results };
 }

@@ -23,6 +23,7 @@ export function describeConfigIssues(error: z.ZodError): string[] {
   return error.issues.map((issue) => {
     const key = issue.path.length ? issue.path.join('.') : '(top level)';
     if (issue.code === 'unrecognized_keys') return `${key}: unknown key(s) ${issue.keys.map((k) => `"${k}"`).join(', ')}`;
+    if (issue.code === 'invalid_key') return `${key}: bad name: ${issue.issues.map((i) => i.message).join('; ')}`;
     return `${key}: ${issue.message}`;
   });
 }

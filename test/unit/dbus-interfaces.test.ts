@@ -1,0 +1,25 @@
+import { existsSync, readFileSync } from 'node:fs';
+import { describe, expect, it } from 'vitest';
+import { loadInterface, parseInterfaces } from '../../src/dbus/interfaces.js';
+
+const SYSTEM = '/usr/share/dbus-1/interfaces';
+
+describe('dbus-interfaces', () => {
+  for (const name of ['org.freedesktop.impl.portal.FileChooser', 'org.freedesktop.impl.portal.Request']) {
+    it(`${name} matches the upstream XML from xdg-desktop-portal-dev`, () => {
+      const file = `${SYSTEM}/${name}.xml`;
+      expect(existsSync(file), `${file} is missing: install xdg-desktop-portal-dev (scripts/setup.sh does)`).toBe(true);
+      const upstream = parseInterfaces(readFileSync(file, 'utf8')).find((i) => i.name === name)!;
+      const ours = loadInterface(name);
+      const sigs = (i: typeof ours) => [...i.methods.values()].map((m) => `${m.name}(${m.inSignature})->(${m.outSignature})`).sort();
+      expect(sigs(ours)).toEqual(sigs(upstream));
+    });
+  }
+
+  it('our control interface parses with its methods and property', () => {
+    const i = loadInterface('io.github.xdp_vm.Host1');
+    expect([...i.methods.keys()].sort()).toEqual(['ListGrants', 'ListVms', 'Revoke']);
+    expect(i.methods.get('ListGrants')!.outSignature).toBe('a(ssaysb)');
+    expect(i.properties.get('version')!.type).toBe('u');
+  });
+});
