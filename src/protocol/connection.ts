@@ -206,9 +206,12 @@ export class Connection extends EventEmitter {
     if (!this.stream.destroyed) this.stream.write(bytes);
   }
 
+  /** Tell the peer; a fatal failure also closes the link, with one log line. */
   private fail(id: number | null, code: ErrorCode, message: string, fatal = id === null): void {
     this.send({ t: 'err', id, code, message: message.slice(0, 1024) });
-    if (fatal) this.close(`${code}: ${message}`);
+    if (!fatal) return;
+    this.log.warn({ code }, `closing link: ${message}`);
+    this.close(`${code}: ${message}`);
   }
 
   private receive(chunk: Buffer): void {
@@ -218,7 +221,6 @@ export class Connection extends EventEmitter {
       raw = this.decoder.push(chunk);
     } catch (err) {
       const e = err as FrameError;
-      this.log.warn({ code: e.code }, `closing link: ${e.message}`);
       this.fail(null, e.code === 'too-large' ? 'too-large' : 'bad-frame', e.message);
       return;
     }
@@ -226,9 +228,7 @@ export class Connection extends EventEmitter {
       if (this.closed) return;
       const parsed = Frame.safeParse(value);
       if (!parsed.success) {
-        const message = `malformed frame: ${describeIssues(parsed.error)}`;
-        this.log.warn(`closing link: ${message}`);
-        this.fail(null, 'bad-frame', message);
+        this.fail(null, 'bad-frame', `malformed frame: ${describeIssues(parsed.error)}`);
         return;
       }
       this.dispatch(parsed.data);
