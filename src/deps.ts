@@ -23,6 +23,19 @@ export const DEPENDENCIES: readonly Dependency[] = [
   { id: 'xdg-permission-store', what: 'permission store', candidates: ['/usr/libexec/xdg-permission-store'], debianPackage: 'xdg-desktop-portal', side: 'host' },
   { id: 'fusermount3', what: 'FUSE mount helper used by the document store', candidates: ['/usr/bin/fusermount3', 'fusermount3'], debianPackage: 'fuse3', side: 'host' },
   { id: 'virtiofsd', what: 'virtio-fs daemon exporting each VM share', candidates: ['/usr/lib/qemu/virtiofsd', '/usr/libexec/virtiofsd', 'virtiofsd'], debianPackage: 'qemu-system-common', side: 'host' },
+  { id: 'qemu-system-x86_64', what: 'QEMU, for the end-to-end guest tests', candidates: ['/usr/bin/qemu-system-x86_64', 'qemu-system-x86_64'], debianPackage: 'qemu-system-x86', side: 'test' },
+  { id: 'busybox-static', what: 'static busybox for the test guest initramfs', candidates: ['/bin/busybox', '/usr/bin/busybox'], debianPackage: 'busybox-static', side: 'test' },
+  { id: 'cpio', what: 'cpio, packs the test guest initramfs', candidates: ['/usr/bin/cpio', 'cpio'], debianPackage: 'cpio', side: 'test' },
+  { id: 'xz', what: 'xz, unpacks the test guest kernel', candidates: ['/usr/bin/xz', 'xz'], debianPackage: 'xz-utils', side: 'test' },
+  { id: 'zstd', what: 'zstd, unpacks zstd-compressed test guest kernels', candidates: ['/usr/bin/zstd', 'zstd'], debianPackage: 'zstd', side: 'test' },
+  { id: 'gjs', what: 'GJS with the GTK 4 and libadwaita typelibs, runs the consent dialog', candidates: ['/usr/bin/gjs', 'gjs'], debianPackage: 'gjs gir1.2-gtk-4.0 gir1.2-adw-1', side: 'host' },
+  { id: 'Xvfb', what: 'virtual X server for the dialog tests', candidates: ['/usr/bin/Xvfb', 'Xvfb'], debianPackage: 'xvfb', side: 'test' },
+  { id: 'xdotool', what: 'X input scripting for the dialog tests', candidates: ['/usr/bin/xdotool', 'xdotool'], debianPackage: 'xdotool', side: 'test' },
+  { id: 'xwininfo', what: 'X window inspection for the dialog tests', candidates: ['/usr/bin/xwininfo', 'xwininfo'], debianPackage: 'x11-utils', side: 'test' },
+  { id: 'import', what: "ImageMagick's screen grabber for the dialog tests", candidates: ['/usr/bin/import', 'import'], debianPackage: 'imagemagick', side: 'test' },
+  { id: 'convert', what: "ImageMagick's converter, crops and scales screenshots for OCR in tests", candidates: ['/usr/bin/convert', 'convert'], debianPackage: 'imagemagick', side: 'test' },
+  { id: 'tesseract', what: 'OCR, reads the dialog screenshots in tests', candidates: ['/usr/bin/tesseract', 'tesseract'], debianPackage: 'tesseract-ocr', side: 'test' },
+  { id: 'python3', what: 'Python, drives the terminal prompt tests through a pty', candidates: ['/usr/bin/python3', 'python3'], debianPackage: 'python3', side: 'test' },
 ] as const;
 
 export function isExecutable(file: string): boolean {

@@ -73,10 +73,4 @@ export class ProtocolError extends Error {
   }
 }
 
-/** Render a zod error as one line naming the failing paths. */
-export function describeIssues(error: z.ZodError): string {
-  return error.issues
-    .slice(0, 5)
-    .map((i) => `${i.path.length ? i.path.join('.') : '(root)'}: ${i.message}`)
-    .join('; ');
-}
+export { describeIssues } from '../zod-issues.js';
