@@ -5,6 +5,7 @@ import type { HostLink } from '../src/guest/host-link.js';
 import type { Logger } from '../src/log.js';
 import type { AnyHandler } from '../src/protocol/connection.js';
 import type { MethodDescriptor, Params } from '../src/protocol/methods.js';
+import { SESSION_METHODS } from '../src/protocol/session.js';
 import { exportFileChooser } from './file-chooser/guest.js';
 import { handleOpenDialog } from './file-chooser/host.js';
 import { FILE_CHOOSER_METHODS, OpenDialog } from './file-chooser/schema.js';
@@ -47,4 +48,4 @@ export const PORTALS: readonly PortalEntry[] = [
   },
 ];
 
-export const ALL_METHODS: readonly MethodDescriptor[] = PORTALS.flatMap((p) => p.methods);
+export const ALL_METHODS: readonly MethodDescriptor[] = [...SESSION_METHODS, ...PORTALS.flatMap((p) => p.methods)];

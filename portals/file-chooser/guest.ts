@@ -4,6 +4,7 @@ import { asVardict } from '../../src/dbus/values.js';
 import type { HostLink } from '../../src/guest/host-link.js';
 import { withRequestHandle } from '../../src/guest/request-handle.js';
 import type { Logger } from '../../src/log.js';
+import { hop } from '../../src/trace.js';
 import { optionsFromVardict, resultsToVardict } from './options.js';
 import { OpenDialog, type DialogKind } from './schema.js';
 
@@ -21,10 +22,12 @@ export function exportFileChooser(bus: Bus, host: HostLink, log: Logger): () => 
       const [handle, appId, , title, rawOptions] = args as [string, string, string, string, unknown];
       const { options, dropped } = optionsFromVardict(kind, asVardict(rawOptions));
       const rlog = log.child({ portal: 'FileChooser', handle });
+      hop(rlog, 'guest.received');
       if (dropped.length) rlog.debug({ dropped }, 'dropped options outside the allow-list');
       return withRequestHandle(bus, handle, ctx.sender, async (signal) => {
         try {
           const answer = await host.request(OpenDialog, { kind, title, appId, options }, { signal });
+          hop(rlog, 'guest.answered', { response: answer.response });
           return [answer.response, resultsToVardict(answer.results)];
         } catch (err) {
           if (signal.aborted) rlog.info('closed by the frontend; the host dialog was closed too');

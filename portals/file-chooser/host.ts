@@ -5,6 +5,7 @@ import type { DocumentStore, Grant } from '../../src/host/documents.js';
 import type { Logger } from '../../src/log.js';
 import type { HandlerContext, Params, ResultOf } from '../../src/protocol/methods.js';
 import { sanitizeGuestText } from '../../src/text.js';
+import { hop } from '../../src/trace.js';
 import { showHostFileDialog } from './host-dialog.js';
 import { guestPathToHost, guestUriOf, hostPathOfUri } from './paths.js';
 import type { DialogKind, FileChooserOptions, FileChooserResults, OpenDialog } from './schema.js';
@@ -57,11 +58,14 @@ export function grantsWrite(kind: DialogKind, results: FileChooserResults): bool
 
 export async function handleOpenDialog(params: Params<typeof OpenDialog>, ctx: HandlerContext, deps: FileChooserHostDeps): Promise<ResultOf<typeof OpenDialog>> {
   const { vm, docs, log, requestId } = deps;
+  hop(log, 'host.received');
   const asked = { kind: params.kind, title: sanitizeGuestText(params.title), appId: sanitizeGuestText(params.appId, 100) };
   const options = await hostOptions(vm, docs, params.options);
   const title = dialogTitle(vm, params.kind, params.title);
   log.info({ kind: params.kind, title, dropped: Object.keys(params.options).filter((k) => !(k in options)) }, 'showing the host file dialog');
+  hop(log, 'host.dialog-called');
   const answer = await showHostFileDialog(deps.hostBus, params.kind, title, options, ctx.signal);
+  hop(log, 'host.dialog-answered', { response: answer.response });
   if (answer.response !== 0 || ctx.signal.aborted) {
     const reason = ctx.signal.aborted ? 'closed' : answer.response === 1 ? 'user' : 'failure';
     audit({ vm: vm.name, portal: 'FileChooser', request: requestId, decision: 'cancel', reason, grant: null, asked });
@@ -90,6 +94,7 @@ export async function handleOpenDialog(params: Params<typeof OpenDialog>, ctx: H
     grant: grants.map((g) => g.id),
     asked: { ...asked, paths: grants.map((g) => g.hostPath), writable: write },
   });
+  hop(log, 'host.granted', { grants: grants.length });
   const uris = grants.map((g) => guestUriOf(g, vm.share.guestMount));
   const results = params.kind === 'open' ? { ...answer.results, uris, writable: write } : { ...answer.results, uris };
   return { response: 0, results };

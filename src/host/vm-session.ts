@@ -5,6 +5,7 @@ import type { Bus } from '../dbus/bus.js';
 import type { Logger } from '../log.js';
 import { Connection, type AnyHandler } from '../protocol/connection.js';
 import { methodTable } from '../protocol/methods.js';
+import { Ping } from '../protocol/session.js';
 import type { DocumentStore } from './documents.js';
 import type { VirtiofsdSupervisor } from './virtiofsd.js';
 
@@ -33,7 +34,8 @@ export class VmSession {
     deps: VmSessionDeps,
   ) {
     this.log = deps.log.child({ vm: vm.name });
-    const entries = PORTALS.flatMap((p) => Object.entries(p.hostHandlers({ vm, hostBus: deps.hostBus, docs: deps.docs, log: this.log, nextRequestId: deps.nextRequestId })));
+    const entries: [string, AnyHandler][] = [[Ping.name, async (params) => ({ seq: (params as { seq: number }).seq })]];
+    entries.push(...PORTALS.flatMap((p) => Object.entries(p.hostHandlers({ vm, hostBus: deps.hostBus, docs: deps.docs, log: this.log, nextRequestId: deps.nextRequestId }))));
     this.handlers = new Map(entries);
   }
 

@@ -16,6 +16,8 @@ export interface ActivatableService {
 
 export interface PrivateBus {
   address: string;
+  /** What the daemon and the services it activated wrote to stderr, line by line. */
+  log: string[];
   dir: string;
   env: Record<string, string>;
   /** Every process owning a name on this bus, then the daemon itself. */
@@ -47,9 +49,17 @@ export async function startPrivateBus(opts: { dir: string; env: Record<string, s
 `,
   );
   const env = { ...opts.env, DBUS_SESSION_BUS_ADDRESS: address };
-  const daemon = startService('dbus-daemon', requireProgram('dbus-daemon'), ['--config-file', config, '--nofork', '--nopidfile'], { env, inheritEnv: false });
+  const log: string[] = [];
+  const daemon = startService('dbus-daemon', requireProgram('dbus-daemon'), ['--config-file', config, '--nofork', '--nopidfile'], {
+    env,
+    inheritEnv: false,
+    onStderrLine: (line) => {
+      log.push(line);
+      if (log.length > 20_000) log.splice(0, 10_000);
+    },
+  });
   await waitForBus(address, daemon);
-  return { address, dir: opts.dir, env, stop: () => stopBus(address, daemon) };
+  return { address, dir: opts.dir, env, log, stop: () => stopBus(address, daemon) };
 }
 
 async function waitForBus(address: string, daemon: Service): Promise<void> {

@@ -34,6 +34,13 @@ export interface Guest {
   endpoint: string;
 }
 
+export type DialogMethod = 'OpenFile' | 'SaveFile' | 'SaveFiles';
+
+/** A FileChooser call as an app makes it, on a bus connection the caller keeps. */
+export function fileDialogOn(bus: Bus, method: DialogMethod, title: string, options: Vardict = {}, signal?: AbortSignal): Promise<DialogReply> {
+  return callPortalRequest(bus, { interface: 'org.freedesktop.portal.FileChooser', member: method, signature: 'ssa{sv}', args: ['', title], options, signal });
+}
+
 export interface DialogReply {
   response: number;
   results: Vardict;
@@ -76,13 +83,14 @@ export class World {
     this.configPath = path.join(root, 'host', 'config', 'xdp-vm', 'config.json');
   }
 
-  static async start(vms: WorldVmSpec[], opts: { shares?: boolean } = {}): Promise<World> {
+  /** `guests: false` starts only the host side; links can then be made by hand (RawLink). */
+  static async start(vms: WorldVmSpec[], opts: { shares?: boolean; guests?: boolean } = {}): Promise<World> {
     const world = new World(mkdtempSync(path.join(tmpdir(), 'xdp-vm-world-')), vms);
     try {
       await world.startHost();
       world.writeConfig();
       await world.startDaemon(opts);
-      for (const vm of vms) await world.startGuest(vm);
+      if (opts.guests !== false) for (const vm of vms) await world.startGuest(vm);
     } catch (err) {
       await world.stop();
       throw err;
@@ -160,7 +168,7 @@ export class World {
     mkdirSync(portals, { recursive: true });
     copyFileSync(dataPath('vm.portal'), path.join(portals, 'vm.portal'));
     copyFileSync(dataPath('portals.conf'), path.join(portals, 'portals.conf'));
-    const endpoint = `${path.join(this.root, 'vms', `${vm.name}.vsock`)}_${PORT}`;
+    const endpoint = this.endpointOf(vm.name);
     const service = renderDataFile('org.freedesktop.impl.portal.desktop.vm.service.in', { XDP_VM: `${process.execPath} ${cliEntry()}` });
     const exec = /^Exec=(.*)$/m.exec(service)![1]!;
     const bus = await startPrivateBus({
@@ -174,6 +182,11 @@ export class World {
     this.guests.set(vm.name, { name: vm.name, bus, mount: this.viewOf(vm.name), endpoint });
   }
 
+  /** The hybrid-vsock endpoint of a VM, where its guest connects. */
+  endpointOf(vm: string): string {
+    return `${path.join(this.root, 'vms', `${vm}.vsock`)}_${PORT}`;
+  }
+
   guest(name: string): Guest {
     const g = this.guests.get(name);
     if (!g) throw new Error(`no guest ${name}`);
@@ -181,10 +194,10 @@ export class World {
   }
 
   /** What an app in the guest does: call org.freedesktop.portal.FileChooser and wait for Response. */
-  async fileDialog(vm: string, method: 'OpenFile' | 'SaveFile' | 'SaveFiles', title: string, options: Vardict = {}, signal?: AbortSignal): Promise<DialogReply> {
+  async fileDialog(vm: string, method: DialogMethod, title: string, options: Vardict = {}, signal?: AbortSignal): Promise<DialogReply> {
     const bus = await Bus.connect(this.guest(vm).bus.address);
     try {
-      return await callPortalRequest(bus, { interface: 'org.freedesktop.portal.FileChooser', member: method, signature: 'ssa{sv}', args: ['', title], options, signal });
+      return await fileDialogOn(bus, method, title, options, signal);
     } finally {
       bus.close();
     }

@@ -1,0 +1,64 @@
+import { writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { setRootLogger } from '../src/log.js';
+import { packageRoot } from '../src/paths.js';
+import { pino } from 'pino';
+import { benchBreakdown } from './breakdown.js';
+import { benchRoundTrip } from './portal-round-trip.js';
+import { benchScale, benchSingleVmRate } from './scale.js';
+import { fmt } from './stats.js';
+
+/**
+ * `npm run bench`: every figure next to its baseline from the same run, as a
+ * table and as JSON. Medians and p99, never one run.
+ */
+const N = Number(process.env.BENCH_N ?? 500);
+const VMS = Number(process.env.BENCH_VMS ?? 32);
+const PER_VM = Number(process.env.BENCH_REQUESTS ?? 5000);
+
+function row(cols: (string | number)[], widths: number[]): string {
+  return cols.map((c, i) => String(c).padEnd(widths[i]!)).join('  ');
+}
+
+async function main(): Promise<void> {
+  setRootLogger(pino({ level: 'warn' }, pino.destination(2)));
+  console.log(`xdp-vm bench on ${os.cpus().length} × ${os.cpus()[0]?.model ?? 'cpu'}, Node ${process.version}`);
+  console.log(`forwarded vs local OpenFile, N=${N} each (interleaved in blocks of 50) ...`);
+  const rt = await benchRoundTrip(N);
+  console.log(`daemon with ${VMS} simulated VMs, ${PER_VM} pings each, 8 in flight per VM ...`);
+  const scale = await benchScale(VMS, PER_VM);
+  const solo = await benchSingleVmRate(PER_VM);
+  console.log('where a forwarded OpenFile spends its time (hop marks, debug logging on) ...');
+  const hops = await benchBreakdown(Math.min(N, 200));
+
+  const w = [44, 12, 12, 22];
+  const lines = [
+    row(['measure', 'p50 ms', 'p99 ms', 'target'], w),
+    row(['OpenFile, host-local (baseline)', fmt(rt.local.p50), fmt(rt.local.p99), ''], w),
+    row(['OpenFile, forwarded from a guest', fmt(rt.forwarded.p50), fmt(rt.forwarded.p99), ''], w),
+    row(['ratio forwarded / local', rt.ratioP50.toFixed(2), rt.ratioP99.toFixed(2), '≤ 1.5 p50, ≤ 2 p99'], w),
+    '',
+    row(['measure', 'value', 'baseline', 'target'], w),
+    row([`daemon RSS, ${VMS} VMs connected (MiB)`, scale.rssConnectedMiB.toFixed(1), `${scale.rssIdleMiB.toFixed(1)} idle`, '≤ 100'], w),
+    row([`daemon RSS after the load (MiB)`, scale.rssAfterLoadMiB.toFixed(1), '', '≤ 100'], w),
+    row([`requests/s per VM, ${VMS} VMs at once (min)`, scale.perVmRate.min.toFixed(0), `${solo.toFixed(0)} alone`, '≥ 2000'], w),
+    row([`requests/s per VM, ${VMS} VMs at once (median)`, scale.perVmRate.median.toFixed(0), '', ''], w),
+    row([`requests/s, all VMs together`, scale.totalRate.toFixed(0), '', ''], w),
+    row([`requests lost`, scale.lost, '', '0'], w),
+  ];
+  lines.push('', row(['forwarded OpenFile, hop by hop', 'p50 ms', 'p99 ms', ''], w));
+  for (const h of hops) lines.push(row([h.hop, fmt(h.p50), fmt(h.p99), ''], w));
+  console.log(`\n${lines.join('\n')}`);
+  const file = path.join(packageRoot(), 'bench-results.json');
+  writeFileSync(file, `${JSON.stringify({ date: new Date().toISOString(), node: process.version, cpus: os.cpus().length, roundTrip: rt, hops, scale: { ...scale, soloRate: solo } }, null, 2)}\n`);
+  console.log(`\nwrote ${file}`);
+}
+
+main().then(
+  () => process.exit(0),
+  (err: unknown) => {
+    console.error(`bench failed: ${(err as Error).stack ?? String(err)}`);
+    process.exit(1);
+  },
+);

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Install what xdg-desktop-portal-vm needs on a Debian 12 (or 13) machine:
+# the Debian packages for the chosen purpose, then the npm packages, then the
+# build. Safe to run again: it installs only what is missing and says so.
+#
+#   scripts/setup.sh runtime   the host daemon and guest backend
+#   scripts/setup.sh tests     everything the three test tiers start
+#   scripts/setup.sh demo      what `npm run demo` boots
+set -euo pipefail
+purpose=${1:-tests}
+cd "$(dirname "$0")/.."
+
+say() { printf '[setup] %s\n' "$*"; }
+
+runtime=(
+  dbus-daemon             # private buses in tests, and the session bus
+  xdg-desktop-portal      # the stock frontend, document store and permission store
+  fuse3                   # the document store's FUSE mount
+  qemu-system-common      # virtiofsd (/usr/lib/qemu/virtiofsd)
+  build-essential python3 # the AF_VSOCK addon, built at npm install
+)
+tests=(
+  xdg-desktop-portal-dev  # the interface XML our dbus-interfaces are checked against
+  qemu-system-x86         # e2e guests, under TCG where KVM cannot boot them
+  busybox-static cpio xz-utils zstd  # the e2e guest's initramfs and kernel unpacking
+  gjs gir1.2-gtk-3.0 gir1.2-gtk-4.0 gir1.2-adw-1  # the GTK app test and the consent dialog
+  xvfb xauth xdotool x11-utils imagemagick tesseract-ocr  # dialogs under a private X server
+  flatpak                 # `flatpak permission-show` reads our permission rows
+)
+demo=(qemu-system-x86 busybox-static cpio xz-utils zstd)
+
+case "$purpose" in
+  runtime) wanted=("${runtime[@]}") ;;
+  tests) wanted=("${runtime[@]}" "${tests[@]}") ;;
+  demo) wanted=("${runtime[@]}" "${demo[@]}") ;;
+  *) echo "usage: $0 runtime|tests|demo" >&2; exit 2 ;;
+esac
+
+missing=()
+for pkg in "${wanted[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+done
+
+if ((${#missing[@]})); then
+  sudo=()
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { say "need root to install: ${missing[*]}"; exit 1; }
+    sudo=(sudo)
+  fi
+  say "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo[@]}" apt-get update -qq
+  "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+  say "Debian packages for '$purpose': all present"
+fi
+
+node_ok=$(node -e 'const [a,b]=process.versions.node.split(".").map(Number);console.log(a>20||(a===20&&b>=19)?1:0)')
+if [ "$node_ok" != 1 ]; then
+  say "Node $(node --version) is too old: this project needs 20.19 or newer (Debian 13's nodejs)"
+  exit 1
+fi
+
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  say "installing npm packages (npm ci; builds the AF_VSOCK addon)"
+  npm ci --no-audit --no-fund
+else
+  say "npm packages: up to date"
+fi
+if [ ! -f native/vsock/build/Release/vsock.node ]; then
+  say "building the AF_VSOCK addon"
+  node native/build.mjs
+fi
+
+say "building (TypeScript and the GJS dialogs)"
+npm run --silent build
+say "ready"
