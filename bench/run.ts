@@ -5,6 +5,7 @@ import { setRootLogger } from '../src/log.js';
 import { packageRoot } from '../src/paths.js';
 import { pino } from 'pino';
 import { benchBreakdown } from './breakdown.js';
+import { benchDocView } from './doc-view.js';
 import { benchRoundTrip } from './portal-round-trip.js';
 import { benchScale, benchSingleVmRate } from './scale.js';
 import { fmt } from './stats.js';
@@ -31,6 +32,8 @@ async function main(): Promise<void> {
   const solo = await benchSingleVmRate(PER_VM);
   console.log('where a forwarded OpenFile spends its time (hop marks, debug logging on) ...');
   const hops = await benchBreakdown(Math.min(N, 200));
+  console.log('per-VM document view: by-app of one store vs. one store per VM ...');
+  const docView = await benchDocView(200);
 
   const w = [44, 12, 12, 22];
   const lines = [
@@ -49,9 +52,17 @@ async function main(): Promise<void> {
   ];
   lines.push('', row(['forwarded OpenFile, hop by hop', 'p50 ms', 'p99 ms', ''], w));
   for (const h of hops) lines.push(row([h.hop, fmt(h.p50), fmt(h.p99), ''], w));
+  lines.push('', row(['per-VM document view', 'by-app', 'instance/VM', ''], w));
+  const [byApp, inst] = docView;
+  lines.push(row(['extra processes per VM', byApp!.extraProcessesPerVm, inst!.extraProcessesPerVm, ''], w));
+  lines.push(row(['extra RSS per VM (MiB)', byApp!.extraRssMiBPerVm.toFixed(1), inst!.extraRssMiBPerVm.toFixed(1), ''], w));
+  lines.push(row(['start-up per VM (ms)', fmt(byApp!.startMs), fmt(inst!.startMs), ''], w));
+  lines.push(row(['grant → readable, p50 (ms)', fmt(byApp!.grantToVisible.p50), fmt(inst!.grantToVisible.p50), ''], w));
+  lines.push(row(['grant → readable, p99 (ms)', fmt(byApp!.grantToVisible.p99), fmt(inst!.grantToVisible.p99), ''], w));
+  lines.push(row(['64 MiB sequential read (MiB/s)', byApp!.readMiBps.toFixed(0), inst!.readMiBps.toFixed(0), ''], w));
   console.log(`\n${lines.join('\n')}`);
   const file = path.join(packageRoot(), 'bench-results.json');
-  writeFileSync(file, `${JSON.stringify({ date: new Date().toISOString(), node: process.version, cpus: os.cpus().length, roundTrip: rt, hops, scale: { ...scale, soloRate: solo } }, null, 2)}\n`);
+  writeFileSync(file, `${JSON.stringify({ date: new Date().toISOString(), node: process.version, cpus: os.cpus().length, roundTrip: rt, hops, docView, scale: { ...scale, soloRate: solo } }, null, 2)}\n`);
   console.log(`\nwrote ${file}`);
 }
 

@@ -18,6 +18,8 @@ export interface PrivateBus {
   address: string;
   /** What the daemon and the services it activated wrote to stderr, line by line. */
   log: string[];
+  /** The dbus-daemon's pid. */
+  pid: number | undefined;
   dir: string;
   env: Record<string, string>;
   /** Every process owning a name on this bus, then the daemon itself. */
@@ -59,7 +61,7 @@ export async function startPrivateBus(opts: { dir: string; env: Record<string, s
     },
   });
   await waitForBus(address, daemon);
-  return { address, dir: opts.dir, env, log, stop: () => stopBus(address, daemon) };
+  return { address, dir: opts.dir, env, log, pid: daemon.pid, stop: () => stopBus(address, daemon) };
 }
 
 async function waitForBus(address: string, daemon: Service): Promise<void> {
