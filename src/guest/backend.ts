@@ -7,6 +7,9 @@ import { methodTable } from '../protocol/methods.js';
 import { DEFAULT_SERIAL_DEVICE, describeGuestLink, parseGuestLinkSpec, type GuestLinkSpec } from '../transport/guest-link.js';
 import { VERSION } from '../version.js';
 import { HostLink } from './host-link.js';
+import { askMountAgent } from './mount-agent.js';
+import { loadGuestConfig } from './guest-config.js';
+import { ShareUnmount } from '../protocol/session.js';
 
 /**
  * The guest backend: a portal backend on the guest's session bus that owns
@@ -15,9 +18,9 @@ import { HostLink } from './host-link.js';
 export const BACKEND_BUS_NAME = 'org.freedesktop.impl.portal.desktop.vm';
 const VMADDR_CID_HOST = 2;
 
-/** --transport, else $XDP_VM_TRANSPORT, else the virtio-serial port if the VM has one, else vsock to the host. */
+/** --transport, else $XDP_VM_TRANSPORT, else guest.json's, else the virtio-serial port if the VM has one, else vsock to the host. */
 export function resolveGuestLink(explicit?: string): GuestLinkSpec {
-  const spec = explicit ?? process.env.XDP_VM_TRANSPORT;
+  const spec = explicit ?? process.env.XDP_VM_TRANSPORT ?? loadGuestConfig().transport;
   if (spec) return parseGuestLinkSpec(spec);
   if (existsSync(DEFAULT_SERIAL_DEVICE)) return { kind: 'serial', device: DEFAULT_SERIAL_DEVICE };
   return { kind: 'vsock', cid: VMADDR_CID_HOST, port: DEFAULT_PORT };
@@ -36,7 +39,15 @@ export async function startGuestBackend(opts: { busAddress: string; spec: GuestL
   const link = new HostLink({
     spec: opts.spec,
     methods: methodTable(ALL_METHODS),
-    handlers: new Map(),
+    handlers: new Map([
+      [
+        ShareUnmount.name,
+        async () => {
+          const r = await askMountAgent('unmount');
+          return { unmounted: r.ok, detail: r.detail.slice(0, 300) };
+        },
+      ],
+    ]),
     agent: { name: 'xdp-vm-guest', version: VERSION },
     log,
   });

@@ -9,4 +9,12 @@ export const Ping = defineMethod({
   result: z.object({ seq: z.number().int().min(0) }).strict(),
 });
 
-export const SESSION_METHODS = [Ping] as const;
+/** Before unplugging the VM's share, the host asks the guest to unmount it. */
+export const ShareUnmount = defineMethod({
+  name: 'share.unmount',
+  direction: 'host-to-guest',
+  params: z.object({ tag: z.string().max(36) }).strict(),
+  result: z.object({ unmounted: z.boolean(), detail: z.string().max(300) }).strict(),
+});
+
+export const SESSION_METHODS = [Ping, ShareUnmount] as const;

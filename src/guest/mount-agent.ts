@@ -1,0 +1,163 @@
+import { mkdirSync, readdirSync, readFileSync, statSync, chmodSync } from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { runProgram } from '../exec.js';
+import type { Logger } from '../log.js';
+import { removeStaleSocket } from '../transport/hybrid-vsock.js';
+
+/**
+ * The guest's root service for the document share: it mounts the share when
+ * the host plugs the virtio-fs device in, lazily unmounts it when the device
+ * is gone, and unmounts on request (the host asks before it unplugs). It is
+ * separate from the session backend so that backend never needs privileges.
+ */
+export const MOUNT_AGENT_SOCKET = '/run/xdp-vm/mount-agent.sock';
+const VIRTIOFS_DRIVER = '/sys/bus/virtio/drivers/virtiofs';
+
+export interface MountAgentOptions {
+  mountPoint: string;
+  tag: string;
+  socket?: string;
+  pollMs?: number;
+  log: Logger;
+}
+
+export function isMounted(mountPoint: string, tag: string, mounts = readFileSync('/proc/self/mounts', 'utf8')): boolean {
+  return mounts.split('\n').some((l) => {
+    const [source, target, type] = l.split(' ');
+    return type === 'virtiofs' && source === tag && target === mountPoint;
+  });
+}
+
+function virtiofsDevices(): number {
+  try {
+    return readdirSync(VIRTIOFS_DRIVER).filter((n) => /^virtio\d+$/.test(n)).length;
+  } catch {
+    return 0;
+  }
+}
+
+export class MountAgent {
+  private timer: NodeJS.Timeout | undefined;
+  private server: net.Server | undefined;
+  private busy = false;
+  private lastDevices = -1;
+  private lastAttempt = 0;
+
+  constructor(private readonly opts: MountAgentOptions) {}
+
+  async start(): Promise<void> {
+    mkdirSync(this.opts.mountPoint, { recursive: true });
+    const socket = this.opts.socket ?? MOUNT_AGENT_SOCKET;
+    mkdirSync(path.dirname(socket), { recursive: true });
+    await removeStaleSocket(socket);
+    this.server = net.createServer((c) => this.serve(c));
+    await new Promise<void>((resolve) => this.server!.listen(socket, resolve));
+    // Any session in this VM may ask for an unmount: the VM is one trust domain.
+    chmodSync(socket, 0o666);
+    this.timer = setInterval(() => void this.tick(), this.opts.pollMs ?? 100);
+    await this.tick();
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+    this.server?.close();
+  }
+
+  get mounted(): boolean {
+    return isMounted(this.opts.mountPoint, this.opts.tag);
+  }
+
+  async unmount(): Promise<string> {
+    if (!this.mounted) return 'not mounted';
+    try {
+      await runProgram('umount', [this.opts.mountPoint], { timeoutMs: 5000 });
+      this.opts.log.info({ mountPoint: this.opts.mountPoint }, 'unmounted the document share on the host\'s request');
+      return 'unmounted';
+    } catch (err) {
+      // Busy: files are open. Detach it anyway so the host can unplug cleanly.
+      await runProgram('umount', ['-l', this.opts.mountPoint], { timeoutMs: 5000 });
+      this.opts.log.warn({ err: (err as Error).message }, 'share was busy; detached it lazily');
+      return 'detached lazily (files were open)';
+    }
+  }
+
+  private async tick(): Promise<void> {
+    if (this.busy) return;
+    this.busy = true;
+    try {
+      const devices = virtiofsDevices();
+      const mounted = this.mounted;
+      if (mounted && this.gone()) {
+        await runProgram('umount', ['-l', this.opts.mountPoint]).catch(() => undefined);
+        this.opts.log.info({ mountPoint: this.opts.mountPoint }, 'the host unplugged the document share; unmounted it');
+      } else if (!mounted && devices > 0 && (devices !== this.lastDevices || Date.now() - this.lastAttempt > 1000)) {
+        this.lastAttempt = Date.now();
+        await this.mount();
+      }
+      this.lastDevices = devices;
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  /** A virtiofs mount whose device was unplugged answers ENOTCONN. */
+  private gone(): boolean {
+    try {
+      statSync(this.opts.mountPoint);
+      return false;
+    } catch (err) {
+      return (err as NodeJS.ErrnoException).code === 'ENOTCONN';
+    }
+  }
+
+  private async mount(): Promise<void> {
+    try {
+      await runProgram('mount', ['-t', 'virtiofs', this.opts.tag, this.opts.mountPoint], { timeoutMs: 5000 });
+      this.opts.log.info({ tag: this.opts.tag, mountPoint: this.opts.mountPoint }, 'mounted the document share');
+    } catch (err) {
+      // Another virtio-fs device (not ours) is present, or ours is still binding.
+      this.opts.log.debug({ err: (err as Error).message }, 'share not mountable yet');
+    }
+  }
+
+  private serve(c: net.Socket): void {
+    let line = '';
+    c.setEncoding('utf8');
+    c.on('error', () => undefined);
+    c.on('data', (chunk: string) => {
+      line += chunk;
+      if (line.length > 256) return void c.destroy();
+      if (!line.includes('\n')) return;
+      const cmd = line.trim();
+      if (cmd === 'unmount') {
+        this.unmount().then(
+          (detail) => c.end(`ok ${detail}\n`),
+          (err: Error) => c.end(`error ${err.message.split('\n')[0]}\n`),
+        );
+      } else if (cmd === 'status') c.end(`ok ${this.mounted ? 'mounted' : 'not mounted'}\n`);
+      else c.end('error unknown command\n');
+    });
+  }
+}
+
+/** Ask the agent (from the unprivileged session backend). */
+export function askMountAgent(command: 'unmount' | 'status', socket = MOUNT_AGENT_SOCKET, timeoutMs = 8000): Promise<{ ok: boolean; detail: string }> {
+  return new Promise((resolve) => {
+    const c = net.connect(socket);
+    let reply = '';
+    const timer = setTimeout(() => (c.destroy(), resolve({ ok: false, detail: 'the mount agent did not answer' })), timeoutMs);
+    c.setEncoding('utf8');
+    c.on('data', (d: string) => (reply += d));
+    c.on('end', () => {
+      clearTimeout(timer);
+      const m = /^(ok|error) ?(.*)$/.exec(reply.trim());
+      resolve({ ok: m?.[1] === 'ok', detail: m?.[2] ?? reply.trim() });
+    });
+    c.on('error', (err) => {
+      clearTimeout(timer);
+      resolve({ ok: false, detail: `no mount agent at ${socket}: ${err.message}` });
+    });
+    c.write(`${command}\n`);
+  });
+}
