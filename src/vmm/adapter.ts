@@ -1,0 +1,117 @@
+/**
+ * What the host daemon needs from any VMM (QEMU over QMP today; libvirt and
+ * cloud-hypervisor later): put a share, a USB device or a NIC into one running VM
+ * and take it out again, and hear when the VMM takes one out or goes away. The
+ * daemon owns virtiofsd and the guest side; the adapter only talks to the VMM.
+ */
+
+export interface ShareSpec {
+  /** The caller's stable name for this share; the adapter derives its VMM ids from it. */
+  id: string;
+  /** The virtiofs tag the guest mounts. */
+  tag: string;
+  /** The vhost-user socket of a virtiofsd the caller has already started. */
+  socketPath: string;
+  /** Virtqueue size; QEMU's default is small for file I/O. */
+  queueSize?: number;
+}
+
+export interface AttachedShare {
+  id: string;
+  tag: string;
+  /** The VMM's own device id, for logs and for matching VMM events. */
+  deviceId: string;
+  /** Where the device went, e.g. the QEMU root port. */
+  location: string | undefined;
+}
+
+export interface ShareInfo {
+  /** Our share id when the device follows our naming; undefined for foreign devices. */
+  id: string | undefined;
+  tag: string;
+  deviceId: string | undefined;
+  location: string | undefined;
+  /** True when this adapter instance attached it; false for shares the VM was started with. */
+  attachedHere: boolean;
+}
+
+export interface DetachOptions {
+  /**
+   * Runs after the adapter has checked the share exists and before it asks the
+   * VMM to unplug: the place to unmount in the guest. Unplugging a mounted share
+   * leaves the guest with a dead mount.
+   */
+  beforeDetach?: () => Promise<void>;
+  /** How long to wait for the VMM to confirm the unplug; default 10 s. */
+  timeoutMs?: number;
+  signal?: AbortSignal;
+}
+
+export interface AttachOptions {
+  timeoutMs?: number;
+  signal?: AbortSignal;
+}
+
+/** A USB device by the triple xdg-desktop-portal uses (`usb:VID/PID/SERIAL`) or by host address. */
+export interface UsbSpec {
+  id: string;
+  vendorId: number;
+  productId: number;
+  serial?: string;
+  hostBus?: number;
+  hostAddress?: number;
+}
+
+export interface NetSpec {
+  id: string;
+  /** A tap the privileged helper has created and handed to this user. */
+  tapName: string;
+  mac?: string;
+}
+
+export type VmmEvent =
+  /** `expected` is false when the VMM or guest removed it without our asking. */
+  | { type: 'share-detached'; id: string; deviceId: string; expected: boolean }
+  | { type: 'vmm-gone'; reason: string };
+
+export interface VmmEvents {
+  subscribe(listener: (event: VmmEvent) => void): () => void;
+  /** Events from now until the VMM is gone or `signal` aborts. */
+  iterate(opts?: { signal?: AbortSignal }): AsyncIterableIterator<VmmEvent>;
+}
+
+export interface VmmAdapter {
+  readonly kind: 'qemu' | 'cloud-hypervisor' | 'libvirt';
+  readonly events: VmmEvents;
+  attachShare(spec: ShareSpec, opts?: AttachOptions): Promise<AttachedShare>;
+  detachShare(id: string, opts?: DetachOptions): Promise<void>;
+  /** Every virtiofs device the VM has, including ones it was started with. */
+  listShares(): Promise<ShareInfo[]>;
+  attachUsb(spec: UsbSpec, opts?: AttachOptions): Promise<void>;
+  detachUsb(id: string, opts?: DetachOptions): Promise<void>;
+  attachNet(spec: NetSpec, opts?: AttachOptions): Promise<void>;
+  detachNet(id: string, opts?: DetachOptions): Promise<void>;
+  /** Stop talking to the VMM; the VM itself keeps running. */
+  close(): Promise<void>;
+}
+
+export class NotImplementedError extends Error {
+  constructor(what: string, plan: string) {
+    super(`${what} is not implemented yet (planned: ${plan})`);
+    this.name = 'NotImplementedError';
+  }
+}
+
+export class VmmError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'VmmError';
+  }
+}
+
+/** Ids we hand to a VMM end up in QMP ids and QOM paths; keep them to a safe alphabet. */
+export function assertSafeId(kind: string, id: string): void {
+  if (!/^[A-Za-z][A-Za-z0-9_-]{0,47}$/.test(id)) {
+    throw new VmmError(`${kind} id ${JSON.stringify(id)} must start with a letter and use only letters, digits, '-' and '_' (at most 48)`);
+  }
+}

@@ -1,0 +1,350 @@
+import { z } from 'zod';
+import { childLogger, type Logger } from '../log.js';
+import {
+  assertSafeId,
+  NotImplementedError,
+  VmmError,
+  type AttachedShare,
+  type AttachOptions,
+  type DetachOptions,
+  type NetSpec,
+  type ShareInfo,
+  type ShareSpec,
+  type UsbSpec,
+  type VmmAdapter,
+  type VmmEvent,
+  type VmmEvents,
+} from './adapter.js';
+import { QmpClient, QmpError, type QmpEvent } from './qmp.js';
+import { SubscriptionQueue } from './subscription-queue.js';
+
+/**
+ * The QEMU adapter: virtiofs shares hot-plugged over QMP onto free pcie-root-ports
+ * of a q35 machine (one port per concurrently plugged device, ACPI hot-plug).
+ */
+
+export const QomProperty = z.object({ name: z.string(), type: z.string() });
+export type QomProperty = z.infer<typeof QomProperty>;
+const QomList = z.array(QomProperty);
+
+export interface QemuAdapterOptions {
+  /** The VM's name, for logs. */
+  name?: string;
+  logger?: Logger;
+  /** Only ever plug into these root port ids; default: every pcie-root-port that has an id. */
+  rootPorts?: readonly string[];
+  /** Disconnect the QMP client on close(); true when the adapter opened it itself. */
+  ownsClient?: boolean;
+}
+
+const DEVICE_PREFIX = 'xdpvm-fs-';
+const CHARDEV_PREFIX = 'xdpvm-fsc-';
+const PERIPHERAL = '/machine/peripheral';
+const PERIPHERAL_ANON = '/machine/peripheral-anon';
+/** The virtio-fs config space holds the tag in 36 bytes. */
+const MAX_TAG_BYTES = 36;
+
+interface Tracked {
+  spec: ShareSpec;
+  deviceId: string;
+  chardevId: string;
+  port: string | undefined;
+}
+
+export function shareDeviceId(id: string): string {
+  return `${DEVICE_PREFIX}${id}`;
+}
+
+export function shareChardevId(id: string): string {
+  return `${CHARDEV_PREFIX}${id}`;
+}
+
+export class QemuAdapter implements VmmAdapter {
+  readonly kind = 'qemu' as const;
+  readonly events: VmmEvents;
+  private readonly shares = new Map<string, Tracked>();
+  /** Device ids we asked QEMU to remove, so their DEVICE_DELETED is not "unexpected". */
+  private readonly detaching = new Set<string>();
+  private readonly listeners = new Set<(event: VmmEvent) => void>();
+  private readonly offs: Array<() => void>;
+  private lock: Promise<unknown> = Promise.resolve();
+  private gone = false;
+  private readonly log: Logger;
+
+  /** Open a QMP connection of our own and wrap it. */
+  static async connect(socketPath: string, opts: QemuAdapterOptions & { timeoutMs?: number } = {}): Promise<QemuAdapter> {
+    const qmp = new QmpClient({ ...(opts.name ? { name: opts.name } : {}), ...(opts.logger ? { logger: opts.logger } : {}) });
+    await qmp.connect(socketPath, opts.timeoutMs === undefined ? {} : { timeoutMs: opts.timeoutMs });
+    return new QemuAdapter(qmp, { ...opts, ownsClient: opts.ownsClient ?? true });
+  }
+
+  constructor(
+    readonly qmp: QmpClient,
+    private readonly opts: QemuAdapterOptions = {},
+  ) {
+    this.log = opts.logger ?? childLogger({ component: 'vmm-qemu', vm: opts.name });
+    this.offs = [qmp.onEvent((e) => this.onQmpEvent(e)), qmp.onDisconnect((err) => this.onGone(err?.message ?? 'QMP closed'))];
+    this.events = {
+      subscribe: (listener) => {
+        this.listeners.add(listener);
+        return () => this.listeners.delete(listener);
+      },
+      iterate: (iterOpts = {}) =>
+        new SubscriptionQueue<VmmEvent>((push, end) => {
+          const off = this.events.subscribe((e) => {
+            push(e);
+            if (e.type === 'vmm-gone') end();
+          });
+          if (this.gone) end();
+          return off;
+        }, iterOpts),
+    };
+  }
+
+  async attachShare(spec: ShareSpec, opts: AttachOptions = {}): Promise<AttachedShare> {
+    assertSafeId('share', spec.id);
+    if (spec.tag === '' || Buffer.byteLength(spec.tag) > MAX_TAG_BYTES) {
+      throw new VmmError(`virtiofs tag ${JSON.stringify(spec.tag)} must be 1 to ${MAX_TAG_BYTES} bytes`);
+    }
+    return this.serialized(() => this.doAttachShare(spec, opts));
+  }
+
+  async detachShare(id: string, opts: DetachOptions = {}): Promise<void> {
+    assertSafeId('share', id);
+    return this.serialized(() => this.doDetachShare(id, opts));
+  }
+
+  async listShares(): Promise<ShareInfo[]> {
+    const found: ShareInfo[] = [];
+    for (const base of [PERIPHERAL, PERIPHERAL_ANON]) {
+      for (const child of await this.qomList(base)) {
+        if (child.type !== 'child<vhost-user-fs-pci>') continue;
+        const path = `${base}/${child.name}`;
+        const deviceId = base === PERIPHERAL ? child.name : undefined;
+        const id = deviceId?.startsWith(DEVICE_PREFIX) ? deviceId.slice(DEVICE_PREFIX.length) : undefined;
+        const tag = await this.qomGetString(path, 'tag');
+        const location = portOfBus(await this.qomGetString(path, 'parent_bus'));
+        const attachedHere = id !== undefined && this.shares.get(id)?.deviceId === deviceId;
+        found.push({ id, tag, deviceId, location, attachedHere });
+      }
+    }
+    return found.sort((a, b) => (a.deviceId ?? '').localeCompare(b.deviceId ?? ''));
+  }
+
+  /** Root ports (by id) with nothing plugged into them, in declaration order. */
+  async freeRootPorts(): Promise<string[]> {
+    const ports = (await this.qomList(PERIPHERAL))
+      .filter((c) => c.type === 'child<pcie-root-port>')
+      .map((c) => c.name)
+      .filter((name) => !this.opts.rootPorts || this.opts.rootPorts.includes(name));
+    const free: string[] = [];
+    for (const port of ports) {
+      const bus = (await this.qomList(`${PERIPHERAL}/${port}`)).find((c) => /^child<PCIE?>$/.test(c.type));
+      if (!bus) continue;
+      const occupants = (await this.qomList(`${PERIPHERAL}/${port}/${bus.name}`)).filter((c) => c.name.startsWith('child['));
+      if (occupants.length === 0) free.push(port);
+    }
+    return free;
+  }
+
+  attachUsb(_spec: UsbSpec): Promise<void> {
+    return Promise.reject(new NotImplementedError('QEMU USB attach', "device_add usb-host on a qemu-xhci bus, removed with device_del"));
+  }
+
+  detachUsb(_id: string): Promise<void> {
+    return Promise.reject(new NotImplementedError('QEMU USB detach', 'device_del and wait for DEVICE_DELETED'));
+  }
+
+  attachNet(_spec: NetSpec): Promise<void> {
+    return Promise.reject(new NotImplementedError('QEMU NIC attach', 'netdev_add tap + device_add virtio-net-pci on a free root port'));
+  }
+
+  detachNet(_id: string): Promise<void> {
+    return Promise.reject(new NotImplementedError('QEMU NIC detach', 'device_del, DEVICE_DELETED, then netdev_del'));
+  }
+
+  async close(): Promise<void> {
+    for (const off of this.offs) off();
+    if (this.opts.ownsClient) await this.qmp.disconnect();
+    this.listeners.clear();
+  }
+
+  private async doAttachShare(spec: ShareSpec, opts: AttachOptions): Promise<AttachedShare> {
+    if (this.shares.has(spec.id)) throw new VmmError(`share ${spec.id} is already attached`);
+    const deviceId = shareDeviceId(spec.id);
+    const chardevId = shareChardevId(spec.id);
+    const present = await this.qomList(PERIPHERAL);
+    if (present.some((c) => c.name === deviceId)) {
+      throw new VmmError(
+        `share ${spec.id}: device ${deviceId} is already in the VM (started with it, or left by an earlier daemon); ` +
+          'detach it or leave it alone',
+      );
+    }
+    const port = (await this.freeRootPorts())[0];
+    if (!port) {
+      throw new VmmError(
+        `share ${spec.id}: no free pcie-root-port; start the VM with one '-device pcie-root-port,id=…' ` +
+          'per device plugged at the same time',
+      );
+    }
+    const call = {
+      ...(opts.timeoutMs ? { timeoutMs: opts.timeoutMs } : {}),
+      ...(opts.signal ? { signal: opts.signal } : {}),
+    };
+    const backend = { type: 'socket', data: { addr: { type: 'unix', data: { path: spec.socketPath } }, server: false } };
+    try {
+      await this.qmp.execute('chardev-add', { id: chardevId, backend }, call);
+    } catch (cause) {
+      throw new VmmError(`share ${spec.id}: cannot connect QEMU to virtiofsd at ${spec.socketPath}: ${describe(cause)}`, { cause });
+    }
+    const device = {
+      driver: 'vhost-user-fs-pci',
+      id: deviceId,
+      chardev: chardevId,
+      tag: spec.tag,
+      bus: port,
+      'queue-size': spec.queueSize ?? 1024,
+    };
+    try {
+      await this.qmp.execute('device_add', device, call);
+    } catch (cause) {
+      await this.qmp
+        .execute('chardev-remove', { id: chardevId })
+        .catch((err: unknown) => this.log.warn({ err }, 'rollback of chardev failed'));
+      throw new VmmError(`share ${spec.id}: device_add on ${port} failed: ${describe(cause)}`, { cause });
+    }
+    this.shares.set(spec.id, { spec, deviceId, chardevId, port });
+    this.log.info({ share: spec.id, tag: spec.tag, deviceId, port }, 'share attached');
+    return { id: spec.id, tag: spec.tag, deviceId, location: port };
+  }
+
+  private async doDetachShare(id: string, opts: DetachOptions): Promise<void> {
+    const share = this.shares.get(id) ?? (await this.adopt(id));
+    if (!share) throw new VmmError(`share ${id} is not attached to this VM`);
+    await opts.beforeDetach?.();
+    const timeoutMs = opts.timeoutMs ?? 10_000;
+    this.detaching.add(share.deviceId);
+    try {
+      // The virtio-backend child is deleted first and reported with no `device`;
+      // only the proxy's own event means the chardev is free.
+      const deleted = this.qmp.waitForEvent((e) => e.event === 'DEVICE_DELETED' && e.data.device === share.deviceId, {
+        timeoutMs,
+        ...(opts.signal ? { signal: opts.signal } : {}),
+      });
+      deleted.catch(() => undefined);
+      const alreadyGone = await this.requestUnplug(share.deviceId);
+      if (!alreadyGone) {
+        try {
+          await deleted;
+        } catch (cause) {
+          throw new VmmError(
+            `share ${id}: QEMU did not report ${share.deviceId} deleted within ${timeoutMs} ms; ` +
+              'ACPI hot-unplug needs a running guest that releases the device',
+            { cause },
+          );
+        }
+      }
+      await this.qmp.execute('chardev-remove', { id: share.chardevId }).catch((cause: unknown) => {
+        if (cause instanceof QmpError && /not found/i.test(cause.errorDesc ?? '')) return;
+        throw new VmmError(`share ${id}: chardev-remove ${share.chardevId} failed: ${describe(cause)}`, { cause });
+      });
+    } finally {
+      this.detaching.delete(share.deviceId);
+    }
+    this.shares.delete(id);
+    this.log.info({ share: id, deviceId: share.deviceId }, 'share detached');
+    this.emit({ type: 'share-detached', id, deviceId: share.deviceId, expected: true });
+  }
+
+  /** Ask QEMU to unplug; true when the device was already gone. */
+  private async requestUnplug(deviceId: string): Promise<boolean> {
+    try {
+      await this.qmp.execute('device_del', { id: deviceId });
+      return false;
+    } catch (cause) {
+      if (!(cause instanceof QmpError) || cause.reason !== 'qemu-error') throw cause;
+      // A retry after a timed-out detach: the first request is still pending in the guest.
+      if (/already in the process of unplug/i.test(cause.errorDesc ?? '')) return false;
+      if (cause.errorClass === 'DeviceNotFound') return true;
+      throw new VmmError(`device_del ${deviceId} failed: ${cause.errorDesc ?? cause.message}`, { cause });
+    }
+  }
+
+  /** A share left by an earlier daemon run, recognised by our device naming. */
+  private async adopt(id: string): Promise<Tracked | undefined> {
+    const deviceId = shareDeviceId(id);
+    const path = `${PERIPHERAL}/${deviceId}`;
+    if (!(await this.qomList(PERIPHERAL)).some((c) => c.name === deviceId)) return undefined;
+    const chardevId = await this.qomGetString(path, 'chardev');
+    const tag = await this.qomGetString(path, 'tag');
+    const port = portOfBus(await this.qomGetString(path, 'parent_bus'));
+    return { spec: { id, tag, socketPath: '' }, deviceId, chardevId, port };
+  }
+
+  private onQmpEvent(event: QmpEvent): void {
+    if (event.event !== 'DEVICE_DELETED' || typeof event.data.device !== 'string') return;
+    const deviceId = event.data.device;
+    if (this.detaching.has(deviceId)) return;
+    for (const [id, share] of this.shares) {
+      if (share.deviceId !== deviceId) continue;
+      this.shares.delete(id);
+      this.log.warn({ share: id, deviceId }, 'share removed without our asking');
+      void this.qmp
+        .execute('chardev-remove', { id: share.chardevId })
+        .catch((err: unknown) => this.log.warn({ err }, 'chardev-remove after unexpected unplug failed'));
+      this.emit({ type: 'share-detached', id, deviceId, expected: false });
+    }
+  }
+
+  private onGone(reason: string): void {
+    if (this.gone) return;
+    this.gone = true;
+    this.emit({ type: 'vmm-gone', reason });
+  }
+
+  private emit(event: VmmEvent): void {
+    for (const listener of [...this.listeners]) {
+      try {
+        listener(event);
+      } catch (err) {
+        this.log.error({ err, event: event.type }, 'VMM event listener threw');
+      }
+    }
+  }
+
+  /** One hot-plug operation at a time: two attaches must not pick the same free port. */
+  private serialized<T>(op: () => Promise<T>): Promise<T> {
+    const run = this.lock.then(op, op);
+    this.lock = run.catch(() => undefined);
+    return run;
+  }
+
+  private async qomList(path: string): Promise<QomProperty[]> {
+    try {
+      return await this.qmp.execute('qom-list', { path }, { result: QomList });
+    } catch (cause) {
+      // peripheral-anon does not exist until the VM has an anonymous device.
+      if (cause instanceof QmpError && cause.errorClass === 'DeviceNotFound') return [];
+      throw cause;
+    }
+  }
+
+  private qomGetString(path: string, property: string): Promise<string> {
+    return this.qmp.execute('qom-get', { path, property }, { result: z.string() });
+  }
+}
+
+/**
+ * A device's `parent_bus` as a place a human recognises: the root port's id for a
+ * port's bus (`/machine/peripheral/rp1/rp1` → `rp1`), else the bus name (`pcie.0`).
+ */
+function portOfBus(busPath: string): string | undefined {
+  const parts = busPath.split('/').filter(Boolean);
+  if (parts[0] === 'machine' && parts[1] === 'peripheral' && parts.length >= 4) return parts[2];
+  return parts.at(-1);
+}
+
+function describe(err: unknown): string {
+  if (err instanceof QmpError) return err.errorDesc ?? err.message;
+  return err instanceof Error ? err.message : String(err);
+}
