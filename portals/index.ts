@@ -1,8 +1,10 @@
 import type { VmConfig } from '../src/config/schema.js';
 import type { Bus } from '../src/dbus/bus.js';
 import type { DocumentStore } from '../src/host/documents.js';
+import type { FloodControl } from '../src/host/flood.js';
 import type { HostLink } from '../src/guest/host-link.js';
 import type { Logger } from '../src/log.js';
+import type { PolicyDecider } from '../src/policy/policy.js';
 import type { AnyHandler } from '../src/protocol/connection.js';
 import type { MethodDescriptor, Params } from '../src/protocol/methods.js';
 import { SESSION_METHODS } from '../src/protocol/session.js';
@@ -21,6 +23,12 @@ export interface HostPortalDeps {
   log: Logger;
   /** A fresh daemon-unique id for each request. */
   nextRequestId: () => string;
+  /** The allow/deny/ask rows; each portal consults it before asking the user. */
+  policy: PolicyDecider;
+  /** Shared by every portal: wraps each handler in hostHandlersFor. */
+  flood: FloodControl;
+  /** Make the VM's share reachable in the guest (plug it in, have it mounted) before answering with paths in it. */
+  ensureShare: () => Promise<void>;
 }
 
 export interface PortalEntry {
@@ -47,5 +55,12 @@ export const PORTALS: readonly PortalEntry[] = [
     }),
   },
 ];
+
+/** Every portal's host handlers for one VM, each behind that VM's flood gate. */
+export function hostHandlersFor(deps: HostPortalDeps): [string, AnyHandler][] {
+  return PORTALS.flatMap((p) =>
+    Object.entries(p.hostHandlers(deps)).map(([method, handler]): [string, AnyHandler] => [method, deps.flood.guard(deps.vm.name, p.name, handler, deps.nextRequestId)]),
+  );
+}
 
 export const ALL_METHODS: readonly MethodDescriptor[] = [...SESSION_METHODS, ...PORTALS.flatMap((p) => p.methods)];

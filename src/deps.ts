@@ -36,6 +36,7 @@ export const DEPENDENCIES: readonly Dependency[] = [
   { id: 'convert', what: "ImageMagick's converter, crops and scales screenshots for OCR in tests", candidates: ['/usr/bin/convert', 'convert'], debianPackage: 'imagemagick', side: 'test' },
   { id: 'tesseract', what: 'OCR, reads the dialog screenshots in tests', candidates: ['/usr/bin/tesseract', 'tesseract'], debianPackage: 'tesseract-ocr', side: 'test' },
   { id: 'python3', what: 'Python, drives the terminal prompt tests through a pty', candidates: ['/usr/bin/python3', 'python3'], debianPackage: 'python3', side: 'test' },
+  { id: 'flatpak', what: 'flatpak CLI, reads our policy rows back in the permission tests', candidates: ['/usr/bin/flatpak', 'flatpak'], debianPackage: 'flatpak', side: 'test' },
 ] as const;
 
 export function isExecutable(file: string): boolean {

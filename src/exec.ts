@@ -82,6 +82,11 @@ export interface ServiceOptions extends Omit<ExecOptions, 'timeoutMs' | 'input'>
   stdio?: 'pipe' | 'inherit' | 'ignore';
   onStderrLine?: (line: string) => void;
   onStdoutLine?: (line: string) => void;
+  /**
+   * Let the child outlive us: its own session, not killed when we exit, and
+   * its output appended to `logFile` (a pipe to us would break when we go).
+   */
+  outliveParent?: { logFile: string };
 }
 
 /** A long-running child (virtiofsd, dbus-daemon, a portal) and its exit. */
@@ -151,16 +156,19 @@ export class Service {
 
 export function startService(name: string, file: string, args: readonly string[], opts: ServiceOptions = {}): Service {
   const stdio = opts.stdio ?? 'pipe';
+  const out = opts.outliveParent ? { file: opts.outliveParent.logFile, append: true } : stdio;
   const child = execa(file, args, {
     env: environment(opts),
     extendEnv: false,
     cwd: opts.cwd,
     cancelSignal: opts.signal,
     stdin: 'ignore',
-    stdout: stdio,
-    stderr: stdio,
+    stdout: out,
+    stderr: out,
     reject: false,
     buffer: false,
+    ...(opts.outliveParent ? { detached: true, cleanup: false } : {}),
   });
+  if (opts.outliveParent) child.unref();
   return new Service(name, child, opts);
 }

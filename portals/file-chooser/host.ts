@@ -3,6 +3,8 @@ import type { Bus } from '../../src/dbus/bus.js';
 import { audit } from '../../src/host/audit.js';
 import type { DocumentStore, Grant } from '../../src/host/documents.js';
 import type { Logger } from '../../src/log.js';
+import { describeRow } from '../../src/policy/model.js';
+import type { PolicyDecider } from '../../src/policy/policy.js';
 import type { HandlerContext, Params, ResultOf } from '../../src/protocol/methods.js';
 import { sanitizeGuestText } from '../../src/text.js';
 import { hop } from '../../src/trace.js';
@@ -20,6 +22,8 @@ export interface FileChooserHostDeps {
   docs: DocumentStore;
   log: Logger;
   requestId: string;
+  policy: PolicyDecider;
+  ensureShare: () => Promise<void>;
 }
 
 const DEFAULT_TITLES: Record<DialogKind, string> = { open: 'Open File', save: 'Save File', 'save-files': 'Save Files' };
@@ -60,6 +64,14 @@ export async function handleOpenDialog(params: Params<typeof OpenDialog>, ctx: H
   const { vm, docs, log, requestId } = deps;
   hop(log, 'host.received');
   const asked = { kind: params.kind, title: sanitizeGuestText(params.title), appId: sanitizeGuestText(params.appId, 100) };
+  // The dialog is itself the consent, so only deny (or an unreadable policy) skips it.
+  const policy = await deps.policy.decision('FileChooser', params.kind, vm);
+  if (policy.verdict === 'deny') {
+    const rule = policy.row ? describeRow(policy.row) : undefined;
+    log.info({ rule }, 'denied by policy: no dialog shown');
+    audit({ vm: vm.name, portal: 'FileChooser', request: requestId, decision: 'deny', reason: policy.error ? 'failure' : 'policy', grant: null, asked, ...(rule ? { rule } : {}) });
+    return { response: 2, results: {} };
+  }
   const options = await hostOptions(vm, docs, params.options);
   const title = dialogTitle(vm, params.kind, params.title);
   log.info({ kind: params.kind, title, dropped: Object.keys(params.options).filter((k) => !(k in options)) }, 'showing the host file dialog');
@@ -95,6 +107,9 @@ export async function handleOpenDialog(params: Params<typeof OpenDialog>, ctx: H
     asked: { ...asked, paths: grants.map((g) => g.hostPath), writable: write },
   });
   hop(log, 'host.granted', { grants: grants.length });
+  // The first grant of a VM may be what needs its share plugged in.
+  await deps.ensureShare().catch((err: Error) => log.error({ err: err.message }, 'the VM\'s share could not be plugged in; the app will not find the file'));
+  hop(log, 'host.share-ready');
   const uris = grants.map((g) => guestUriOf(g, vm.share.guestMount));
   const results = params.kind === 'open' ? { ...answer.results, uris, writable: write } : { ...answer.results, uris };
   return { response: 0, results };

@@ -7,11 +7,13 @@ import { doctorVerb } from './verb-doctor.js';
 import { grantsVerb } from './verb-grants.js';
 import { guestVerb } from './verb-guest.js';
 import { hostVerb } from './verb-host.js';
+import { logVerb } from './verb-log.js';
+import { permissionsVerb } from './verb-permissions.js';
 import { installGuestVerb, uninstallGuestVerb } from './verb-install-guest.js';
 import { mountAgentVerb } from './verb-mount-agent.js';
 import { vmsVerb } from './verb-vms.js';
 
-const VERBS: Verb[] = [hostVerb, guestVerb, vmsVerb, grantsVerb, doctorVerb, installGuestVerb, uninstallGuestVerb, mountAgentVerb];
+const VERBS: Verb[] = [hostVerb, guestVerb, vmsVerb, grantsVerb, permissionsVerb, logVerb, doctorVerb, installGuestVerb, uninstallGuestVerb, mountAgentVerb];
 
 function help(): string {
   const width = Math.max(...VERBS.map((v) => v.name.length));

@@ -3,16 +3,18 @@ import { vmConfigs, type VmConfig } from '../config/schema.js';
 import { Bus } from '../dbus/bus.js';
 import { bytesToString } from '../dbus/values.js';
 import { audit } from '../host/audit.js';
-import { grantRow } from '../host/control.js';
+import { grantRow, revokeAll } from '../host/control.js';
 import { DocumentStore } from '../host/documents.js';
 import { UsageError, daemonControl, parse, sessionBusAddress, table, type Verb } from './common.js';
 
 const usage = `Usage: xdp-vm grants [VM] [--config FILE] [--json]
        xdp-vm grants revoke VM ID
+       xdp-vm grants revoke VM --all
 
 List what each VM has been given (every VM, or only VM), or take one grant
 back: the file disappears from the VM's share at once. An ID is the
 document id shown by the list, also the folder name under the VM's mount.
+--all takes back everything the VM has and unplugs its share.
 
 Works through the running host daemon; without one it reads and changes the
 document store directly.`;
@@ -30,17 +32,27 @@ export const grantsVerb: Verb = {
   summary: 'list or revoke what each VM has been given',
   usage,
   async run(argv) {
-    const { values, positionals } = parse(argv, { config: { type: 'string' }, json: { type: 'boolean' } }, usage);
+    const { values, positionals } = parse(argv, { config: { type: 'string' }, json: { type: 'boolean' }, all: { type: 'boolean' } }, usage);
     if (values.help) return console.log(usage), 0;
     const vms = vmConfigs(loadConfig(values.config ?? defaultConfigPath()));
     const revoking = positionals[0] === 'revoke';
-    if (revoking && positionals.length !== 3) throw new UsageError(`grants revoke takes VM and ID\n\n${usage}`);
+    if (revoking && positionals.length !== (values.all ? 2 : 3)) throw new UsageError(`grants revoke takes VM and ID, or VM --all\n\n${usage}`);
     if (!revoking && positionals.length > 1) throw new UsageError(usage);
     const vmName = revoking ? positionals[1]! : positionals[0];
     if (vmName) findVm(vms, vmName);
     const bus = await Bus.connect(sessionBusAddress(), { unixFds: true });
     try {
       const control = await daemonControl(bus);
+      if (revoking && values.all) {
+        if (control) {
+          const [n] = (await control.call('RevokeAll', 's', [vmName])) as [number];
+          console.log(`Revoked ${n} grant(s) from ${vmName} and unplugged its share.`);
+        } else {
+          const ids = await revokeAll(await DocumentStore.open(bus), vmName!);
+          console.log(`Revoked ${ids.length} grant(s) from ${vmName}. The host daemon is not running, so its share stays plugged in.`);
+        }
+        return 0;
+      }
       if (revoking) {
         const id = positionals[2]!;
         if (control) await control.call('Revoke', 'ss', [vmName, id]);

@@ -74,6 +74,19 @@ export const Vm = z
   .strict();
 export type Vm = z.infer<typeof Vm>;
 
+/** Flood control: past these, a VM's requests get response 2 at once, with no dialog. */
+export const FloodLimits = z
+  .object({
+    /** Most requests one VM may have open at once. */
+    maxPending: z.number().int().min(1).max(1000).default(4),
+    /** Most requests one VM may have admitted within the window. */
+    maxRecent: z.number().int().min(1).max(100_000).default(30),
+    /** The sliding window, in seconds. */
+    windowSeconds: z.number().int().min(1).max(86_400).default(60),
+  })
+  .strict();
+export type FloodLimits = z.infer<typeof FloodLimits>;
+
 export const Config = z
   .object({
     vms: z.record(VmName, Vm),
@@ -81,6 +94,7 @@ export const Config = z
     virtiofsd: AbsolutePath.optional(),
     /** Where per-VM virtiofsd sockets go by default. */
     runtimeDir: AbsolutePath.optional(),
+    flood: FloodLimits.optional(),
   })
   .strict()
   .superRefine((cfg, ctx) => {

@@ -9,7 +9,8 @@ import { VERSION } from '../version.js';
 import { HostLink } from './host-link.js';
 import { askMountAgent } from './mount-agent.js';
 import { loadGuestConfig } from './guest-config.js';
-import { ShareUnmount } from '../protocol/session.js';
+import { ShareMount, ShareUnmount } from '../protocol/session.js';
+import type { AnyHandler } from '../protocol/connection.js';
 
 /**
  * The guest backend: a portal backend on the guest's session bus that owns
@@ -39,12 +40,19 @@ export async function startGuestBackend(opts: { busAddress: string; spec: GuestL
   const link = new HostLink({
     spec: opts.spec,
     methods: methodTable(ALL_METHODS),
-    handlers: new Map([
+    handlers: new Map<string, AnyHandler>([
       [
         ShareUnmount.name,
         async () => {
           const r = await askMountAgent('unmount');
           return { unmounted: r.ok, detail: r.detail.slice(0, 300) };
+        },
+      ],
+      [
+        ShareMount.name,
+        async () => {
+          const r = await askMountAgent('mount');
+          return { mounted: r.ok, detail: r.detail.slice(0, 300) };
         },
       ],
     ]),

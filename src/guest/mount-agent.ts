@@ -82,6 +82,17 @@ export class MountAgent {
     }
   }
 
+  /** Mount as soon as the device is there (it binds a few tens of ms after the plug). */
+  async mountNow(timeoutMs = 3000): Promise<string> {
+    const deadline = Date.now() + timeoutMs;
+    while (!this.mounted) {
+      if (Date.now() > deadline) throw new Error(`the share "${this.opts.tag}" did not appear within ${timeoutMs} ms`);
+      if (virtiofsDevices() > 0 && !this.busy) await this.mount();
+      if (!this.mounted) await new Promise((r) => setTimeout(r, 20));
+    }
+    return 'mounted';
+  }
+
   private async tick(): Promise<void> {
     if (this.busy) return;
     this.busy = true;
@@ -135,6 +146,11 @@ export class MountAgent {
           (detail) => c.end(`ok ${detail}\n`),
           (err: Error) => c.end(`error ${err.message.split('\n')[0]}\n`),
         );
+      } else if (cmd === 'mount') {
+        this.mountNow().then(
+          (detail) => c.end(`ok ${detail}\n`),
+          (err: Error) => c.end(`error ${err.message.split('\n')[0]}\n`),
+        );
       } else if (cmd === 'status') c.end(`ok ${this.mounted ? 'mounted' : 'not mounted'}\n`);
       else c.end('error unknown command\n');
     });
@@ -142,7 +158,7 @@ export class MountAgent {
 }
 
 /** Ask the agent (from the unprivileged session backend). */
-export function askMountAgent(command: 'unmount' | 'status', socket = MOUNT_AGENT_SOCKET, timeoutMs = 8000): Promise<{ ok: boolean; detail: string }> {
+export function askMountAgent(command: 'mount' | 'unmount' | 'status', socket = MOUNT_AGENT_SOCKET, timeoutMs = 8000): Promise<{ ok: boolean; detail: string }> {
   return new Promise((resolve) => {
     const c = net.connect(socket);
     let reply = '';

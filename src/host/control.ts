@@ -18,6 +18,14 @@ export function grantRow(g: Grant, guestMount: string): [string, string, Buffer,
   return [g.vm, g.id, stringToBytes(g.hostPath), fileURLToPath(guestUriOf(g, guestMount)), g.writable];
 }
 
+/** Revoke every grant of a VM, with one audit line. */
+export async function revokeAll(docs: DocumentStore, vm: string): Promise<string[]> {
+  const ids: string[] = [];
+  for (const g of await docs.list(vm)) if (await docs.revoke(vm, g.id)) ids.push(g.id);
+  audit({ vm, portal: 'FileChooser', request: 'grants revoke --all', decision: 'revoke', reason: 'cli', grant: ids });
+  return ids;
+}
+
 export function exportControl(bus: Bus, sessions: ReadonlyMap<string, VmSession>, docs: DocumentStore): () => void {
   const session = (name: string) => {
     const s = sessions.get(name);
@@ -47,6 +55,12 @@ export function exportControl(bus: Bus, sessions: ReadonlyMap<string, VmSession>
         const rows = [];
         for (const s of targets) for (const g of await docs.list(s.vm.name)) rows.push(grantRow(g, s.vm.share.guestMount));
         return [rows];
+      },
+      RevokeAll: async ([vm]) => {
+        const s = session(vm as string);
+        const ids = await revokeAll(docs, s.vm.name);
+        await s.share?.detach();
+        return [ids.length];
       },
       Revoke: async ([vm, id]) => {
         const s = session(vm as string);

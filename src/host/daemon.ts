@@ -5,12 +5,15 @@ import { vmConfigs } from '../config/schema.js';
 import { Bus } from '../dbus/bus.js';
 import { requireProgram } from '../deps.js';
 import { childLogger, type Logger } from '../log.js';
-import { runtimeDir } from '../paths.js';
+import { runtimeDir, stateHome } from '../paths.js';
+import { Policy } from '../policy/policy.js';
 import { listenHybridVsock } from '../transport/hybrid-vsock.js';
 import { SerialConnector } from '../transport/virtio-serial.js';
 import { CONTROL_BUS_NAME, exportControl } from './control.js';
 import { DocumentStore } from './documents.js';
-import { VirtiofsdSupervisor } from './virtiofsd.js';
+import { FloodControl } from './flood.js';
+import { vmmConnector } from './vmm-connector.js';
+import { VmShare } from './vm-share.js';
 import { VmSession } from './vm-session.js';
 
 /**
@@ -37,19 +40,22 @@ export async function startHostDaemon(opts: HostDaemonOptions): Promise<HostDaem
   const log = childLogger({ side: 'host' });
   const hostBus = await Bus.connect(opts.busAddress, { unixFds: true });
   const docs = await DocumentStore.open(hostBus);
+  const policy = await Policy.open(hostBus, log.child({ component: 'policy' }));
+  const flood = new FloodControl({ limits: opts.config.flood });
   let seq = 0;
   const nextRequestId = () => `r${Date.now().toString(36)}-${(++seq).toString(36)}`;
   const sessions = new Map<string, VmSession>();
-  for (const vm of vmConfigs(opts.config)) sessions.set(vm.name, new VmSession(vm, { hostBus, docs, log, nextRequestId }));
+  for (const vm of vmConfigs(opts.config)) sessions.set(vm.name, new VmSession(vm, { hostBus, docs, log, nextRequestId, policy, flood }));
 
   const stoppers: (() => Promise<void> | void)[] = [];
   try {
-    if (opts.shares !== false) stoppers.push(...(await startShares(opts.config, sessions, docs, log)));
+    if (opts.shares !== false) stoppers.push(...(await startShares(opts.config, sessions, docs)));
     stoppers.push(...(await startTransports(sessions, log)));
     stoppers.push(exportControl(hostBus, sessions, docs));
     await hostBus.requestName(CONTROL_BUS_NAME);
   } catch (err) {
     for (const stop of stoppers.reverse()) await stop();
+    await policy.close();
     hostBus.close();
     throw err;
   }
@@ -62,28 +68,37 @@ export async function startHostDaemon(opts: HostDaemonOptions): Promise<HostDaem
     async stop() {
       for (const s of sessions.values()) s.close('host daemon stopping');
       for (const stop of stoppers.reverse()) await stop();
+      flood.close();
+      await policy.close();
       hostBus.close();
       log.info('host daemon stopped');
     },
   };
 }
 
-async function startShares(config: Config, sessions: Map<string, VmSession>, docs: DocumentStore, log: Logger) {
+async function startShares(config: Config, sessions: Map<string, VmSession>, docs: DocumentStore) {
   const binary = requireProgram('virtiofsd', config.virtiofsd);
   const dir = config.runtimeDir ?? path.join(runtimeDir(), 'xdp-vm');
   const stoppers: (() => Promise<void>)[] = [];
   for (const s of sessions.values()) {
-    const sup = new VirtiofsdSupervisor({
-      vm: s.vm.name,
-      binary,
-      source: docs.viewOf(s.vm.name),
-      socket: s.vm.share.socket ?? path.join(dir, `${s.vm.name}-doc.sock`),
-      cache: s.vm.share.cache,
-      log: s.log.child({ component: 'virtiofsd' }),
+    const share = new VmShare({
+      vm: s.vm,
+      virtiofsd: {
+        vm: s.vm.name,
+        binary,
+        source: docs.viewOf(s.vm.name),
+        socket: s.vm.share.socket ?? path.join(dir, `${s.vm.name}-doc.sock`),
+        cache: s.vm.share.cache,
+        logFile: path.join(stateHome(), 'xdp-vm', `virtiofsd-${s.vm.name}.log`),
+      },
+      log: s.log.child({ component: 'share' }),
+      connectVmm: vmmConnector(s),
+      hasGrants: async () => (await docs.list(s.vm.name)).length > 0,
+      askGuestToUnmount: () => s.askGuestToUnmount(),
     });
-    s.share = sup;
-    await sup.start();
-    stoppers.push(() => sup.stop());
+    s.share = share;
+    await share.start();
+    stoppers.push(() => share.close());
   }
   return stoppers;
 }

@@ -1,13 +1,15 @@
 import type { Duplex } from 'node:stream';
-import { ALL_METHODS, PORTALS } from '../../portals/index.js';
+import { ALL_METHODS, hostHandlersFor } from '../../portals/index.js';
 import type { VmConfig } from '../config/schema.js';
 import type { Bus } from '../dbus/bus.js';
 import type { Logger } from '../log.js';
 import { Connection, type AnyHandler } from '../protocol/connection.js';
 import { methodTable } from '../protocol/methods.js';
-import { Ping } from '../protocol/session.js';
+import { Ping, ShareMount, ShareUnmount } from '../protocol/session.js';
+import type { PolicyDecider } from '../policy/policy.js';
 import type { DocumentStore } from './documents.js';
-import type { VirtiofsdSupervisor } from './virtiofsd.js';
+import type { FloodControl } from './flood.js';
+import type { VmShare } from './vm-share.js';
 
 /**
  * Everything the host holds for one VM: its current link (identified by the
@@ -21,12 +23,14 @@ export interface VmSessionDeps {
   docs: DocumentStore;
   log: Logger;
   nextRequestId: () => string;
+  policy: PolicyDecider;
+  flood: FloodControl;
 }
 
 export class VmSession {
   private conn: Connection | undefined;
   private readonly handlers: ReadonlyMap<string, AnyHandler>;
-  share: VirtiofsdSupervisor | undefined;
+  share: VmShare | undefined;
   readonly log: Logger;
 
   constructor(
@@ -35,7 +39,7 @@ export class VmSession {
   ) {
     this.log = deps.log.child({ vm: vm.name });
     const entries: [string, AnyHandler][] = [[Ping.name, async (params) => ({ seq: (params as { seq: number }).seq })]];
-    entries.push(...PORTALS.flatMap((p) => Object.entries(p.hostHandlers({ vm, hostBus: deps.hostBus, docs: deps.docs, log: this.log, nextRequestId: deps.nextRequestId }))));
+    entries.push(...hostHandlersFor({ ...deps, vm, log: this.log, ensureShare: () => this.ensureShare() }));
     this.handlers = new Map(entries);
   }
 
@@ -54,7 +58,11 @@ export class VmSession {
       this.log.info({ reason }, 'guest link closed');
     });
     conn.acceptGuest(this.vm.name).then(
-      (hello) => this.log.info({ agent: hello.agent, endpoint }, 'guest connected'),
+      (hello) => {
+        this.log.info({ agent: hello.agent, endpoint }, 'guest connected');
+        // A VM that connects gets its share plugged in, ready for its first file.
+        this.ensureShare().catch((err: Error) => this.log.error({ err: err.message }, 'could not plug the share in'));
+      },
       (err: Error) => this.log.warn({ endpoint }, `guest link failed before the handshake: ${err.message}`),
     );
     return conn;
@@ -62,5 +70,21 @@ export class VmSession {
 
   close(reason: string): void {
     this.conn?.close(reason);
+  }
+
+  /** Plug the share in if needed and have the guest mount it now (best effort: its agent also polls). */
+  async ensureShare(): Promise<void> {
+    if (!this.share?.hotplug) return;
+    await this.share.ensureAttached();
+    if (!this.connected) return;
+    const r = await this.conn!.request(ShareMount, { tag: this.vm.share.tag }, { signal: AbortSignal.timeout(4000) }).catch((err: Error) => ({ mounted: false, detail: err.message }));
+    if (!r.mounted) this.log.warn({ detail: r.detail }, 'the guest did not confirm the share is mounted');
+  }
+
+  /** Before an unplug: ask the guest to unmount, and go on whatever it says. */
+  async askGuestToUnmount(): Promise<void> {
+    if (!this.connected) return;
+    const r = await this.conn!.request(ShareUnmount, { tag: this.vm.share.tag }, { signal: AbortSignal.timeout(8000) }).catch((err: Error) => ({ unmounted: false, detail: err.message }));
+    this.log.info({ detail: r.detail }, r.unmounted ? 'the guest unmounted its share' : 'the guest could not unmount its share; unplugging anyway');
   }
 }

@@ -17,4 +17,12 @@ export const ShareUnmount = defineMethod({
   result: z.object({ unmounted: z.boolean(), detail: z.string().max(300) }).strict(),
 });
 
-export const SESSION_METHODS = [Ping, ShareUnmount] as const;
+/** After plugging the share in, the host asks the guest to mount it now rather than at its next poll. */
+export const ShareMount = defineMethod({
+  name: 'share.mount',
+  direction: 'host-to-guest',
+  params: z.object({ tag: z.string().max(36) }).strict(),
+  result: z.object({ mounted: z.boolean(), detail: z.string().max(300) }).strict(),
+});
+
+export const SESSION_METHODS = [Ping, ShareUnmount, ShareMount] as const;

@@ -10,6 +10,7 @@ import { CONTROL_BUS_NAME } from '../../src/host/control.js';
 import { appIdOf } from '../../src/host/documents.js';
 import { cliEntry } from '../../src/paths.js';
 import { startPrivateBus, type PrivateBus } from './private-bus.js';
+import { processesMatching } from './processes.js';
 import { SCRIPTED_PORTAL_FILE, ScriptedDialog } from './scripted-dialog.js';
 
 /**
@@ -23,6 +24,9 @@ export interface WorldVmSpec {
   name: string;
   label?: string;
   color?: string;
+  tags?: string[];
+  /** A real QEMU guest: virtio-serial transport, QMP control socket, the share mounted in the guest. */
+  qemu?: boolean;
 }
 
 export interface Guest {
@@ -47,6 +51,8 @@ export interface DialogReply {
 }
 
 const PORT = 5000;
+/** Where a real guest mounts its share. */
+export const QEMU_GUEST_MOUNT = '/run/xdp-vm/doc';
 
 function sessionEnv(dir: string): Record<string, string> {
   const env: Record<string, string> = {
@@ -84,18 +90,27 @@ export class World {
   }
 
   /** `guests: false` starts only the host side; links can then be made by hand (RawLink). */
-  static async start(vms: WorldVmSpec[], opts: { shares?: boolean; guests?: boolean } = {}): Promise<World> {
+  static async start(vms: WorldVmSpec[], opts: { shares?: boolean; guests?: boolean; config?: Record<string, unknown> } = {}): Promise<World> {
     const world = new World(mkdtempSync(path.join(tmpdir(), 'xdp-vm-world-')), vms);
+    world.extraConfig = opts.config ?? {};
     try {
       await world.startHost();
       world.writeConfig();
       await world.startDaemon(opts);
-      if (opts.guests !== false) for (const vm of vms) await world.startGuest(vm);
+      if (opts.guests !== false) for (const vm of vms.filter((v) => !v.qemu)) await world.startGuest(vm);
     } catch (err) {
       await world.stop();
       throw err;
     }
     return world;
+  }
+
+  /** Top-level config keys besides `vms` (e.g. `flood`), from World.start's `config`. */
+  private extraConfig: Record<string, unknown> = {};
+
+  /** Where the daemon (not under systemd here) appends its audit lines. */
+  get auditFile(): string {
+    return path.join(this.hostEnv.XDG_STATE_HOME!, 'xdp-vm', 'audit.jsonl');
   }
 
   get docMount(): string {
@@ -125,16 +140,26 @@ export class World {
   private writeConfig(): void {
     const vms: Record<string, unknown> = {};
     for (const vm of this.vms) {
+      const p = this.vmPaths(vm.name);
       vms[vm.name] = {
         label: vm.label ?? vm.name,
         color: vm.color ?? '#3465a4',
-        transport: { type: 'hybrid-vsock', socket: path.join(this.root, 'vms', `${vm.name}.vsock`), port: PORT },
-        share: { guestMount: this.viewOf(vm.name), socket: path.join(this.root, 'vms', `${vm.name}-doc.sock`) },
+        ...(vm.tags ? { tags: vm.tags } : {}),
+        ...(vm.qemu
+          ? {
+              transport: { type: 'virtio-serial', socket: p.portal },
+              vmm: { type: 'qmp', socket: p.qmp },
+              share: { guestMount: QEMU_GUEST_MOUNT, socket: p.share },
+            }
+          : {
+              transport: { type: 'hybrid-vsock', socket: path.join(this.root, 'vms', `${vm.name}.vsock`), port: PORT },
+              share: { guestMount: this.viewOf(vm.name), socket: p.share },
+            }),
       };
     }
     mkdirSync(path.join(this.root, 'vms'), { recursive: true });
     mkdirSync(path.dirname(this.configPath), { recursive: true });
-    writeFileSync(this.configPath, JSON.stringify({ vms }, null, 2));
+    writeFileSync(this.configPath, JSON.stringify({ vms, ...this.extraConfig }, null, 2));
   }
 
   async startDaemon(opts: { shares?: boolean } = {}): Promise<void> {
@@ -182,6 +207,12 @@ export class World {
     this.guests.set(vm.name, { name: vm.name, bus, mount: this.viewOf(vm.name), endpoint });
   }
 
+  /** Where a VM's sockets live: QEMU's portal chardev and the daemon's QMP monitor (for `qemu` VMs), virtiofsd's. */
+  vmPaths(vm: string): { portal: string; qmp: string; share: string } {
+    const dir = path.join(this.root, 'vms');
+    return { portal: path.join(dir, `${vm}-portal.sock`), qmp: path.join(dir, `${vm}-qmp.sock`), share: path.join(dir, `${vm}-doc.sock`) };
+  }
+
   /** The hybrid-vsock endpoint of a VM, where its guest connects. */
   endpointOf(vm: string): string {
     return `${path.join(this.root, 'vms', `${vm}.vsock`)}_${PORT}`;
@@ -216,6 +247,14 @@ export class World {
     await this.stopDaemon().catch(() => undefined);
     this.dialog?.stop();
     await this.hostBus?.stop().catch(() => undefined);
+    // virtiofsd outlives the daemon on purpose (a guest may have its share mounted).
+    for (const p of processesMatching(this.root)) {
+      try {
+        process.kill(p.pid, 'SIGTERM');
+      } catch {
+        /* gone */
+      }
+    }
     if (existsSync(this.docMount) && readFileSync('/proc/self/mounts', 'utf8').includes(` ${this.docMount} `)) {
       await runProgram(requireProgram('fusermount3'), ['-u', '-z', this.docMount]).catch(() => undefined);
     }

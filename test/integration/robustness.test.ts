@@ -115,8 +115,13 @@ describe('virtiofsd supervision', () => {
     expect((await world.fileDialog('work', 'OpenFile', 'Open')).response).toBe(0);
   });
 
-  it('stopping the daemon stops its virtiofsd processes', async () => {
+  it('a daemon restart leaves virtiofsd serving (a guest may have the share mounted) and adopts it', async () => {
+    const [before] = processesMatching(`source=${world.viewOf('work')}`);
     await world.stopDaemon();
-    expect(processesMatching(`source=${world.viewOf('work')}`)).toEqual([]);
+    expect(processesMatching(`source=${world.viewOf('work')}`)).toEqual([before]);
+    await world.startDaemon();
+    const vms = JSON.parse((await world.cli(['vms', '--json'])).stdout) as { vms: { name: string; share: string; detail: string }[] };
+    expect(vms.vms.find((v) => v.name === 'work')).toMatchObject({ share: 'ready', detail: `adopted virtiofsd ${before!.pid} left by a previous daemon` });
+    expect(processesMatching(`source=${world.viewOf('work')}`)).toEqual([before]);
   });
 });

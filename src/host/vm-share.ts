@@ -1,0 +1,162 @@
+import { EventEmitter } from 'node:events';
+import type { VmConfig } from '../config/schema.js';
+import type { Logger } from '../log.js';
+import type { VmmAdapter } from '../vmm/adapter.js';
+import { VirtiofsdSupervisor, type ShareState, type VirtiofsdOptions } from './virtiofsd.js';
+
+/**
+ * A VM's document share, end to end on the host: the virtiofsd serving the
+ * VM's view and, when the VM has a VMM control socket, the device in the VM.
+ *
+ *   static  (vmm "none"): the VM is started with the share attached; virtiofsd
+ *           must always be listening, and is started again after each boot.
+ *   hot-plug (qmp, ...): the share is plugged into the running VM when its
+ *           guest connects, when it gets its first grant, or when the VM comes
+ *           back with grants; a VM started with the share attached is left as
+ *           it is. Unplugging asks the guest to unmount first.
+ */
+export const SHARE_ID = 'xdpvm-doc';
+
+export interface VmShareDeps {
+  vm: VmConfig;
+  virtiofsd: Omit<VirtiofsdOptions, 'restartOnCleanExit' | 'stillAttached' | 'log'>;
+  log: Logger;
+  /** Opens the VM's VMM adapter; undefined for VMs without one. */
+  connectVmm?: () => Promise<VmmAdapter>;
+  /** Whether the VM has any documents (worth plugging the share in for). */
+  hasGrants: () => Promise<boolean>;
+  /** Ask the guest to unmount; resolves whatever the answer. */
+  askGuestToUnmount: () => Promise<void>;
+}
+
+export class VmShare extends EventEmitter {
+  readonly supervisor: VirtiofsdSupervisor;
+  private vmm: VmmAdapter | undefined;
+  private vmmProblem = '';
+  private attached = false;
+  private closed = false;
+  private retry: NodeJS.Timeout | undefined;
+  private retryDelay = 500;
+  private attaching: Promise<void> | undefined;
+
+  constructor(private readonly deps: VmShareDeps) {
+    super();
+    this.supervisor = new VirtiofsdSupervisor({
+      ...deps.virtiofsd,
+      log: deps.log.child({ component: 'virtiofsd' }),
+      restartOnCleanExit: !deps.connectVmm,
+      stillAttached: () => this.deviceIsPlugged(),
+    });
+  }
+
+  get hotplug(): boolean {
+    return !!this.deps.connectVmm;
+  }
+
+  get state(): ShareState {
+    return this.supervisor.state;
+  }
+
+  get detail(): string {
+    if (this.supervisor.state === 'failed') return this.supervisor.detail;
+    if (this.hotplug && !this.vmm) return this.vmmProblem ? `VMM not reachable: ${this.vmmProblem}` : 'VMM not connected yet';
+    return this.supervisor.detail;
+  }
+
+  async start(): Promise<void> {
+    if (!this.hotplug) return this.supervisor.start();
+    await this.connectVmm();
+  }
+
+  /** Plug the share in if it is not: idempotent, and shared by concurrent callers. */
+  ensureAttached(): Promise<void> {
+    if (!this.hotplug) return Promise.resolve();
+    this.attaching ??= this.attach().finally(() => (this.attaching = undefined));
+    return this.attaching;
+  }
+
+  /** Ask the guest to unmount, unplug, and let virtiofsd go. */
+  async detach(): Promise<void> {
+    if (!this.vmm || !this.attached) return;
+    await this.vmm.detachShare(SHARE_ID, { beforeDetach: () => this.deps.askGuestToUnmount() });
+    this.attached = false;
+    this.supervisor.markAttached(false);
+    this.deps.log.info('unplugged the document share');
+  }
+
+  /** The daemon is going: the guest keeps its share and virtiofsd keeps serving it. */
+  async close(): Promise<void> {
+    this.closed = true;
+    clearTimeout(this.retry);
+    this.supervisor.release();
+    await this.vmm?.close();
+  }
+
+  private async attach(): Promise<void> {
+    const vmm = this.vmm;
+    if (!vmm || this.supervisor.state === 'failed') return;
+    const present = (await vmm.listShares()).find((s) => s.tag === this.deps.vm.share.tag);
+    if (present) {
+      this.attached = true;
+      if (!present.attachedHere && present.id !== SHARE_ID) this.deps.log.info({ device: present.deviceId }, 'the VM already has its share (started with it); leaving it as it is');
+      this.supervisor.markAttached(true);
+      return;
+    }
+    await this.supervisor.start();
+    const done = await vmm.attachShare({ id: SHARE_ID, tag: this.deps.vm.share.tag, socketPath: this.deps.virtiofsd.socket, queueSize: 1024 });
+    this.attached = true;
+    this.supervisor.markAttached(true);
+    this.deps.log.info({ device: done.deviceId, port: done.location }, 'plugged the document share into the running VM');
+  }
+
+  private async deviceIsPlugged(): Promise<boolean> {
+    try {
+      return !!this.vmm && (await this.vmm.listShares()).some((s) => s.tag === this.deps.vm.share.tag);
+    } catch {
+      return false;
+    }
+  }
+
+  private async connectVmm(): Promise<void> {
+    if (this.closed) return;
+    try {
+      const vmm = await this.deps.connectVmm!();
+      this.vmm = vmm;
+      this.vmmProblem = '';
+      this.retryDelay = 500;
+      vmm.events.subscribe((e) => {
+        if (e.type === 'vmm-gone') this.onVmmGone(e.reason);
+        else if (!e.expected) {
+          this.attached = false;
+          this.supervisor.markAttached(false);
+          this.deps.log.warn({ device: e.deviceId }, 'the VM removed its document share by itself');
+        }
+      });
+      this.deps.log.info('connected to the VMM');
+      const plugged = await this.deviceIsPlugged();
+      if (plugged || (await this.deps.hasGrants())) await this.ensureAttached();
+      this.emit('vmm-up');
+    } catch (err) {
+      const problem = (err as Error).message;
+      if (problem !== this.vmmProblem) this.deps.log.info(`VMM not reachable (the VM may be off): ${problem}`);
+      this.vmmProblem = problem;
+      this.retry = setTimeout(() => void this.connectVmm(), this.retryDelay);
+      this.retryDelay = Math.min(this.retryDelay * 2, 5000);
+    }
+  }
+
+  private onVmmGone(reason: string): void {
+    this.vmm = undefined;
+    this.attached = false;
+    this.vmmProblem = reason;
+    this.deps.log.info({ reason }, 'the VMM went away (the VM stopped); its virtiofsd follows');
+    // A failed share died with that VM; the next boot gets a fresh one.
+    // virtiofsd normally exits by itself when QEMU lets go; one that never got
+    // connected would linger, so it is stopped once nothing can have it mounted.
+    setTimeout(() => {
+      if (!this.vmm && !this.closed && (this.supervisor.running || this.supervisor.state === 'failed')) void this.supervisor.stop();
+    }, 1000);
+    this.emit('vmm-gone');
+    if (!this.closed) this.retry = setTimeout(() => void this.connectVmm(), this.retryDelay);
+  }
+}

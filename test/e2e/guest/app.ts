@@ -1,0 +1,45 @@
+import { readFileSync, writeFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { Bus, type Vardict } from '../../../src/dbus/bus.js';
+import { callPortalRequest } from '../../../src/dbus/portal-request.js';
+import { typed } from '../../../src/dbus/values.js';
+
+/**
+ * Runs inside a guest: what an app does with the file chooser portal, as a
+ * D-Bus client of the guest's stock xdg-desktop-portal. Prints one JSON line.
+ *   app.js open TITLE           → reads every chosen file
+ *   app.js save TITLE CONTENT   → writes CONTENT to the chosen file
+ */
+async function main(): Promise<void> {
+  const [mode, title = 'Open', content = ''] = process.argv.slice(2);
+  const bus = await Bus.connect(process.env.DBUS_SESSION_BUS_ADDRESS!);
+  const options: Vardict = mode === 'save' ? { current_name: typed('s', 'from-guest.txt') } : {};
+  const t0 = performance.now();
+  const reply = await callPortalRequest(bus, {
+    interface: 'org.freedesktop.portal.FileChooser',
+    member: mode === 'save' ? 'SaveFile' : 'OpenFile',
+    signature: 'ssa{sv}',
+    args: ['', title],
+    options,
+  }).finally(() => bus.close());
+  const ms = performance.now() - t0;
+  const uris = (reply.results.uris?.value as string[] | undefined) ?? [];
+  const files = uris.map((uri) => {
+    const path = fileURLToPath(uri);
+    try {
+      if (mode === 'save') writeFileSync(path, content);
+      return { path, content: readFileSync(path, 'utf8') };
+    } catch (err) {
+      return { path, error: (err as NodeJS.ErrnoException).code ?? String(err) };
+    }
+  });
+  console.log(JSON.stringify({ response: reply.response, ms, files }));
+}
+
+main().then(
+  () => process.exit(0),
+  (err: unknown) => {
+    console.log(JSON.stringify({ error: (err as Error).message }));
+    process.exit(1);
+  },
+);

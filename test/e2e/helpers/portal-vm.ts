@@ -1,0 +1,100 @@
+import path from 'node:path';
+import { cliEntry, packageRoot } from '../../../src/paths.js';
+import type { World } from '../../helpers/world.js';
+import { bootGuest, type BootGuestOptions, type Guest } from '../harness/vm.js';
+
+/**
+ * A QEMU guest set up the way a user's VM would be, from the guest's own
+ * side: `xdp-vm install-guest` writes the guest files (into /run/gi, since the
+ * guest's root is the host's read-only /), a session bus activates the stock
+ * xdg-desktop-portal and our backend from them, and the mount agent runs as
+ * root. The host side is `world`'s daemon, reached over virtio-serial and QMP.
+ */
+export const PORTAL_PORT = 'io.github.xdp_vm.portal';
+const NODE = process.execPath;
+const CLI = cliEntry();
+const APP = path.join(packageRoot(), 'dist', 'test', 'e2e', 'guest', 'app.js');
+
+export const GUEST_ENV = [
+  'export HOME=/run/home XDG_RUNTIME_DIR=/run/user/0 DBUS_SESSION_BUS_ADDRESS=unix:path=/run/user/0/bus',
+  'export XDP_VM_LOG_LEVEL=debug PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
+].join('\n');
+
+const BUS_CONF = `<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN" "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <listen>unix:path=/run/user/0/bus</listen>
+  <servicedir>/run/gi/usr/share/dbus-1/services</servicedir>
+  <servicedir>/usr/share/dbus-1/services</servicedir>
+  <auth>EXTERNAL</auth>
+  <policy context="default"><allow send_destination="*" eavesdrop="true"/><allow eavesdrop="true"/><allow own="*"/></policy>
+</busconfig>`;
+
+export interface AppResult {
+  response: number;
+  ms: number;
+  files: { path: string; content?: string; error?: string }[];
+}
+
+export interface PortalVm {
+  name: string;
+  guest: Guest;
+  /** A shell script in the guest session's environment; throws on non-zero status. */
+  sh(script: string, timeoutMs?: number): Promise<string>;
+  /** Run the guest app (test/e2e/guest/app.ts). */
+  app(args: string[]): Promise<AppResult>;
+  shutdown(): Promise<void>;
+}
+
+function quote(a: string): string {
+  return `'${a.replace(/'/g, `'\\''`)}'`;
+}
+
+/** Install the guest side, start the session bus and the mount agent. */
+export function guestSetupScript(): string {
+  return [
+    'set -e',
+    'mkdir -p /run/home /run/user/0 /run/xdp-vm && chmod 700 /run/user/0',
+    "version=$(/usr/libexec/xdg-desktop-portal --version | sed 's/[^0-9.]//g')",
+    `${NODE} ${CLI} install-guest --root /run/gi --portal-version "$version" --command ${quote(`${NODE} ${CLI}`)} --mount-point /run/xdp-vm/doc > /run/install-guest.log`,
+    `printf '%s\\n' ${quote(BUS_CONF)} > /run/bus.conf`,
+    // The session's activation environment, as the install's systemd drop-in and environment.d give it.
+    'XDG_DESKTOP_PORTAL_DIR=/run/gi/usr/local/share/xdp-vm/portals XDG_CURRENT_DESKTOP=guest GTK_USE_PORTAL=1 \\',
+    '  dbus-daemon --config-file=/run/bus.conf --fork --nopidfile > /run/session.log 2>&1',
+    `${NODE} ${CLI} mount-agent --config /run/gi/etc/xdp-vm/guest.json > /run/mount-agent.log 2>&1 &`,
+  ].join('\n');
+}
+
+export async function bootPortalVm(world: World, name: string, opts: Partial<BootGuestOptions> = {}): Promise<PortalVm> {
+  const paths = world.vmPaths(name);
+  const guest = await bootGuest({
+    name,
+    rootPorts: 2,
+    serialPorts: [{ name: PORTAL_PORT, socketPath: paths.portal }],
+    ...opts,
+    extraQemuArgs: ['-qmp', `unix:${paths.qmp},server=on,wait=off`, ...(opts.extraQemuArgs ?? [])],
+  });
+  const sh = async (script: string, timeoutMs = 60_000) => {
+    const r = await guest.agent.run(`${GUEST_ENV}\n${script}`, { timeoutMs });
+    if (r.status !== 0) throw new Error(`guest ${name}: exit ${r.status}\n${script}\n--- stdout\n${r.stdout}\n--- stderr\n${r.stderr}`);
+    return r.stdout;
+  };
+  try {
+    await sh(guestSetupScript());
+  } catch (err) {
+    await guest.cleanup();
+    throw err;
+  }
+  return {
+    name,
+    guest,
+    sh,
+    async app(args) {
+      const out = await sh(`${NODE} ${APP} ${args.map(quote).join(' ')}`, 90_000);
+      return JSON.parse(out.trim().split('\n').at(-1)!) as AppResult;
+    },
+    async shutdown() {
+      await guest.shutdown();
+    },
+  };
+}
