@@ -19,9 +19,9 @@ export function packageRoot(): string {
   return (root = dir);
 }
 
-/** The CLI entry point as built by `npm run build`. */
+/** The CLI as built by `npm run build`: the bundle users run (scripts/bundle.mjs says why). */
 export function cliEntry(): string {
-  return path.join(packageRoot(), 'dist', 'src', 'cli', 'main.js');
+  return path.join(packageRoot(), 'dist', 'bundle', 'xdp-vm.mjs');
 }
 
 export function runtimeDir(): string {

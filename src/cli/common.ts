@@ -1,13 +1,14 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { Bus, BusCallError } from '../dbus/bus.js';
+import type { Bus } from '../dbus/bus.js';
 import { CONTROL_BUS_NAME, CONTROL_INTERFACE, CONTROL_PATH } from '../host/control.js';
 
 /** Shared CLI plumbing: argument parsing with --help, errors, tables, and the daemon's control interface. */
-export class UsageError extends Error {}
+export class UsageError extends Error {
+  override name = 'UsageError';
+}
 
 export interface Verb {
   name: string;
-  summary: string;
   usage: string;
   run(argv: string[]): Promise<number>;
 }
@@ -40,10 +41,6 @@ export async function daemonControl(bus: Bus) {
   return { call };
 }
 
-export function errorText(err: unknown): string {
-  if (err instanceof BusCallError) return err.message.replace(/^\w+: org\.freedesktop\.portal\.Error\.\w+: /, '');
-  return (err as Error).message;
-}
 
 export function untilSignal(): Promise<void> {
   return new Promise((resolve) => {

@@ -1,19 +1,29 @@
 #!/usr/bin/env node
-import { ConfigError } from '../config/load.js';
-import { MissingDependencyError } from '../deps.js';
 import { VERSION } from '../version.js';
-import { UsageError, errorText, type Verb } from './common.js';
-import { doctorVerb } from './verb-doctor.js';
-import { grantsVerb } from './verb-grants.js';
-import { guestVerb } from './verb-guest.js';
-import { hostVerb } from './verb-host.js';
-import { logVerb } from './verb-log.js';
-import { permissionsVerb } from './verb-permissions.js';
-import { installGuestVerb, uninstallGuestVerb } from './verb-install-guest.js';
-import { mountAgentVerb } from './verb-mount-agent.js';
-import { vmsVerb } from './verb-vms.js';
+import type { Verb } from './common.js';
 
-const VERBS: Verb[] = [hostVerb, guestVerb, vmsVerb, grantsVerb, permissionsVerb, logVerb, doctorVerb, installGuestVerb, uninstallGuestVerb, mountAgentVerb];
+/**
+ * Verbs load on use: the guest backend starts by D-Bus activation, often in a
+ * VM without KVM, where every module read costs; it should load only its own.
+ */
+interface VerbEntry {
+  name: string;
+  summary: string;
+  load: () => Promise<Verb>;
+}
+
+const VERBS: VerbEntry[] = [
+  { name: 'host', summary: 'run the host daemon', load: async () => (await import('./verb-host.js')).hostVerb },
+  { name: 'guest', summary: 'run the guest backend', load: async () => (await import('./verb-guest.js')).guestVerb },
+  { name: 'vms', summary: 'list VMs and whether each is connected', load: async () => (await import('./verb-vms.js')).vmsVerb },
+  { name: 'grants', summary: 'list or revoke what each VM has been given', load: async () => (await import('./verb-grants.js')).grantsVerb },
+  { name: 'permissions', summary: 'allow, deny or ask: what each VM may request', load: async () => (await import('./verb-permissions.js')).permissionsVerb },
+  { name: 'log', summary: 'show the audit trail of decisions, grants and revokes', load: async () => (await import('./verb-log.js')).logVerb },
+  { name: 'doctor', summary: 'check runtime dependencies', load: async () => (await import('./verb-doctor.js')).doctorVerb },
+  { name: 'install-guest', summary: 'install the guest side into this VM', load: async () => (await import('./verb-install-guest.js')).installGuestVerb },
+  { name: 'uninstall-guest', summary: 'remove what install-guest installed', load: async () => (await import('./verb-install-guest.js')).uninstallGuestVerb },
+  { name: 'mount-agent', summary: 'mount the document share in a VM (root service)', load: async () => (await import('./verb-mount-agent.js')).mountAgentVerb },
+];
 
 function help(): string {
   const width = Math.max(...VERBS.map((v) => v.name.length));
@@ -30,27 +40,28 @@ async function main(argv: string[]): Promise<number> {
   const [name, ...rest] = argv;
   if (!name || name === '--help' || name === '-h' || name === 'help') return console.log(help()), 0;
   if (name === '--version') return console.log(VERSION), 0;
-  const verb = VERBS.find((v) => v.name === name);
-  if (!verb) throw new UsageError(`unknown verb "${name}"\n\n${help()}`);
-  return verb.run(rest);
+  const entry = VERBS.find((v) => v.name === name);
+  if (!entry) {
+    console.error(`xdp-vm: unknown verb "${name}"\n\n${help()}`);
+    return 2;
+  }
+  return (await entry.load()).run(rest);
+}
+
+/** Exit statuses: 2 for usage and config errors, 3 for a missing program, 1 otherwise. */
+function report(err: unknown): number {
+  const e = err as Error & { problems?: string[]; file?: string };
+  if (e.name === 'ConfigError' && e.problems) {
+    for (const p of e.problems) console.error(`xdp-vm: ${e.file}: ${p}`);
+    return 2;
+  }
+  console.error(`xdp-vm: ${e.name === 'BusCallError' ? e.message.replace(/^\w+: org\.freedesktop\.portal\.Error\.\w+: /, '') : e.message}`);
+  if (e.name === 'UsageError') return 2;
+  if (e.name === 'MissingDependencyError') return 3;
+  return 1;
 }
 
 main(process.argv.slice(2)).then(
   (code) => process.exit(code),
-  (err: unknown) => {
-    if (err instanceof ConfigError) {
-      for (const p of err.problems) console.error(`xdp-vm: ${err.file}: ${p}`);
-      process.exit(2);
-    }
-    if (err instanceof UsageError) {
-      console.error(`xdp-vm: ${err.message}`);
-      process.exit(2);
-    }
-    if (err instanceof MissingDependencyError) {
-      console.error(`xdp-vm: ${err.message}`);
-      process.exit(3);
-    }
-    console.error(`xdp-vm: ${errorText(err)}`);
-    process.exit(1);
-  },
+  (err: unknown) => process.exit(report(err)),
 );

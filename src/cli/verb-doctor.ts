@@ -32,7 +32,6 @@ async function vsockCheck(): Promise<Check> {
 
 export const doctorVerb: Verb = {
   name: 'doctor',
-  summary: 'check runtime dependencies',
   usage,
   async run(argv) {
     const { values } = parse(argv, { side: { type: 'string', default: 'all' }, json: { type: 'boolean' } }, usage);

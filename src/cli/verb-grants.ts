@@ -29,7 +29,6 @@ function findVm(vms: VmConfig[], name: string): VmConfig {
 
 export const grantsVerb: Verb = {
   name: 'grants',
-  summary: 'list or revoke what each VM has been given',
   usage,
   async run(argv) {
     const { values, positionals } = parse(argv, { config: { type: 'string' }, json: { type: 'boolean' }, all: { type: 'boolean' } }, usage);

@@ -16,7 +16,6 @@ It is normally started by D-Bus activation when an app opens a file dialog.
 
 export const guestVerb: Verb = {
   name: 'guest',
-  summary: 'run the guest backend',
   usage,
   async run(argv) {
     const { values } = parse(argv, { transport: { type: 'string' } }, usage);

@@ -13,7 +13,6 @@ one virtiofsd per VM share.
 
 export const hostVerb: Verb = {
   name: 'host',
-  summary: 'run the host daemon',
   usage,
   async run(argv) {
     const { values } = parse(argv, { config: { type: 'string' }, 'no-shares': { type: 'boolean' } }, usage);

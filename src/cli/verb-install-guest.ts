@@ -58,7 +58,6 @@ async function enableUnits(dryRun: boolean): Promise<void> {
 
 export const installGuestVerb: Verb = {
   name: 'install-guest',
-  summary: 'install the guest side into this VM',
   usage,
   async run(argv) {
     const { values } = parse(
@@ -100,7 +99,6 @@ export const installGuestVerb: Verb = {
 
 export const uninstallGuestVerb: Verb = {
   name: 'uninstall-guest',
-  summary: 'remove what install-guest installed',
   usage,
   async run(argv) {
     const { values } = parse(argv, { root: { type: 'string', default: '/' } }, usage);

@@ -99,7 +99,6 @@ async function readSource(source: string, since: Date | undefined): Promise<Audi
 
 export const logVerb: Verb = {
   name: 'log',
-  summary: 'show the audit trail of decisions, grants and revokes',
   usage,
   async run(argv) {
     const { values, positionals } = parse(argv, { vm: { type: 'string' }, since: { type: 'string' }, json: { type: 'boolean' }, source: { type: 'string', default: 'auto' } }, usage);

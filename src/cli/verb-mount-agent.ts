@@ -11,7 +11,6 @@ unmounts it when the host asks or unplugs it. Reads ${GUEST_CONFIG_PATH}.`;
 
 export const mountAgentVerb: Verb = {
   name: 'mount-agent',
-  summary: 'mount the document share in a VM (root service)',
   usage,
   async run(argv) {
     const { values } = parse(argv, { config: { type: 'string' } }, usage);

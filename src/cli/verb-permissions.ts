@@ -135,7 +135,6 @@ async function reset(store: PermissionTables, args: string[], all: boolean, conf
 
 export const permissionsVerb: Verb = {
   name: 'permissions',
-  summary: 'allow, deny or ask: what each VM may request',
   usage,
   async run(argv) {
     const { values, positionals } = parse(argv, { config: { type: 'string' }, json: { type: 'boolean' }, all: { type: 'boolean' } }, usage);

@@ -19,7 +19,6 @@ interface VmRow {
 
 export const vmsVerb: Verb = {
   name: 'vms',
-  summary: 'list VMs and whether each is connected',
   usage,
   async run(argv) {
     const { values } = parse(argv, { config: { type: 'string' }, json: { type: 'boolean' } }, usage);

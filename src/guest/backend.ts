@@ -1,4 +1,5 @@
 import { existsSync } from 'node:fs';
+import { GUEST_HALVES } from '../../portals/guest.js';
 import { ALL_METHODS, PORTALS } from '../../portals/index.js';
 import { DEFAULT_PORT } from '../config/schema.js';
 import { Bus } from '../dbus/bus.js';
@@ -7,7 +8,7 @@ import { methodTable } from '../protocol/methods.js';
 import { DEFAULT_SERIAL_DEVICE, describeGuestLink, parseGuestLinkSpec, type GuestLinkSpec } from '../transport/guest-link.js';
 import { VERSION } from '../version.js';
 import { HostLink } from './host-link.js';
-import { askMountAgent } from './mount-agent.js';
+import { askMountAgent } from './mount-agent-client.js';
 import { loadGuestConfig } from './guest-config.js';
 import { ShareMount, ShareUnmount } from '../protocol/session.js';
 import type { AnyHandler } from '../protocol/connection.js';
@@ -60,7 +61,7 @@ export async function startGuestBackend(opts: { busAddress: string; spec: GuestL
     log,
   });
   link.start();
-  const unexports = PORTALS.map((p) => p.exportGuest(bus, link, log));
+  const unexports = PORTALS.map((p) => GUEST_HALVES[p.name](bus, link, log));
   await bus.requestName(BACKEND_BUS_NAME);
   log.info({ link: describeGuestLink(opts.spec), name: BACKEND_BUS_NAME }, 'guest backend ready');
   const busGone = new Promise<void>((resolve) => bus.onDisconnect(resolve));

@@ -4,6 +4,7 @@ import path from 'node:path';
 import { runProgram } from '../exec.js';
 import type { Logger } from '../log.js';
 import { removeStaleSocket } from '../transport/hybrid-vsock.js';
+import { MOUNT_AGENT_SOCKET } from './mount-agent-client.js';
 
 /**
  * The guest's root service for the document share: it mounts the share when
@@ -11,7 +12,6 @@ import { removeStaleSocket } from '../transport/hybrid-vsock.js';
  * is gone, and unmounts on request (the host asks before it unplugs). It is
  * separate from the session backend so that backend never needs privileges.
  */
-export const MOUNT_AGENT_SOCKET = '/run/xdp-vm/mount-agent.sock';
 const VIRTIOFS_DRIVER = '/sys/bus/virtio/drivers/virtiofs';
 
 export interface MountAgentOptions {
@@ -155,25 +155,4 @@ export class MountAgent {
       else c.end('error unknown command\n');
     });
   }
-}
-
-/** Ask the agent (from the unprivileged session backend). */
-export function askMountAgent(command: 'mount' | 'unmount' | 'status', socket = MOUNT_AGENT_SOCKET, timeoutMs = 8000): Promise<{ ok: boolean; detail: string }> {
-  return new Promise((resolve) => {
-    const c = net.connect(socket);
-    let reply = '';
-    const timer = setTimeout(() => (c.destroy(), resolve({ ok: false, detail: 'the mount agent did not answer' })), timeoutMs);
-    c.setEncoding('utf8');
-    c.on('data', (d: string) => (reply += d));
-    c.on('end', () => {
-      clearTimeout(timer);
-      const m = /^(ok|error) ?(.*)$/.exec(reply.trim());
-      resolve({ ok: m?.[1] === 'ok', detail: m?.[2] ?? reply.trim() });
-    });
-    c.on('error', (err) => {
-      clearTimeout(timer);
-      resolve({ ok: false, detail: `no mount agent at ${socket}: ${err.message}` });
-    });
-    c.write(`${command}\n`);
-  });
 }

@@ -1,5 +1,6 @@
 import type { Duplex } from 'node:stream';
-import { ALL_METHODS, hostHandlersFor } from '../../portals/index.js';
+import { ALL_METHODS } from '../../portals/index.js';
+import { hostHandlersFor } from '../../portals/host.js';
 import type { VmConfig } from '../config/schema.js';
 import type { Bus } from '../dbus/bus.js';
 import type { Logger } from '../log.js';
