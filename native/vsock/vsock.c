@@ -423,6 +423,11 @@ static napi_value m_writev(napi_env env, napi_callback_info info) {
   ssize_t n;
   do n = sendmsg(h->fd, &msg, MSG_NOSIGNAL);
   while (n < 0 && errno == EINTR);
+  /* A character device (a virtio-serial port) is not a socket: plain writev. */
+  if (n < 0 && errno == ENOTSOCK) {
+    do n = writev(h->fd, iov, (int)count);
+    while (n < 0 && errno == EINTR);
+  }
   return n < 0 ? neg_errno(env) : num(env, (double)n);
 }
 
@@ -611,6 +616,26 @@ static napi_value f_connect(napi_env env, napi_callback_info info) {
 /* testPair() -> [handle, handle] | [-errno, syscall]
  * A connected AF_UNIX pair behind the same handle type, so the stream code
  * can be exercised end to end on machines without a vsock loopback. */
+/* openDevice(path) -> handle | -errno: a character device such as
+ * /dev/virtio-ports/<name>, non-blocking and watched like a socket, so that
+ * closing it never leaves a blocked read() holding the port open. */
+static napi_value f_open_device(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  char path[4096];
+  size_t len;
+  CHECK_NAPI(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 1 || napi_get_value_string_utf8(env, argv[0], path, sizeof path, &len) != napi_ok || len == 0 || len >= sizeof path - 1) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "path must be a non-empty string");
+    return NULL;
+  }
+  int fd;
+  do fd = open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+  while (fd < 0 && errno == EINTR);
+  if (fd < 0) return neg_errno(env);
+  return wrap_fd(env, get_inst(env), fd);
+}
+
 static napi_value f_test_pair(napi_env env, napi_callback_info info) {
   napi_value out, a, b;
   int fds[2];
@@ -669,7 +694,7 @@ static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor fns[] = {
       METHOD("probe", f_probe),   METHOD("localCid", f_local_cid),
       METHOD("listen", f_listen), METHOD("connect", f_connect),
-      METHOD("testPair", f_test_pair),
+      METHOD("testPair", f_test_pair),  METHOD("openDevice", f_open_device),
   };
   CHECK_NAPI(env, napi_define_properties(env, exports, sizeof fns / sizeof fns[0], fns));
   napi_set_named_property(env, exports, "READABLE", num(env, UV_READABLE));

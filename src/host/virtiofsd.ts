@@ -27,14 +27,12 @@ export interface VirtiofsdOptions {
   cache: 'none' | 'auto' | 'always';
   logFile: string;
   log: Logger;
-  /** Start again after a clean exit, for VMs that connect to the socket at boot. */
-  restartOnCleanExit: boolean;
   /** For an adopted process whose exit status we cannot see: was its share still plugged in? */
   stillAttached?: () => Promise<boolean>;
 }
 
 const SOCKET_WAIT_MS = 5000;
-const FAST_EXIT_MS = 1000;
+const FAST_EXIT_MS = 200;
 const MAX_FAST_EXITS = 3;
 const ADOPTED_POLL_MS = 500;
 
@@ -170,18 +168,19 @@ export class VirtiofsdSupervisor extends EventEmitter {
     const clean = exit.code === 0 && exit.signal === null;
     if (clean) {
       this.fastExits = livedMs < FAST_EXIT_MS ? this.fastExits + 1 : 0;
-      if (!this.opts.restartOnCleanExit) {
-        this.opts.log.info('virtiofsd exited: the VM let go of its share');
-        this.set('stopped', '');
-        return;
-      }
       if (this.fastExits < MAX_FAST_EXITS) {
-        this.opts.log.info('virtiofsd exited after its VM let go; starting it again for the next boot');
+        this.opts.log.info('virtiofsd exited after its VM let go; starting a fresh one for the next boot or plug');
         void this.start().catch((err: Error) => this.fail(err.message));
         return;
       }
     }
-    const how = exit.signal ? `was killed by ${exit.signal}` : exit.code === null ? 'disappeared while its share was plugged in' : `exited with status ${exit.code}`;
+    const how = exit.signal
+      ? `was killed by ${exit.signal}`
+      : exit.code === null
+        ? 'disappeared while its share was plugged in'
+        : clean
+          ? `exited ${MAX_FAST_EXITS} times within ${FAST_EXIT_MS} ms of starting`
+          : `exited with status ${exit.code}`;
     const why = tail(this.opts.logFile);
     this.fail(`virtiofsd ${how}${why ? ` (${why})` : ''}`);
   }

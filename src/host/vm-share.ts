@@ -8,18 +8,18 @@ import { VirtiofsdSupervisor, type ShareState, type VirtiofsdOptions } from './v
  * A VM's document share, end to end on the host: the virtiofsd serving the
  * VM's view and, when the VM has a VMM control socket, the device in the VM.
  *
- *   static  (vmm "none"): the VM is started with the share attached; virtiofsd
- *           must always be listening, and is started again after each boot.
- *   hot-plug (qmp, ...): the share is plugged into the running VM when its
- *           guest connects, when it gets its first grant, or when the VM comes
- *           back with grants; a VM started with the share attached is left as
- *           it is. Unplugging asks the guest to unmount first.
+ * virtiofsd is always listening (started again each time a VM lets go of
+ * it), so a VM may be started with the share attached. When the VM has a VMM
+ * control socket, the share is also plugged into the running VM when its
+ * guest connects, when it gets its first grant, or when the VM comes back
+ * with grants; a VM that already has it is left as it is. Unplugging asks the
+ * guest to unmount first.
  */
 export const SHARE_ID = 'xdpvm-doc';
 
 export interface VmShareDeps {
   vm: VmConfig;
-  virtiofsd: Omit<VirtiofsdOptions, 'restartOnCleanExit' | 'stillAttached' | 'log'>;
+  virtiofsd: Omit<VirtiofsdOptions, 'stillAttached' | 'log'>;
   log: Logger;
   /** Opens the VM's VMM adapter; undefined for VMs without one. */
   connectVmm?: () => Promise<VmmAdapter>;
@@ -44,7 +44,6 @@ export class VmShare extends EventEmitter {
     this.supervisor = new VirtiofsdSupervisor({
       ...deps.virtiofsd,
       log: deps.log.child({ component: 'virtiofsd' }),
-      restartOnCleanExit: !deps.connectVmm,
       stillAttached: () => this.deviceIsPlugged(),
     });
   }
@@ -64,8 +63,8 @@ export class VmShare extends EventEmitter {
   }
 
   async start(): Promise<void> {
-    if (!this.hotplug) return this.supervisor.start();
-    await this.connectVmm();
+    await this.supervisor.start();
+    if (this.hotplug) await this.connectVmm();
   }
 
   /** Plug the share in if it is not: idempotent, and shared by concurrent callers. */
@@ -150,12 +149,13 @@ export class VmShare extends EventEmitter {
     this.attached = false;
     this.vmmProblem = reason;
     this.deps.log.info({ reason }, 'the VMM went away (the VM stopped); its virtiofsd follows');
-    // A failed share died with that VM; the next boot gets a fresh one.
-    // virtiofsd normally exits by itself when QEMU lets go; one that never got
-    // connected would linger, so it is stopped once nothing can have it mounted.
-    setTimeout(() => {
-      if (!this.vmm && !this.closed && (this.supervisor.running || this.supervisor.state === 'failed')) void this.supervisor.stop();
-    }, 1000);
+    // A failed share died with that VM: the next boot gets a fresh virtiofsd.
+    if (this.supervisor.state === 'failed') {
+      void this.supervisor
+        .stop()
+        .then(() => (this.closed ? undefined : this.supervisor.start()))
+        .catch((err: Error) => this.deps.log.error({ err: err.message }, 'could not start a fresh virtiofsd'));
+    }
     this.emit('vmm-gone');
     if (!this.closed) this.retry = setTimeout(() => void this.connectVmm(), this.retryDelay);
   }

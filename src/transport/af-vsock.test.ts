@@ -516,3 +516,25 @@ describe('handle hygiene (real addon)', () => {
     expect(r.status).toBe(0);
   });
 });
+
+describe('openCharDevice', () => {
+  it('streams a pollable device non-blockingly, both ways (a FIFO opened read-write stands in for a port)', async () => {
+    const { openCharDevice } = await import('./af-vsock.js');
+    const { runProgram } = await import('../exec.js');
+    const { mkdtempSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const fifo = `${mkdtempSync(`${tmpdir()}/fifo-`)}/port`;
+    await runProgram('mkfifo', [fifo]);
+    const dev = openCharDevice(fifo);
+    const got = new Promise<string>((resolve) => dev.once('data', (c: Buffer) => resolve(c.toString())));
+    dev.write(Buffer.from('frame'));
+    expect(await got).toBe('frame');
+    dev.destroy();
+    dev.destroy();
+  });
+
+  it('says which device it could not open', async () => {
+    const { openCharDevice } = await import('./af-vsock.js');
+    expect(() => openCharDevice('/dev/virtio-ports/does-not-exist')).toThrow(/ENOENT.*does-not-exist/);
+  });
+});

@@ -83,6 +83,7 @@ interface Binding {
   listen(cid: number, port: number, backlog: number): SetupResult;
   connect(cid: number, port: number, timeoutMs: number): SetupResult;
   testPair(): [NativeHandle, NativeHandle] | [number, string];
+  openDevice(path: string): NativeHandle | number;
 }
 
 type LoadState = { binding: Binding; path: string } | { reason: string; path: string | undefined };
@@ -132,6 +133,7 @@ export function vsockAddonPath(): string | undefined {
 
 const EAGAIN = -osConstants.errno.EAGAIN;
 const ENOTCONN = -osConstants.errno.ENOTCONN;
+const ENOTSOCK = -osConstants.errno.ENOTSOCK;
 const ETIMEDOUT = -osConstants.errno.ETIMEDOUT;
 
 let errorMap: Map<number, [string, string]> | undefined;
@@ -298,7 +300,8 @@ export class VsockSocket extends Duplex {
   override _final(cb: (err?: Error | null) => void): void {
     const rc = this.#handle?.shutdown() ?? 0;
     // ENOTCONN: the peer is already gone, so there is nobody left to tell.
-    cb(rc < 0 && rc !== ENOTCONN ? vsockError(rc, 'shutdown', this.remote) : null);
+    // ENOTSOCK: a character device has no half-close.
+    cb(rc < 0 && rc !== ENOTCONN && rc !== ENOTSOCK ? vsockError(rc, 'shutdown', this.remote) : null);
   }
 
   override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
@@ -484,6 +487,22 @@ export function createTestSocketPair(opts: VsockSocketOptions = {}): [VsockSocke
   const [a, b] = pair as [NativeHandle, NativeHandle];
   const placeholder = { cid: VMADDR_CID_ANY, port: VMADDR_PORT_ANY };
   return [new VsockSocket(a, placeholder, opts), new VsockSocket(b, placeholder, opts)];
+}
+
+/**
+ * A character device (a virtio-serial port) as a stream, through the same
+ * non-blocking, poll-driven I/O as the sockets. A blocking read in Node's
+ * thread pool would outlive close() and keep the port open (EBUSY for the
+ * next opener) and stall process exit.
+ */
+export function openCharDevice(path: string, opts: VsockSocketOptions = {}): VsockSocket {
+  const handle = requireBinding().openDevice(path);
+  if (typeof handle === 'number') {
+    const err = vsockError(handle, 'open');
+    err.message = `${err.message} (${path})`;
+    throw err;
+  }
+  return new VsockSocket(handle, { cid: VMADDR_CID_ANY, port: VMADDR_PORT_ANY }, opts);
 }
 
 // ---------------------------------------------------------------------------

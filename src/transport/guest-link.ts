@@ -1,8 +1,6 @@
 import net from 'node:net';
-import { constants, openSync } from 'node:fs';
 import type { Duplex } from 'node:stream';
 import { DEFAULT_PORT, DEFAULT_SERIAL_PORT_NAME } from '../config/schema.js';
-import { FdDuplex } from './fd-duplex.js';
 
 /**
  * Guest side: how the backend reaches the host. Written as a spec string so a
@@ -46,8 +44,8 @@ export async function openGuestLink(spec: GuestLinkSpec, opts: { timeoutMs?: num
         s.once('error', reject);
       });
     case 'serial': {
-      const fd = openSync(spec.device, constants.O_RDWR | constants.O_NOCTTY);
-      return new FdDuplex(fd);
+      const { openCharDevice } = await import('./af-vsock.js');
+      return openCharDevice(spec.device);
     }
     case 'vsock': {
       const { connectVsock } = await import('./af-vsock.js');

@@ -13,7 +13,7 @@ import { bootGuest, type BootGuestOptions, type Guest } from '../harness/vm.js';
 export const PORTAL_PORT = 'io.github.xdp_vm.portal';
 const NODE = process.execPath;
 const CLI = cliEntry();
-const APP = path.join(packageRoot(), 'dist', 'test', 'e2e', 'guest', 'app.js');
+export const GUEST_APP = path.join(packageRoot(), 'dist', 'test', 'e2e', 'guest', 'app.js');
 
 export const GUEST_ENV = [
   'export HOME=/run/home XDG_RUNTIME_DIR=/run/user/0 DBUS_SESSION_BUS_ADDRESS=unix:path=/run/user/0/bus',
@@ -60,7 +60,8 @@ export function guestSetupScript(): string {
     `printf '%s\\n' ${quote(BUS_CONF)} > /run/bus.conf`,
     // The session's activation environment, as the install's systemd drop-in and environment.d give it.
     'XDG_DESKTOP_PORTAL_DIR=/run/gi/usr/local/share/xdp-vm/portals XDG_CURRENT_DESKTOP=guest GTK_USE_PORTAL=1 \\',
-    '  dbus-daemon --config-file=/run/bus.conf --fork --nopidfile > /run/session.log 2>&1',
+    '  dbus-daemon --config-file=/run/bus.conf --nofork --nopidfile > /run/session.log 2>&1 &',
+    'for i in $(seq 100); do [ -S /run/user/0/bus ] && break; sleep 0.05; done',
     `${NODE} ${CLI} mount-agent --config /run/gi/etc/xdp-vm/guest.json > /run/mount-agent.log 2>&1 &`,
   ].join('\n');
 }
@@ -90,7 +91,7 @@ export async function bootPortalVm(world: World, name: string, opts: Partial<Boo
     guest,
     sh,
     async app(args) {
-      const out = await sh(`${NODE} ${APP} ${args.map(quote).join(' ')}`, 90_000);
+      const out = await sh(`${NODE} ${GUEST_APP} ${args.map(quote).join(' ')}`, 90_000);
       return JSON.parse(out.trim().split('\n').at(-1)!) as AppResult;
     },
     async shutdown() {
