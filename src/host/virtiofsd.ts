@@ -50,12 +50,15 @@ export function findVirtiofsd(socket: string): number | undefined {
   return undefined;
 }
 
-function tail(file: string, bytes = 2048): string {
+/** The last lines virtiofsd wrote since `from` (its log is shared by every run). */
+function tail(file: string, from: number, bytes = 2048): string {
   try {
     const size = statSync(file).size;
+    const start = Math.max(from, size - bytes);
+    if (size <= start) return '';
     const fd = openSync(file, 'r');
-    const buf = Buffer.alloc(Math.min(bytes, size));
-    readSync(fd, buf, 0, buf.length, size - buf.length);
+    const buf = Buffer.alloc(size - start);
+    readSync(fd, buf, 0, buf.length, start);
     closeSync(fd);
     return buf.toString('utf8').trim().split('\n').slice(-2).join(' | ');
   } catch {
@@ -69,6 +72,7 @@ export class VirtiofsdSupervisor extends EventEmitter {
   private poll: NodeJS.Timeout | undefined;
   private stopping = false;
   private fastExits = 0;
+  private logFrom = 0;
   state: ShareState = 'stopped';
   detail = '';
 
@@ -101,6 +105,7 @@ export class VirtiofsdSupervisor extends EventEmitter {
     if (existsSync(this.opts.socket) && !lstatSync(this.opts.socket).isSocket()) throw new Error(`${this.opts.socket} exists and is not a socket; refusing to replace it`);
     rmSync(this.opts.socket, { force: true });
     mkdirSync(path.dirname(this.opts.logFile), { recursive: true, mode: 0o700 });
+    this.logFrom = existsSync(this.opts.logFile) ? statSync(this.opts.logFile).size : 0;
     const started = Date.now();
     const service = startService(`virtiofsd[${this.opts.vm}]`, this.opts.binary, this.args(), { outliveParent: { logFile: this.opts.logFile } });
     this.service = service;
@@ -152,7 +157,7 @@ export class VirtiofsdSupervisor extends EventEmitter {
   private async waitForSocket(service: Service): Promise<void> {
     const deadline = Date.now() + SOCKET_WAIT_MS;
     while (Date.now() < deadline) {
-      if (!service.running) throw new Error(`virtiofsd for ${this.opts.vm} exited at start: ${tail(this.opts.logFile)}`);
+      if (!service.running) throw new Error(`virtiofsd for ${this.opts.vm} exited at start: ${tail(this.opts.logFile, this.logFrom)}`);
       if (existsSync(this.opts.socket)) {
         if (this.state === 'starting') this.set('ready', '');
         return;
@@ -181,7 +186,7 @@ export class VirtiofsdSupervisor extends EventEmitter {
         : clean
           ? `exited ${MAX_FAST_EXITS} times within ${FAST_EXIT_MS} ms of starting`
           : `exited with status ${exit.code}`;
-    const why = tail(this.opts.logFile);
+    const why = tail(this.opts.logFile, this.logFrom);
     this.fail(`virtiofsd ${how}${why ? ` (${why})` : ''}`);
   }
 
