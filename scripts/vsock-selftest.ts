@@ -11,6 +11,11 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { parseArgs } from 'node:util';
+import { childLogger } from '../src/log.js';
+import { Connection } from '../src/protocol/connection.js';
+import { encodeFrame, FrameDecoder, MAX_FRAME_BYTES } from '../src/protocol/framing.js';
+import { methodTable } from '../src/protocol/methods.js';
+import { Ping, SESSION_METHODS } from '../src/protocol/session.js';
 import {
   VMADDR_CID_LOCAL,
   VMADDR_PORT_ANY,
@@ -164,6 +169,58 @@ async function transfer(settings: Settings, client: VsockSocket, accepted: Vsock
   };
 }
 
+/**
+ * The protocol over AF_VSOCK: a handshake and a request through the real
+ * connection layer, then a frame of exactly the cap (accepted) and a header
+ * announcing one byte more (refused before any payload is read).
+ */
+async function frames(cid: number, guestSide: VsockSocket, hostSide: VsockSocket): Promise<void> {
+  const log = childLogger({ selftest: 'frames' });
+  const methods = methodTable(SESSION_METHODS);
+  const host = new Connection({ role: 'host', stream: hostSide, methods, handlers: new Map([[Ping.name, async (p: unknown) => p]]), log });
+  const guest = new Connection({ role: 'guest', stream: guestSide, methods, log });
+  const accepted = host.acceptGuest('selftest');
+  const welcome = await guest.helloAsGuest({ name: 'selftest', version: '1' });
+  await accepted;
+  report.checks.handshakeOverVsock = welcome.vm === 'selftest';
+  report.checks.requestOverVsock = (await guest.request(Ping, { seq: 42 })).seq === 42;
+  guest.close('raw frames next');
+  host.close('raw frames next');
+
+  const again = new VsockServer();
+  await again.listen(VMADDR_PORT_ANY);
+  const acceptedRaw = nextConnection(again);
+  const sender = await connectVsock(cid, again.address().port, { timeoutMs: 5000 });
+  const receiver = await acceptedRaw;
+  await again.close();
+  const atCap = 'x'.repeat(MAX_FRAME_BYTES - 2); // JSON string quotes make it exactly the cap
+  const decoder = new FrameDecoder();
+  const got = new Promise<unknown[]>((resolve, reject) => {
+    const out: unknown[] = [];
+    receiver.on('data', (chunk: Buffer) => {
+      try {
+        out.push(...decoder.push(chunk));
+        if (out.length) resolve(out);
+      } catch (err) {
+        reject(err);
+      }
+    });
+  });
+  sender.write(encodeFrame(atCap));
+  report.checks.frameAtCapArrives = (await got)[0] === atCap;
+  const over = Buffer.alloc(4);
+  over.writeUInt32BE(MAX_FRAME_BYTES + 1);
+  let refused = '';
+  try {
+    decoder.push(over);
+  } catch (err) {
+    refused = (err as Error).message;
+  }
+  report.checks.frameOverCapRefused = /cap is 1048576/.test(refused);
+  sender.destroy();
+  receiver.destroy();
+}
+
 async function main(): Promise<void> {
   report.stage = 'arguments';
   const settings = readSettings();
@@ -204,6 +261,15 @@ async function main(): Promise<void> {
 
   report.stage = 'close';
   await Promise.all([closed(client), closed(accepted)]);
+
+  report.stage = 'frames';
+  const again = new VsockServer();
+  await again.listen(VMADDR_PORT_ANY);
+  const acceptedFrames = nextConnection(again);
+  const guestSide = await connectVsock(settings.cid, again.address().port, { timeoutMs: 5000 });
+  const hostSide = await acceptedFrames;
+  await again.close();
+  await frames(settings.cid, guestSide, hostSide);
   clearTimeout(watchdog);
 
   report.stage = 'done';

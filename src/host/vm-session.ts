@@ -32,6 +32,7 @@ export class VmSession {
   private conn: Connection | undefined;
   private readonly handlers: ReadonlyMap<string, AnyHandler>;
   share: VmShare | undefined;
+  private mountConfirmed: { conn: Connection; generation: number } | undefined;
   readonly log: Logger;
 
   constructor(
@@ -54,6 +55,8 @@ export class VmSession {
     const conn = new Connection({ role: 'host', stream, methods: METHODS, handlers: this.handlers, log: this.log.child({ endpoint }) });
     this.conn = conn;
     previous?.close('replaced by a new connection from the same VM');
+    // A second hello on a virtio-serial link is a restarted guest backend, maybe a rebooted guest.
+    conn.on('hello', () => (this.mountConfirmed = undefined));
     conn.once('close', (reason: string) => {
       if (this.conn === conn) this.conn = undefined;
       this.log.info({ reason }, 'guest link closed');
@@ -77,9 +80,14 @@ export class VmSession {
   async ensureShare(): Promise<void> {
     if (!this.share?.hotplug) return;
     await this.share.ensureAttached();
-    if (!this.connected) return;
-    const r = await this.conn!.request(ShareMount, { tag: this.vm.share.tag }, { signal: AbortSignal.timeout(4000) }).catch((err: Error) => ({ mounted: false, detail: err.message }));
-    if (!r.mounted) this.log.warn({ detail: r.detail }, 'the guest did not confirm the share is mounted');
+    const conn = this.conn;
+    if (!conn || !this.connected) return;
+    // Asked once per link and per plug: a mounted share stays mounted until one of them changes.
+    if (this.mountConfirmed?.conn === conn && this.mountConfirmed.generation === this.share.generation) return;
+    const generation = this.share.generation;
+    const r = await conn.request(ShareMount, { tag: this.vm.share.tag }, { signal: AbortSignal.timeout(4000) }).catch((err: Error) => ({ mounted: false, detail: err.message }));
+    if (r.mounted) this.mountConfirmed = { conn, generation };
+    else this.log.warn({ detail: r.detail }, 'the guest did not confirm the share is mounted');
   }
 
   /** Before an unplug: ask the guest to unmount, and go on whatever it says. */

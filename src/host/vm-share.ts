@@ -38,6 +38,8 @@ export class VmShare extends EventEmitter {
   private retry: NodeJS.Timeout | undefined;
   private retryDelay = 500;
   private attaching: Promise<void> | undefined;
+  /** Bumped whenever the device may have come or gone, so a guest's "mounted" can be trusted until then. */
+  generation = 0;
 
   constructor(private readonly deps: VmShareDeps) {
     super();
@@ -79,6 +81,7 @@ export class VmShare extends EventEmitter {
     if (!this.vmm || !this.attached) return;
     await this.vmm.detachShare(SHARE_ID, { beforeDetach: () => this.deps.askGuestToUnmount() });
     this.attached = false;
+    this.generation++;
     this.supervisor.markAttached(false);
     this.deps.log.info('unplugged the document share');
   }
@@ -102,6 +105,7 @@ export class VmShare extends EventEmitter {
       return;
     }
     await this.supervisor.start();
+    this.generation++;
     const done = await vmm.attachShare({ id: SHARE_ID, tag: this.deps.vm.share.tag, socketPath: this.deps.virtiofsd.socket, queueSize: 1024 });
     this.attached = true;
     this.supervisor.markAttached(true);
@@ -127,6 +131,7 @@ export class VmShare extends EventEmitter {
         if (e.type === 'vmm-gone') this.onVmmGone(e.reason);
         else if (!e.expected) {
           this.attached = false;
+          this.generation++;
           this.supervisor.markAttached(false);
           this.deps.log.warn({ device: e.deviceId }, 'the VM removed its document share by itself');
         }
@@ -147,6 +152,7 @@ export class VmShare extends EventEmitter {
   private onVmmGone(reason: string): void {
     this.vmm = undefined;
     this.attached = false;
+    this.generation++;
     this.vmmProblem = reason;
     this.deps.log.info({ reason }, 'the VMM went away (the VM stopped); its virtiofsd follows');
     // A failed share died with that VM: the next boot gets a fresh virtiofsd.

@@ -33,11 +33,7 @@ export interface HopRow {
 
 /** The forwarded FileChooser round trip, hop by hop. */
 export function fileChooserHops(start: number, end: number, marks: Map<string, number>): HopRow[] {
-  const m = (k: string) => {
-    const v = marks.get(k);
-    if (v === undefined) throw new Error(`no "${k}" mark: run the processes with XDP_VM_LOG_LEVEL=debug`);
-    return v;
-  };
+  const m = (k: string) => need(marks, k, 'processes');
   return [
     { hop: 'app → guest xdg-desktop-portal → guest backend', ms: m('guest.received') - start },
     { hop: 'guest backend → host daemon (link)', ms: m('host.received') - m('guest.received') },
@@ -47,4 +43,32 @@ export function fileChooserHops(start: number, end: number, marks: Map<string, n
     { hop: 'host daemon → guest backend (link)', ms: m('guest.answered') - m('host.granted') },
     { hop: 'guest backend → guest xdg-desktop-portal → app', ms: end - m('guest.answered') },
   ];
+}
+
+/**
+ * The same round trip when the app runs in a VM: guest marks are on the
+ * guest's clock and host marks on the host's, so each row subtracts marks of
+ * one clock only; the link row is what the guest waited minus what the host spent.
+ */
+export function vmFileChooserHops(app: { t0: number; t1: number; readMs?: number }, guest: Map<string, number>, host: Map<string, number>): HopRow[] {
+  const g = (k: string) => need(guest, k, 'guest');
+  const h = (k: string) => need(host, k, 'host');
+  const hostSpent = h('host.share-ready') - h('host.received');
+  const rows: HopRow[] = [
+    { hop: 'app → guest xdg-desktop-portal → guest backend', ms: g('guest.received') - app.t0 },
+    { hop: 'guest backend ↔ host daemon, both ways (link)', ms: g('guest.answered') - g('guest.received') - hostSpent },
+    { hop: 'host daemon: checks and path translation', ms: h('host.dialog-called') - h('host.received') },
+    { hop: 'host xdg-desktop-portal → dialog → answer', ms: h('host.dialog-answered') - h('host.dialog-called') },
+    { hop: 'document store grant', ms: h('host.granted') - h('host.dialog-answered') },
+    { hop: 'share ready in the guest (plugged in, mounted)', ms: h('host.share-ready') - h('host.granted') },
+    { hop: 'guest backend → guest xdg-desktop-portal → app', ms: app.t1 - g('guest.answered') },
+  ];
+  if (app.readMs !== undefined) rows.push({ hop: 'app reads the file through the share', ms: app.readMs });
+  return rows;
+}
+
+function need(marks: Map<string, number>, k: string, side: string): number {
+  const v = marks.get(k);
+  if (v === undefined) throw new Error(`no "${k}" mark from the ${side}: run with XDP_VM_LOG_LEVEL=debug`);
+  return v;
 }

@@ -89,12 +89,17 @@ export class World {
     this.configPath = path.join(root, 'host', 'config', 'xdp-vm', 'config.json');
   }
 
-  /** `guests: false` starts only the host side; links can then be made by hand (RawLink). */
-  static async start(vms: WorldVmSpec[], opts: { shares?: boolean; guests?: boolean; config?: Record<string, unknown> } = {}): Promise<World> {
+  /**
+   * `guests: false` starts only the host side; links can then be made by hand (RawLink).
+   * `userSession: true` runs the daemon on the caller's own session bus, with the
+   * user's real portals and dialog (the demo on a desktop); no scripted user then.
+   */
+  static async start(vms: WorldVmSpec[], opts: { shares?: boolean; guests?: boolean; config?: Record<string, unknown>; userSession?: boolean } = {}): Promise<World> {
     const world = new World(mkdtempSync(path.join(tmpdir(), 'xdp-vm-world-')), vms);
     world.extraConfig = opts.config ?? {};
     try {
-      await world.startHost();
+      if (opts.userSession) world.useUserSession();
+      else await world.startHost();
       world.writeConfig();
       await world.startDaemon(opts);
       if (opts.guests !== false) for (const vm of vms.filter((v) => !v.qemu)) await world.startGuest(vm);
@@ -119,6 +124,16 @@ export class World {
 
   viewOf(vm: string): string {
     return path.join(this.docMount, 'by-app', appIdOf(vm));
+  }
+
+  private userSession = false;
+
+  private useUserSession(): void {
+    const address = process.env.DBUS_SESSION_BUS_ADDRESS;
+    if (!address) throw new Error('no session bus (DBUS_SESSION_BUS_ADDRESS is unset)');
+    const env = Object.fromEntries(Object.entries(process.env).filter((e): e is [string, string] => e[1] !== undefined));
+    this.userSession = true;
+    this.hostBus = { address, env, log: [], pid: undefined, dir: this.root, stop: async () => undefined };
   }
 
   private async startHost(): Promise<void> {
@@ -255,7 +270,7 @@ export class World {
         /* gone */
       }
     }
-    if (existsSync(this.docMount) && readFileSync('/proc/self/mounts', 'utf8').includes(` ${this.docMount} `)) {
+    if (!this.userSession && existsSync(this.docMount) && readFileSync('/proc/self/mounts', 'utf8').includes(` ${this.docMount} `)) {
       await runProgram(requireProgram('fusermount3'), ['-u', '-z', this.docMount]).catch(() => undefined);
     }
     rmSync(this.root, { recursive: true, force: true });

@@ -11,10 +11,10 @@ import { typed } from '../../../src/dbus/values.js';
  *   app.js save TITLE CONTENT   → writes CONTENT to the chosen file
  */
 async function main(): Promise<void> {
-  const [mode, title = 'Open', content = ''] = process.argv.slice(2);
+  const [mode, title = 'Open', toWrite = ''] = process.argv.slice(2);
   const bus = await Bus.connect(process.env.DBUS_SESSION_BUS_ADDRESS!);
   const options: Vardict = mode === 'save' ? { current_name: typed('s', 'from-guest.txt') } : {};
-  const t0 = performance.now();
+  const t0 = performance.timeOrigin + performance.now();
   const reply = await callPortalRequest(bus, {
     interface: 'org.freedesktop.portal.FileChooser',
     member: mode === 'save' ? 'SaveFile' : 'OpenFile',
@@ -22,18 +22,21 @@ async function main(): Promise<void> {
     args: ['', title],
     options,
   }).finally(() => bus.close());
-  const ms = performance.now() - t0;
+  const t1 = performance.timeOrigin + performance.now();
   const uris = (reply.results.uris?.value as string[] | undefined) ?? [];
   const files = uris.map((uri) => {
+    const r0 = performance.now();
     const path = fileURLToPath(uri);
     try {
-      if (mode === 'save') writeFileSync(path, content);
-      return { path, content: readFileSync(path, 'utf8') };
+      if (mode === 'save') writeFileSync(path, toWrite);
+      const content = readFileSync(path, 'utf8');
+      return { path, content, readMs: performance.now() - r0 };
     } catch (err) {
       return { path, error: (err as NodeJS.ErrnoException).code ?? String(err) };
     }
   });
-  console.log(JSON.stringify({ response: reply.response, ms, files }));
+  // Times on the guest's clock, for hop marks taken in the guest.
+  console.log(JSON.stringify({ response: reply.response, ms: t1 - t0, t0, t1, files }));
 }
 
 main().then(

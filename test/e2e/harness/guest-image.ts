@@ -1,9 +1,9 @@
 import { createHash } from 'node:crypto';
 import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { requireProgram } from '../../../src/deps.js';
 import { runProgram } from '../../../src/exec.js';
+import { packageRoot } from '../../../src/paths.js';
 import { childLogger } from '../../../src/log.js';
 import { currentKernelPackage, ensureKernel, extractVmlinux, isStaticElf, moduleInfo } from './kernel.js';
 
@@ -35,14 +35,15 @@ export const MODULE_GROUPS: Readonly<Record<string, readonly string[]>> = {
   usb: ['xhci_pci', 'usbhid', 'hid_generic', 'usb_storage', 'sd_mod', 'evdev'],
 };
 
-const HARNESS_DIR = path.dirname(fileURLToPath(import.meta.url));
+// The scripts stay in the source tree; this module may run from dist/.
+const HARNESS_DIR = path.join(packageRoot(), 'test', 'e2e', 'harness');
 export const INIT_SCRIPT = path.join(HARNESS_DIR, 'guest-init.sh');
 export const AGENT_SCRIPT = path.join(HARNESS_DIR, 'guest-agent.sh');
 /** Bump when the initramfs layout changes in a way the inputs' hash cannot see. */
 const LAYOUT_VERSION = 1;
 
 export function defaultCacheDir(): string {
-  return process.env.XDP_VM_GUEST_CACHE ?? path.resolve(HARNESS_DIR, '../../../.cache/guest');
+  return process.env.XDP_VM_GUEST_CACHE ?? path.join(packageRoot(), '.cache', 'guest');
 }
 
 const prepared = new Map<string, Promise<GuestImage>>();

@@ -33,7 +33,10 @@ const BUS_CONF = `<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Conf
 export interface AppResult {
   response: number;
   ms: number;
-  files: { path: string; content?: string; error?: string }[];
+  /** When the app called and got its answer, on the guest's clock (epoch ms). */
+  t0: number;
+  t1: number;
+  files: { path: string; content?: string; readMs?: number; error?: string }[];
 }
 
 export interface PortalVm {
