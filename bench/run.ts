@@ -8,6 +8,7 @@ import { benchBreakdown } from './breakdown.js';
 import { benchDocView } from './doc-view.js';
 import { benchRoundTrip } from './portal-round-trip.js';
 import { benchScale, benchSingleVmRate } from './scale.js';
+import { benchVm } from './vm.js';
 import { fmt } from './stats.js';
 
 /**
@@ -34,6 +35,8 @@ async function main(): Promise<void> {
   const hops = await benchBreakdown(Math.min(N, 200));
   console.log('per-VM document view: by-app of one store vs. one store per VM ...');
   const docView = await benchDocView(200);
+  console.log('in a QEMU guest: plug-in, new grants, 256 MiB reads ...');
+  const vm = await benchVm({ plugs: Number(process.env.BENCH_PLUGS ?? 20), grants: Number(process.env.BENCH_GRANTS ?? 20), reads: 3 });
 
   const w = [44, 12, 12, 22];
   const lines = [
@@ -60,9 +63,21 @@ async function main(): Promise<void> {
   lines.push(row(['grant → readable, p50 (ms)', fmt(byApp!.grantToVisible.p50), fmt(inst!.grantToVisible.p50), ''], w));
   lines.push(row(['grant → readable, p99 (ms)', fmt(byApp!.grantToVisible.p99), fmt(inst!.grantToVisible.p99), ''], w));
   lines.push(row(['64 MiB sequential read (MiB/s)', byApp!.readMiBps.toFixed(0), inst!.readMiBps.toFixed(0), ''], w));
+  const r = vm.read256;
+  lines.push('', `in a QEMU guest, ${vm.accel}`);
+  lines.push(row(['measure', 'p50 ms', 'p99 ms', 'target'], w));
+  lines.push(row(['plug-in → file readable (chardev-add … read)', fmt(vm.plugToReadable.p50), fmt(vm.plugToReadable.p99), '≤ 150 (TCG)'], w));
+  lines.push(row(['response sent → first byte read (new grant)', fmt(vm.responseToFirstByte.p50), fmt(vm.responseToFirstByte.p99), '≤ 50'], w));
+  lines.push(row(['256 MiB sequential read, median MiB/s', 'value', 'baseline', 'target'], w));
+  lines.push(row(['  document view (virtio-fs over the store)', r.documentView.p50.toFixed(0), '', '≥ 0.5 × direct'], w));
+  lines.push(row(['  folder shared directly, cache=auto', r.directShareAuto.p50.toFixed(0), '', ''], w));
+  lines.push(row(['  folder shared directly, cache=none', r.directShareNone.p50.toFixed(0), '', ''], w));
+  lines.push(row(['  plain read on the host', '', r.hostRead.p50.toFixed(0), ''], w));
+  lines.push(row(['  document view / direct (auto)', (r.documentView.p50 / r.directShareAuto.p50).toFixed(2), '', '≥ 0.5'], w));
+  lines.push(row(['  direct (auto) / host read', (r.directShareAuto.p50 / r.hostRead.p50).toFixed(2), '', '≥ 0.9'], w));
   console.log(`\n${lines.join('\n')}`);
   const file = path.join(packageRoot(), 'bench-results.json');
-  writeFileSync(file, `${JSON.stringify({ date: new Date().toISOString(), node: process.version, cpus: os.cpus().length, roundTrip: rt, hops, docView, scale: { ...scale, soloRate: solo } }, null, 2)}\n`);
+  writeFileSync(file, `${JSON.stringify({ date: new Date().toISOString(), node: process.version, cpus: os.cpus().length, roundTrip: rt, hops, docView, vm, scale: { ...scale, soloRate: solo } }, null, 2)}\n`);
   console.log(`\nwrote ${file}`);
 }
 

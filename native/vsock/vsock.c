@@ -31,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/uio.h>
@@ -636,6 +637,43 @@ static napi_value f_open_device(napi_env env, napi_callback_info info) {
   return wrap_fd(env, get_inst(env), fd);
 }
 
+/* mount(source, target, fstype, data) -> 0 | -errno; umount(target, lazy) -> 0 | -errno.
+ * The guest's mount agent mounts the document share the moment the host plugs
+ * it in; starting mount(8) costs 50-85 ms per try under emulation. */
+static bool arg_string(napi_env env, napi_value v, char *buf, size_t size) {
+  size_t len;
+  return napi_get_value_string_utf8(env, v, buf, size, &len) == napi_ok && len < size - 1;
+}
+
+static napi_value f_mount(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  char source[256], target[4096], fstype[64], data[256];
+  CHECK_NAPI(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 4 || !arg_string(env, argv[0], source, sizeof source) || !arg_string(env, argv[1], target, sizeof target) ||
+      !arg_string(env, argv[2], fstype, sizeof fstype) || !arg_string(env, argv[3], data, sizeof data)) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "mount(source, target, fstype, data) takes four strings");
+    return NULL;
+  }
+  if (mount(source, target, fstype, MS_NOSUID | MS_NODEV, data[0] ? data : NULL) != 0) return neg_errno(env);
+  return num(env, 0);
+}
+
+static napi_value f_umount(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  char target[4096];
+  bool lazy = false;
+  CHECK_NAPI(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 1 || !arg_string(env, argv[0], target, sizeof target)) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "umount(target, lazy) takes a string");
+    return NULL;
+  }
+  if (argc > 1) napi_get_value_bool(env, argv[1], &lazy);
+  if (umount2(target, lazy ? MNT_DETACH : 0) != 0) return neg_errno(env);
+  return num(env, 0);
+}
+
 static napi_value f_test_pair(napi_env env, napi_callback_info info) {
   napi_value out, a, b;
   int fds[2];
@@ -695,6 +733,7 @@ static napi_value init(napi_env env, napi_value exports) {
       METHOD("probe", f_probe),   METHOD("localCid", f_local_cid),
       METHOD("listen", f_listen), METHOD("connect", f_connect),
       METHOD("testPair", f_test_pair),  METHOD("openDevice", f_open_device),
+      METHOD("mount", f_mount),         METHOD("umount", f_umount),
   };
   CHECK_NAPI(env, napi_define_properties(env, exports, sizeof fns / sizeof fns[0], fns));
   napi_set_named_property(env, exports, "READABLE", num(env, UV_READABLE));

@@ -1,8 +1,9 @@
 import { mkdirSync, readdirSync, readFileSync, statSync, chmodSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { runProgram } from '../exec.js';
+import { mountVirtiofs, unmount } from '../native/mount.js';
 import type { Logger } from '../log.js';
+import { hop } from '../trace.js';
 import { removeStaleSocket } from '../transport/hybrid-vsock.js';
 import { MOUNT_AGENT_SOCKET } from './mount-agent-client.js';
 
@@ -71,12 +72,12 @@ export class MountAgent {
   async unmount(): Promise<string> {
     if (!this.mounted) return 'not mounted';
     try {
-      await runProgram('umount', [this.opts.mountPoint], { timeoutMs: 5000 });
+      unmount(this.opts.mountPoint);
       this.opts.log.info({ mountPoint: this.opts.mountPoint }, 'unmounted the document share on the host\'s request');
       return 'unmounted';
     } catch (err) {
       // Busy: files are open. Detach it anyway so the host can unplug cleanly.
-      await runProgram('umount', ['-l', this.opts.mountPoint], { timeoutMs: 5000 });
+      unmount(this.opts.mountPoint, { lazy: true });
       this.opts.log.warn({ err: (err as Error).message }, 'share was busy; detached it lazily');
       return 'detached lazily (files were open)';
     }
@@ -85,11 +86,13 @@ export class MountAgent {
   /** Mount as soon as the device is there (it binds a few tens of ms after the plug). */
   async mountNow(timeoutMs = 3000): Promise<string> {
     const deadline = Date.now() + timeoutMs;
+    hop(this.opts.log, 'guest.mount-asked');
     while (!this.mounted) {
       if (Date.now() > deadline) throw new Error(`the share "${this.opts.tag}" did not appear within ${timeoutMs} ms`);
-      if (virtiofsDevices() > 0 && !this.busy) await this.mount();
-      if (!this.mounted) await new Promise((r) => setTimeout(r, 20));
+      if (virtiofsDevices() > 0 && !this.busy) this.mount();
+      if (!this.mounted) await new Promise((r) => setTimeout(r, 5));
     }
+    hop(this.opts.log, 'guest.mounted');
     return 'mounted';
   }
 
@@ -100,11 +103,15 @@ export class MountAgent {
       const devices = virtiofsDevices();
       const mounted = this.mounted;
       if (mounted && this.gone()) {
-        await runProgram('umount', ['-l', this.opts.mountPoint]).catch(() => undefined);
+        try {
+          unmount(this.opts.mountPoint, { lazy: true });
+        } catch {
+          /* someone else did */
+        }
         this.opts.log.info({ mountPoint: this.opts.mountPoint }, 'the host unplugged the document share; unmounted it');
       } else if (!mounted && devices > 0 && (devices !== this.lastDevices || Date.now() - this.lastAttempt > 1000)) {
         this.lastAttempt = Date.now();
-        await this.mount();
+        this.mount();
       }
       this.lastDevices = devices;
     } finally {
@@ -122,9 +129,9 @@ export class MountAgent {
     }
   }
 
-  private async mount(): Promise<void> {
+  private mount(): void {
     try {
-      await runProgram('mount', ['-t', 'virtiofs', this.opts.tag, this.opts.mountPoint], { timeoutMs: 5000 });
+      mountVirtiofs(this.opts.tag, this.opts.mountPoint);
       this.opts.log.info({ tag: this.opts.tag, mountPoint: this.opts.mountPoint }, 'mounted the document share');
     } catch (err) {
       // Another virtio-fs device (not ours) is present, or ours is still binding.

@@ -11,6 +11,7 @@ import type { PolicyDecider } from '../policy/policy.js';
 import type { DocumentStore } from './documents.js';
 import type { FloodControl } from './flood.js';
 import type { VmShare } from './vm-share.js';
+import { hop } from '../trace.js';
 
 /**
  * Everything the host holds for one VM: its current link (identified by the
@@ -80,6 +81,7 @@ export class VmSession {
   async ensureShare(): Promise<void> {
     if (!this.share?.hotplug) return;
     await this.share.ensureAttached();
+    hop(this.log, 'host.share-plugged');
     const conn = this.conn;
     if (!conn || !this.connected) return;
     // Asked once per link and per plug: a mounted share stays mounted until one of them changes.

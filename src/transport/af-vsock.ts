@@ -17,7 +17,7 @@ import { join } from 'node:path';
 import { Duplex } from 'node:stream';
 import { getSystemErrorMap } from 'node:util';
 import { childLogger, type Logger } from '../log.js';
-import { packageRoot } from '../paths.js';
+import { addonState, requireAddon } from '../native/addon.js';
 
 export const VMADDR_CID_ANY = 0xffffffff;
 export const VMADDR_PORT_ANY = 0xffffffff;
@@ -86,42 +86,8 @@ interface Binding {
   openDevice(path: string): NativeHandle | number;
 }
 
-type LoadState = { binding: Binding; path: string } | { reason: string; path: string | undefined };
-
-const ADDON_RELATIVE_PATH = join('native', 'vsock', 'build', 'Release', 'vsock.node');
-let loadState: LoadState | undefined;
-
-function load(): LoadState {
-  if (loadState) return loadState;
-  if (process.platform !== 'linux') {
-    loadState = { reason: `AF_VSOCK is Linux-only (this is ${process.platform})`, path: undefined };
-    return loadState;
-  }
-  const path = join(packageRoot(), ADDON_RELATIVE_PATH);
-  if (!existsSync(path)) {
-    loadState = {
-      reason: `native addon not built (${path} is missing): run npm install (needs build-essential, python3)`,
-      path,
-    };
-    return loadState;
-  }
-  try {
-    loadState = { binding: createRequire(import.meta.url)(path) as Binding, path };
-  } catch (err) {
-    const detail = err instanceof Error ? err.message : String(err);
-    loadState = {
-      reason: `native addon ${path} failed to load (${detail}): rebuild it with node native/build.mjs`,
-      path,
-    };
-  }
-  return loadState;
-}
-
-function requireBinding(): Binding {
-  const state = load();
-  if ('binding' in state) return state.binding;
-  throw Object.assign(new Error(`AF_VSOCK unavailable: ${state.reason}`), { code: 'ERR_VSOCK_UNAVAILABLE' });
-}
+const requireBinding = (): Binding => requireAddon<Binding>('AF_VSOCK');
+const load = () => addonState<Binding>();
 
 /** Where the addon is (or would be) loaded from; for diagnostics. */
 export function vsockAddonPath(): string | undefined {
