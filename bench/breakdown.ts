@@ -4,13 +4,13 @@ import { Bus } from '../src/dbus/bus.js';
 import { now } from '../src/trace.js';
 import { fileChooserHops, lastMarks } from '../test/helpers/hops.js';
 import { fileDialogOn, World } from '../test/helpers/world.js';
-import { summarize, type Summary } from './stats.js';
+import { BENCH_CONFIG, summarize, type Summary } from './stats.js';
 
 /** Where a forwarded OpenFile spends its time: per-hop medians from the processes' own hop marks. */
 export async function benchBreakdown(n: number): Promise<{ hop: string; p50: number; p99: number }[]> {
   const previous = process.env.XDP_VM_LOG_LEVEL;
   process.env.XDP_VM_LOG_LEVEL = 'debug';
-  const world = await World.start([{ name: 'work' }]).finally(() => {
+  const world = await World.start([{ name: 'work' }], { config: BENCH_CONFIG }).finally(() => {
     if (previous === undefined) delete process.env.XDP_VM_LOG_LEVEL;
     else process.env.XDP_VM_LOG_LEVEL = previous;
   });

@@ -2,7 +2,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { Bus } from '../src/dbus/bus.js';
 import { fileDialogOn, World } from '../test/helpers/world.js';
-import { summarize, timeEach, type Summary } from './stats.js';
+import { BENCH_CONFIG, summarize, timeEach, type Summary } from './stats.js';
 
 /**
  * The forwarded OpenFile (guest app → guest frontend → our backend → host
@@ -17,7 +17,7 @@ export interface RoundTrip {
 }
 
 export async function benchRoundTrip(n: number): Promise<RoundTrip> {
-  const world = await World.start([{ name: 'work', label: 'Work' }]);
+  const world = await World.start([{ name: 'work', label: 'Work' }], { config: BENCH_CONFIG });
   try {
     const dir = path.join(world.root, 'alice');
     mkdirSync(dir);

@@ -4,6 +4,7 @@ import { childLogger } from '../src/log.js';
 import { Connection } from '../src/protocol/connection.js';
 import { methodTable } from '../src/protocol/methods.js';
 import { Ping, SESSION_METHODS } from '../src/protocol/session.js';
+import { BENCH_CONFIG } from './stats.js';
 import { World } from '../test/helpers/world.js';
 
 /**
@@ -57,7 +58,7 @@ async function load(conn: Connection, total: number, window: number): Promise<{ 
 
 export async function benchScale(vmCount: number, requestsPerVm: number): Promise<Scale> {
   const names = Array.from({ length: vmCount }, (_, i) => `vm${i}`);
-  const world = await World.start(names.map((name) => ({ name })), { shares: false, guests: false });
+  const world = await World.start(names.map((name) => ({ name })), { shares: false, guests: false, config: BENCH_CONFIG });
   try {
     const pid = world.daemon!.pid!;
     await new Promise((r) => setTimeout(r, 500));
@@ -88,7 +89,7 @@ export async function benchScale(vmCount: number, requestsPerVm: number): Promis
 
 /** One VM alone: the per-VM ceiling when nothing else competes. */
 export async function benchSingleVmRate(requests: number): Promise<number> {
-  const world = await World.start([{ name: 'solo' }], { shares: false, guests: false });
+  const world = await World.start([{ name: 'solo' }], { shares: false, guests: false, config: BENCH_CONFIG });
   try {
     const conn = await simulatedGuest(world.endpointOf('solo'));
     const { rate, lost } = await load(conn, requests, 8);

@@ -5,7 +5,7 @@ import { startVirtiofsd } from '../test/e2e/harness/virtiofsd.js';
 import { bootPortalVm, type AppResult, type PortalVm } from '../test/e2e/helpers/portal-vm.js';
 import { lastMarks } from '../test/helpers/hops.js';
 import { World } from '../test/helpers/world.js';
-import { summarize, type Summary } from './stats.js';
+import { BENCH_CONFIG, summarize, type Summary } from './stats.js';
 
 /**
  * The VM figures, in one booted guest (TCG here):
@@ -49,7 +49,7 @@ export async function benchVm(opts: { plugs: number; grants: number; reads: numb
   // The hop marks these figures come from are debug lines.
   const level = process.env.XDP_VM_LOG_LEVEL;
   process.env.XDP_VM_LOG_LEVEL = 'debug';
-  const world = await World.start([{ name: 'bench', qemu: true }]).finally(() => {
+  const world = await World.start([{ name: 'bench', qemu: true }], { config: BENCH_CONFIG }).finally(() => {
     if (level === undefined) delete process.env.XDP_VM_LOG_LEVEL;
     else process.env.XDP_VM_LOG_LEVEL = level;
   });
