@@ -2,6 +2,7 @@ import type { VmConfig } from '../src/config/schema.js';
 import type { Bus } from '../src/dbus/bus.js';
 import type { DocumentStore } from '../src/host/documents.js';
 import type { FloodControl } from '../src/host/flood.js';
+import type { ConsentAsker } from '../src/host/consent.js';
 import type { Logger } from '../src/log.js';
 import type { PolicyDecider } from '../src/policy/policy.js';
 import type { AnyHandler } from '../src/protocol/connection.js';
@@ -24,6 +25,8 @@ export interface HostPortalDeps {
   flood: FloodControl;
   /** Make the VM's share reachable in the guest (plug it in, have it mounted) before answering with paths in it. */
   ensureShare: () => Promise<void>;
+  /** Ask for consent the Qubes way (policy row, else the host dialog); FileChooser's own dialog is its consent. */
+  consent: ConsentAsker;
 }
 
 export const HOST_HALVES: Record<PortalName, (deps: HostPortalDeps) => Record<string, AnyHandler>> = {

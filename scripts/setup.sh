@@ -26,6 +26,10 @@ tests=(
   gjs gir1.2-gtk-3.0 gir1.2-gtk-4.0 gir1.2-adw-1  # the GTK app test and the consent dialog
   xvfb xauth xdotool x11-utils imagemagick tesseract-ocr  # dialogs under a private X server
   flatpak                 # `flatpak permission-show` reads our permission rows
+  libvirt-clients libxml2-utils  # virsh, and libvirt's domain schema checked with xmllint
+  libvirt-daemon-system libvirt-daemon-driver-qemu  # a private libvirtd for the libvirt e2e tests
+  python3-yaml            # reads cloud-hypervisor's OpenAPI file in its adapter's tests
+  util-linux              # setpriv and unshare for the e2e guests' root share
 )
 demo=(qemu-system-x86 busybox-static cpio xz-utils zstd)
 

@@ -37,6 +37,9 @@ export const DEPENDENCIES: readonly Dependency[] = [
   { id: 'tesseract', what: 'OCR, reads the dialog screenshots in tests', candidates: ['/usr/bin/tesseract', 'tesseract'], debianPackage: 'tesseract-ocr', side: 'test' },
   { id: 'python3', what: 'Python, drives the terminal prompt tests through a pty', candidates: ['/usr/bin/python3', 'python3'], debianPackage: 'python3', side: 'test' },
   { id: 'flatpak', what: 'flatpak CLI, reads our policy rows back in the permission tests', candidates: ['/usr/bin/flatpak', 'flatpak'], debianPackage: 'flatpak', side: 'test' },
+  { id: 'virsh', what: 'libvirt client, drives VMs whose vmm type is "libvirt" (host daemon) and the libvirt tests', candidates: ['/usr/bin/virsh', 'virsh'], debianPackage: 'libvirt-clients', side: 'test' },
+  { id: 'libvirtd', what: 'libvirt daemon with its QEMU driver, for the libvirt end-to-end tests', candidates: ['/usr/sbin/libvirtd', 'libvirtd'], debianPackage: 'libvirt-daemon-system libvirt-daemon-driver-qemu', side: 'test' },
+  { id: 'xmllint', what: "xmllint, checks the libvirt XML we build against libvirt's RelaxNG schema in tests", candidates: ['/usr/bin/xmllint', 'xmllint'], debianPackage: 'libxml2-utils', side: 'test' },
 ] as const;
 
 export function isExecutable(file: string): boolean {

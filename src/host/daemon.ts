@@ -7,6 +7,9 @@ import { requireProgram } from '../deps.js';
 import { childLogger, type Logger } from '../log.js';
 import { runtimeDir, stateHome } from '../paths.js';
 import { Policy } from '../policy/policy.js';
+import { PermissionTables } from '../policy/store.js';
+import type { ConsentMode } from '../consent/ask.js';
+import { requestConsent, type ConsentAsker } from './consent.js';
 import { listenHybridVsock } from '../transport/hybrid-vsock.js';
 import { SerialConnector } from '../transport/virtio-serial.js';
 import { CONTROL_BUS_NAME, exportControl } from './control.js';
@@ -26,6 +29,8 @@ export interface HostDaemonOptions {
   busAddress: string;
   /** Start a virtiofsd for every VM share (off in tests that have no VMM). */
   shares?: boolean;
+  /** How consent questions are asked: the GJS dialog, the terminal, or whichever there is. */
+  dialog?: ConsentMode;
 }
 
 export interface HostDaemon {
@@ -45,7 +50,10 @@ export async function startHostDaemon(opts: HostDaemonOptions): Promise<HostDaem
   let seq = 0;
   const nextRequestId = () => `r${Date.now().toString(36)}-${(++seq).toString(36)}`;
   const sessions = new Map<string, VmSession>();
-  for (const vm of vmConfigs(opts.config)) sessions.set(vm.name, new VmSession(vm, { hostBus, docs, log, nextRequestId, policy, flood }));
+  const tables = new PermissionTables(hostBus);
+  const consent: ConsentAsker = (q, signal) =>
+    requestConsent(q, { policy, remember: (row) => tables.set(row), mode: opts.dialog ?? 'auto', log: log.child({ vm: q.vm.name, portal: q.portal }), signal });
+  for (const vm of vmConfigs(opts.config)) sessions.set(vm.name, new VmSession(vm, { hostBus, docs, log, nextRequestId, policy, flood, consent }));
 
   const stoppers: (() => Promise<void> | void)[] = [];
   try {

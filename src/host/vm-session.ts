@@ -10,6 +10,7 @@ import { Ping, ShareMount, ShareUnmount } from '../protocol/session.js';
 import type { PolicyDecider } from '../policy/policy.js';
 import type { DocumentStore } from './documents.js';
 import type { FloodControl } from './flood.js';
+import type { ConsentAsker } from './consent.js';
 import type { VmShare } from './vm-share.js';
 import { hop } from '../trace.js';
 
@@ -27,6 +28,8 @@ export interface VmSessionDeps {
   nextRequestId: () => string;
   policy: PolicyDecider;
   flood: FloodControl;
+  /** For portals that ask the user (devices, networks): policy, then dialog, then audit. */
+  consent: ConsentAsker;
 }
 
 export class VmSession {

@@ -1,4 +1,6 @@
 import type { VmmAdapter } from '../vmm/adapter.js';
+import { CloudHypervisorAdapter } from '../vmm/cloud-hypervisor.js';
+import { LibvirtAdapter } from '../vmm/libvirt.js';
 import { QemuAdapter } from '../vmm/qemu.js';
 import type { VmSession } from './vm-session.js';
 
@@ -11,7 +13,8 @@ export function vmmConnector(s: VmSession): (() => Promise<VmmAdapter>) | undefi
     case 'qmp':
       return () => QemuAdapter.connect(vmm.socket, { name: s.vm.name, logger: s.log.child({ component: 'qmp' }), timeoutMs: 5000 });
     case 'libvirt':
+      return () => LibvirtAdapter.connect({ domain: vmm.domain, uri: vmm.uri, name: s.vm.name, logger: s.log.child({ component: 'libvirt' }) });
     case 'cloud-hypervisor':
-      return () => Promise.reject(new Error(`the ${vmm.type} adapter is not available yet`));
+      return () => CloudHypervisorAdapter.connect(vmm.socket, { name: s.vm.name, logger: s.log.child({ component: 'cloud-hypervisor' }), timeoutMs: 5000 });
   }
 }

@@ -12,6 +12,7 @@ import { showConsentDialog } from '../../src/consent/gjs-dialog.js';
 import { requireProgram } from '../../src/deps.js';
 import { runProgram } from '../../src/exec.js';
 import { startXvfb, type Xvfb } from '../helpers/xvfb.js';
+import { pressKeys as pressKeysOn, waitForWindow as waitForWindowOn } from '../helpers/x11.js';
 
 /**
  * The real GJS dialog on a private Xvfb: it must map under its fixed title, paint the VM's colour,
@@ -86,28 +87,8 @@ async function x(tool: keyof typeof tools, args: string[]): Promise<string> {
   return (await runProgram(tools[tool], args, { env: onDisplay.env, timeoutMs: 20_000 })).stdout;
 }
 
-/**
- * Waits until a window with exactly this title is viewable (GTK names the window before it maps it).
- * Polls rather than `xdotool search --sync`, whose half-second poll would blur the arming test.
- */
-async function waitForWindow(title: string, timeoutMs = 15_000): Promise<string> {
-  const until = Date.now() + timeoutMs;
-  while (Date.now() < until) {
-    const found = await runProgram(tools.xdotool, ['search', '--onlyvisible', '--name', `^${title}$`], onDisplay).catch(() => undefined);
-    const id = found?.stdout.trim().split('\n')[0];
-    if (id) {
-      const info = await runProgram(tools.xwininfo, ['-id', id], onDisplay).catch(() => undefined);
-      if (info?.stdout.includes('Map State: IsViewable')) return id;
-    }
-    await sleep(20);
-  }
-  throw new Error(`no viewable window titled "${title}" appeared on ${display} within ${timeoutMs} ms`);
-}
-
-async function pressKeys(windowId: string, ...keys: string[]): Promise<void> {
-  await x('xdotool', ['windowfocus', windowId]);
-  await x('xdotool', ['key', '--delay', '50', ...keys]);
-}
+const waitForWindow = (title: string, timeoutMs?: number) => waitForWindowOn(display, title, timeoutMs);
+const pressKeys = (windowId: string, ...keys: string[]) => pressKeysOn(display, windowId, ...keys);
 
 interface Image {
   width: number;

@@ -1,0 +1,411 @@
+import http from 'node:http';
+import { z } from 'zod';
+import { childLogger, type Logger } from '../log.js';
+import {
+  assertSafeId,
+  NotImplementedError,
+  VmmError,
+  type AttachedShare,
+  type AttachOptions,
+  type DetachOptions,
+  type NetSpec,
+  type ShareInfo,
+  type ShareSpec,
+  type UsbSpec,
+  type VmmAdapter,
+  type VmmEvent,
+  type VmmEvents,
+} from './adapter.js';
+import { shareDeviceId } from './qemu.js';
+import { SubscriptionQueue } from './subscription-queue.js';
+
+/**
+ * The cloud-hypervisor adapter: its REST API (HTTP/1.1 on the `--api-socket`
+ * Unix socket) adds a virtio-fs device with `vm.add-fs` and removes it with
+ * `vm.remove-device`. The API has no event stream, so `vm.info` is polled: a
+ * VMM that stops answering, or a VM no longer running, is gone; a device that
+ * left `config.fs` without our asking was removed by the guest.
+ */
+
+export interface CloudHypervisorOptions {
+  /** The VM's name, for logs. */
+  name?: string;
+  logger?: Logger;
+  /** Per-request limit; default 10 s. */
+  timeoutMs?: number;
+  /** How often `vm.info` is polled for events; default 1 s. */
+  pollMs?: number;
+}
+
+const API = '/api/v1';
+/** The virtio-fs config space holds the tag in 36 bytes. */
+const MAX_TAG_BYTES = 36;
+const MAX_BODY_BYTES = 10 * 1024 * 1024;
+/** VmState values in which the guest runs and can take or release a device. */
+const LIVE_STATES = new Set(['Running', 'Paused', 'BreakPoint']);
+/** Socket errors that mean nobody serves the API any more. */
+const GONE_CODES = new Set(['ENOENT', 'ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ENOTSOCK']);
+/** Consecutive failed polls (timeouts, garbage) after which the VMM counts as gone. */
+const MAX_POLL_FAILURES = 3;
+
+/** `FsConfig` of the API, as far as we read it back. */
+export const ChFsConfig = z.looseObject({
+  tag: z.string(),
+  socket: z.string(),
+  num_queues: z.number().int(),
+  queue_size: z.number().int(),
+  id: z.string().nullish(),
+});
+export type ChFsConfig = z.infer<typeof ChFsConfig>;
+
+export const ChVmInfo = z.looseObject({
+  state: z.string().min(1),
+  config: z.looseObject({ fs: z.array(ChFsConfig).nullish() }),
+  device_tree: z.record(z.string(), z.looseObject({ pci_bdf: z.string().nullish() })).nullish(),
+});
+export type ChVmInfo = z.infer<typeof ChVmInfo>;
+
+export const ChPciDeviceInfo = z.object({ id: z.string(), bdf: z.string() });
+export const ChVmmPing = z.looseObject({ version: z.string() });
+
+/** The body of `PUT vm.add-fs`. */
+export function fsConfigFor(spec: ShareSpec): Record<string, unknown> {
+  return { tag: spec.tag, socket: spec.socketPath, num_queues: 1, queue_size: spec.queueSize ?? 1024, id: shareDeviceId(spec.id) };
+}
+
+export class ChApiError extends VmmError {
+  constructor(
+    readonly endpoint: string,
+    readonly status: number | undefined,
+    readonly code: string | undefined,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+    this.name = 'ChApiError';
+  }
+
+  /** The socket is not served: the VMM has exited (or never ran). */
+  get unreachable(): boolean {
+    return this.code !== undefined && GONE_CODES.has(this.code);
+  }
+}
+
+interface ChResponse {
+  status: number;
+  body: string;
+}
+
+/** One API call on its own connection; rejects only when no HTTP answer came. */
+export function chRequest(
+  socketPath: string,
+  method: 'GET' | 'PUT',
+  endpoint: string,
+  body: unknown,
+  opts: { timeoutMs?: number; signal?: AbortSignal } = {},
+): Promise<ChResponse> {
+  const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
+  const timeoutMs = opts.timeoutMs ?? 10_000;
+  return new Promise<ChResponse>((resolve, reject) => {
+    const fail = (code: string | undefined, why: string, cause?: unknown) =>
+      reject(new ChApiError(endpoint, undefined, code, `cloud-hypervisor API ${method} ${endpoint} at ${socketPath}: ${why}`, { cause }));
+    const req = http.request(
+      {
+        socketPath,
+        method,
+        path: `${API}/${endpoint}`,
+        agent: false,
+        headers: {
+          Host: 'localhost',
+          Accept: 'application/json',
+          ...(payload ? { 'Content-Type': 'application/json', 'Content-Length': payload.length } : {}),
+        },
+        ...(opts.signal ? { signal: opts.signal } : {}),
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        let size = 0;
+        res.on('data', (chunk: Buffer) => {
+          size += chunk.length;
+          if (size > MAX_BODY_BYTES) {
+            req.destroy();
+            fail(undefined, `answer larger than ${MAX_BODY_BYTES} bytes`);
+          } else chunks.push(chunk);
+        });
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8') }));
+        res.on('error', (err: NodeJS.ErrnoException) => fail(err.code, err.message, err));
+      },
+    );
+    req.setTimeout(timeoutMs, () => {
+      req.destroy();
+      fail('ETIMEDOUT', `no answer within ${timeoutMs} ms`);
+    });
+    req.on('error', (err: NodeJS.ErrnoException) => fail(err.code, err.message, err));
+    req.end(payload);
+  });
+}
+
+interface Tracked {
+  id: string;
+  tag: string;
+  deviceId: string;
+}
+
+export class CloudHypervisorAdapter implements VmmAdapter {
+  readonly kind = 'cloud-hypervisor' as const;
+  readonly events: VmmEvents;
+  private readonly shares = new Map<string, Tracked>();
+  private readonly detaching = new Set<string>();
+  private readonly listeners = new Set<(event: VmmEvent) => void>();
+  private readonly log: Logger;
+  private lock: Promise<unknown> = Promise.resolve();
+  private poll: NodeJS.Timeout | undefined;
+  private pollFailures = 0;
+  private gone = false;
+  private closed = false;
+
+  /** Ping the API, check the VM runs, and start watching it. */
+  static async connect(socketPath: string, opts: CloudHypervisorOptions = {}): Promise<CloudHypervisorAdapter> {
+    const adapter = new CloudHypervisorAdapter(socketPath, opts);
+    const ping = await adapter.call('GET', 'vmm.ping', undefined, ChVmmPing);
+    const info = await adapter.vmInfo().catch((err: unknown) => {
+      if (err instanceof ChApiError && err.status === 404) throw new VmmError(`cloud-hypervisor at ${socketPath} has no VM yet (vm.info: 404)`, { cause: err });
+      throw err;
+    });
+    if (!LIVE_STATES.has(info.state)) throw new VmmError(`cloud-hypervisor at ${socketPath}: the VM is not running (state: ${info.state})`);
+    adapter.log.debug({ version: ping.version, state: info.state }, 'connected to cloud-hypervisor');
+    adapter.startPolling();
+    return adapter;
+  }
+
+  private constructor(
+    readonly socketPath: string,
+    private readonly opts: CloudHypervisorOptions,
+  ) {
+    this.log = opts.logger ?? childLogger({ component: 'vmm-cloud-hypervisor', vm: opts.name });
+    this.events = {
+      subscribe: (listener) => {
+        this.listeners.add(listener);
+        return () => this.listeners.delete(listener);
+      },
+      iterate: (iterOpts = {}) =>
+        new SubscriptionQueue<VmmEvent>((push, end) => {
+          const off = this.events.subscribe((e) => {
+            push(e);
+            if (e.type === 'vmm-gone') end();
+          });
+          if (this.gone) end();
+          return off;
+        }, iterOpts),
+    };
+  }
+
+  async attachShare(spec: ShareSpec, opts: AttachOptions = {}): Promise<AttachedShare> {
+    assertSafeId('share', spec.id);
+    if (spec.tag === '' || Buffer.byteLength(spec.tag) > MAX_TAG_BYTES) {
+      throw new VmmError(`virtiofs tag ${JSON.stringify(spec.tag)} must be 1 to ${MAX_TAG_BYTES} bytes`);
+    }
+    return this.serialized(() => this.doAttachShare(spec, opts));
+  }
+
+  async detachShare(id: string, opts: DetachOptions = {}): Promise<void> {
+    assertSafeId('share', id);
+    return this.serialized(() => this.doDetachShare(id, opts));
+  }
+
+  async listShares(): Promise<ShareInfo[]> {
+    const info = await this.vmInfo();
+    const prefix = shareDeviceId('');
+    return (info.config.fs ?? []).map((fs) => {
+      const deviceId = fs.id ?? undefined;
+      const id = deviceId?.startsWith(prefix) ? deviceId.slice(prefix.length) : undefined;
+      const attachedHere = id !== undefined && this.shares.get(id)?.deviceId === deviceId;
+      const location = deviceId ? (info.device_tree?.[deviceId]?.pci_bdf ?? undefined) : undefined;
+      return { id, tag: fs.tag, deviceId, location, attachedHere };
+    });
+  }
+
+  attachUsb(_spec: UsbSpec): Promise<void> {
+    return Promise.reject(new NotImplementedError('cloud-hypervisor USB attach', 'cloud-hypervisor has no USB; VFIO passthrough of a whole controller with vm.add-device'));
+  }
+
+  detachUsb(_id: string): Promise<void> {
+    return Promise.reject(new NotImplementedError('cloud-hypervisor USB detach', 'vm.remove-device'));
+  }
+
+  attachNet(_spec: NetSpec): Promise<void> {
+    return Promise.reject(new NotImplementedError('cloud-hypervisor NIC attach', "vm.add-net with the helper's tap"));
+  }
+
+  detachNet(_id: string): Promise<void> {
+    return Promise.reject(new NotImplementedError('cloud-hypervisor NIC detach', 'vm.remove-device'));
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    clearTimeout(this.poll);
+    this.listeners.clear();
+  }
+
+  private async doAttachShare(spec: ShareSpec, opts: AttachOptions): Promise<AttachedShare> {
+    if (this.shares.has(spec.id)) throw new VmmError(`share ${spec.id} is already attached`);
+    const body = fsConfigFor(spec);
+    const deviceId = shareDeviceId(spec.id);
+    if ((await this.vmInfo()).config.fs?.some((fs) => fs.id === deviceId)) {
+      throw new VmmError(`share ${spec.id}: device ${deviceId} is already in the VM (started with it, or left by an earlier daemon); detach it or leave it alone`);
+    }
+    const res = await this.send('PUT', 'vm.add-fs', body, opts);
+    // 200 carries where the device went; 204 means it was added to a VM not yet booted.
+    let location: string | undefined;
+    if (res.status === 200) location = parseJson('vm.add-fs', res.body, ChPciDeviceInfo).bdf;
+    else if (res.status !== 204) {
+      const hint = res.status === 500 ? ' (vhost-user devices need the VM started with --memory shared=on)' : '';
+      throw new VmmError(`share ${spec.id}: vm.add-fs failed with HTTP ${res.status}: ${excerpt(res.body)}${hint}`);
+    }
+    this.shares.set(spec.id, { id: spec.id, tag: spec.tag, deviceId });
+    this.log.info({ share: spec.id, tag: spec.tag, deviceId, location }, 'share attached');
+    return { id: spec.id, tag: spec.tag, deviceId, location };
+  }
+
+  private async doDetachShare(id: string, opts: DetachOptions): Promise<void> {
+    const deviceId = shareDeviceId(id);
+    const present = (await this.vmInfo()).config.fs?.some((fs) => fs.id === deviceId) ?? false;
+    if (!this.shares.has(id) && !present) throw new VmmError(`share ${id} is not attached to this VM`);
+    await opts.beforeDetach?.();
+    const timeoutMs = opts.timeoutMs ?? 10_000;
+    this.detaching.add(deviceId);
+    try {
+      if (present) {
+        const res = await this.send('PUT', 'vm.remove-device', { id: deviceId }, opts);
+        // 404: gone between our look and our request.
+        if (res.status !== 204 && res.status !== 404) {
+          throw new VmmError(`share ${id}: vm.remove-device ${deviceId} failed with HTTP ${res.status}: ${excerpt(res.body)}`);
+        }
+        await this.waitRemoved(deviceId, timeoutMs, opts.signal);
+      }
+    } finally {
+      this.detaching.delete(deviceId);
+    }
+    this.shares.delete(id);
+    this.log.info({ share: id, deviceId }, 'share detached');
+    this.emit({ type: 'share-detached', id, deviceId, expected: true });
+  }
+
+  /** The guest's eject completes the removal; until then the device stays in `config.fs`. */
+  private async waitRemoved(deviceId: string, timeoutMs: number, signal?: AbortSignal): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      if (!(await this.vmInfo()).config.fs?.some((fs) => fs.id === deviceId)) return;
+      if (signal?.aborted) throw new VmmError(`detach of ${deviceId} was aborted`);
+      if (Date.now() > deadline) {
+        throw new VmmError(`${deviceId} was still in the VM ${timeoutMs} ms after vm.remove-device; ACPI hot-unplug needs a running guest that releases the device`);
+      }
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+
+  private startPolling(): void {
+    const tick = async () => {
+      if (this.closed || this.gone) return;
+      await this.pollOnce();
+      if (!this.closed && !this.gone) this.poll = setTimeout(() => void tick(), this.opts.pollMs ?? 1000);
+    };
+    this.poll = setTimeout(() => void tick(), this.opts.pollMs ?? 1000);
+    this.poll.unref();
+  }
+
+  private async pollOnce(): Promise<void> {
+    let res: ChResponse;
+    try {
+      res = await chRequest(this.socketPath, 'GET', 'vm.info', undefined, { timeoutMs: this.opts.timeoutMs ?? 10_000 });
+    } catch (err) {
+      if (err instanceof ChApiError && err.unreachable) return this.onGone(`cloud-hypervisor stopped answering: ${err.message}`);
+      return this.onPollFailure(err);
+    }
+    if (res.status === 404) return this.onGone('cloud-hypervisor has no VM any more (vm.info: 404)');
+    let info: ChVmInfo;
+    try {
+      info = res.status === 200 ? parseJson('vm.info', res.body, ChVmInfo) : failStatus('vm.info', res);
+    } catch (err) {
+      return this.onPollFailure(err);
+    }
+    this.pollFailures = 0;
+    if (!LIVE_STATES.has(info.state)) return this.onGone(`the VM is ${info.state}`);
+    const present = new Set((info.config.fs ?? []).map((fs) => fs.id));
+    for (const [id, share] of this.shares) {
+      if (present.has(share.deviceId) || this.detaching.has(share.deviceId)) continue;
+      this.shares.delete(id);
+      this.log.warn({ share: id, deviceId: share.deviceId }, 'share removed without our asking');
+      this.emit({ type: 'share-detached', id, deviceId: share.deviceId, expected: false });
+    }
+  }
+
+  private onPollFailure(err: unknown): void {
+    this.pollFailures += 1;
+    this.log.warn({ err, failures: this.pollFailures }, 'vm.info poll failed');
+    if (this.pollFailures >= MAX_POLL_FAILURES) this.onGone(`vm.info failed ${this.pollFailures} times in a row: ${(err as Error).message}`);
+  }
+
+  private async vmInfo(): Promise<ChVmInfo> {
+    return this.call('GET', 'vm.info', undefined, ChVmInfo);
+  }
+
+  /** A call whose only success is 200 with a body of `schema`. */
+  private async call<T>(method: 'GET' | 'PUT', endpoint: string, body: unknown, schema: z.ZodType<T>): Promise<T> {
+    const res = await this.send(method, endpoint, body);
+    if (res.status !== 200) failStatus(endpoint, res);
+    return parseJson(endpoint, res.body, schema);
+  }
+
+  private send(method: 'GET' | 'PUT', endpoint: string, body: unknown, opts: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<ChResponse> {
+    return chRequest(this.socketPath, method, endpoint, body, {
+      timeoutMs: opts.timeoutMs ?? this.opts.timeoutMs ?? 10_000,
+      ...(opts.signal ? { signal: opts.signal } : {}),
+    });
+  }
+
+  private onGone(reason: string): void {
+    if (this.gone) return;
+    this.gone = true;
+    clearTimeout(this.poll);
+    this.log.info({ reason }, 'cloud-hypervisor VM gone');
+    this.emit({ type: 'vmm-gone', reason });
+  }
+
+  private emit(event: VmmEvent): void {
+    for (const listener of [...this.listeners]) {
+      try {
+        listener(event);
+      } catch (err) {
+        this.log.error({ err, event: event.type }, 'VMM event listener threw');
+      }
+    }
+  }
+
+  private serialized<T>(op: () => Promise<T>): Promise<T> {
+    const run = this.lock.then(op, op);
+    this.lock = run.catch(() => undefined);
+    return run;
+  }
+}
+
+function parseJson<T>(endpoint: string, body: string, schema: z.ZodType<T>): T {
+  let value: unknown;
+  try {
+    value = JSON.parse(body);
+  } catch (cause) {
+    throw new VmmError(`cloud-hypervisor ${endpoint}: answer is not JSON: ${excerpt(body)}`, { cause });
+  }
+  const parsed = schema.safeParse(value);
+  if (!parsed.success) throw new VmmError(`cloud-hypervisor ${endpoint}: unexpected answer: ${parsed.error.message}`);
+  return parsed.data;
+}
+
+function failStatus(endpoint: string, res: ChResponse): never {
+  throw new ChApiError(endpoint, res.status, undefined, `cloud-hypervisor ${endpoint} failed with HTTP ${res.status}: ${excerpt(res.body)}`);
+}
+
+function excerpt(body: string): string {
+  const text = body.trim();
+  return text ? (text.length > 500 ? `${text.slice(0, 500)}…` : text) : '(no body)';
+}

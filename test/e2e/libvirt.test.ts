@@ -1,0 +1,202 @@
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Service } from '../../src/exec.js';
+import type { VmmEvent } from '../../src/vmm/adapter.js';
+import { LibvirtAdapter } from '../../src/vmm/libvirt.js';
+import { QEMU_GUEST_MOUNT, World } from '../helpers/world.js';
+import { startVirtiofsd } from './harness/virtiofsd.js';
+import { bootLibvirtGuest, startPrivateLibvirtd, type LibvirtGuest, type PrivateLibvirtd } from './helpers/libvirt-guest.js';
+import { GUEST_APP, GUEST_ENV, guestSetupScript, PORTAL_PORT, type AppResult } from './helpers/portal-vm.js';
+
+/**
+ * The libvirt adapter against a real libvirtd (9.0 in Debian 12), private to
+ * this file, and a real guest it runs (TCG here): shares hot-plugged with
+ * `virsh attach-device --live`, read in the guest, unplugged after the guest
+ * unmounts; a guest that ejects a share itself; a domain that stops; and the
+ * host daemon doing the same for an app's first grant with `vmm.type: libvirt`.
+ */
+let lv: PrivateLibvirtd;
+let scratch: string;
+const cleanups: Array<() => Promise<unknown>> = [];
+
+beforeAll(async () => {
+  const t0 = Date.now();
+  lv = await startPrivateLibvirtd();
+  console.log(`libvirt: private libvirtd answering after ${Date.now() - t0} ms`);
+  scratch = mkdtempSync(path.join(tmpdir(), 'xdpvm-libvirt-e2e-'));
+});
+afterAll(async () => {
+  for (const c of cleanups.reverse()) await c().catch(() => undefined);
+  await lv?.stop();
+  rmSync(scratch, { recursive: true, force: true });
+});
+
+function events(adapter: LibvirtAdapter): VmmEvent[] {
+  const seen: VmmEvent[] = [];
+  adapter.events.subscribe((e) => seen.push(e));
+  return seen;
+}
+
+/** A directory with one file, served by a virtiofsd of its own. */
+async function exportDir(name: string, content: string): Promise<{ socketPath: string; virtiofsd: Service }> {
+  const dir = path.join(scratch, name);
+  mkdirSync(dir, { recursive: true });
+  writeFileSync(path.join(dir, 'hello.txt'), content);
+  const socketPath = path.join(scratch, `${name}.sock`);
+  rmSync(socketPath, { force: true });
+  const virtiofsd = await startVirtiofsd({ name: `virtiofsd-${name}`, socketPath, sourceDir: dir });
+  cleanups.push(() => virtiofsd.stop(1000));
+  return { socketPath, virtiofsd };
+}
+
+/** The guest retries the mount: the device may still be probing when attach returns. */
+const mountAndRead = (tag: string, at: string) =>
+  `mkdir -p ${at}; for i in $(seq 100); do mount -t virtiofs ${tag} ${at} 2>/dev/null && break; sleep 0.05; done; cat ${at}/hello.txt`;
+
+describe('libvirt adapter with a real libvirtd', () => {
+  let guest: LibvirtGuest;
+  let adapter: LibvirtAdapter;
+
+  beforeAll(async () => {
+    guest = await bootLibvirtGuest(lv, { name: 'lv', rootPorts: 2 });
+    cleanups.push(() => guest.cleanup());
+    console.log(`libvirt: virsh create → guest agent ready in ${guest.bootMs} ms`);
+    adapter = await LibvirtAdapter.connect({ domain: guest.domain, uri: lv.uri, name: 'lv', pollMs: 1000 });
+    cleanups.push(() => adapter.close());
+  });
+
+  it('a share hot-plugged through libvirt is mounted and read in the guest, and unplugged after the guest unmounts', async () => {
+    const seen = events(adapter);
+    for (const round of [1, 2]) {
+      const { socketPath, virtiofsd } = await exportDir(`share-${round}`, `hello from libvirt, round ${round}`);
+      const t0 = Date.now();
+      const attached = await adapter.attachShare({ id: 'doc', tag: 'xdpvm-e2e', socketPath });
+      expect(attached).toEqual({ id: 'doc', tag: 'xdpvm-e2e', deviceId: 'ua-xdpvm-fs-doc', location: expect.stringMatching(/^pci\.\d+$/) });
+      expect(await guest.agent.check(mountAndRead('xdpvm-e2e', '/run/share'))).toBe(`hello from libvirt, round ${round}`);
+      const readMs = Date.now() - t0;
+
+      expect(await adapter.listShares()).toEqual([
+        { id: undefined, tag: 'hostroot', deviceId: 'fs0', location: expect.stringMatching(/^pci\.\d+$/), attachedHere: false },
+        { id: 'doc', tag: 'xdpvm-e2e', deviceId: 'ua-xdpvm-fs-doc', location: attached.location, attachedHere: true },
+      ]);
+
+      let pluggedWhileUnmounting: boolean | undefined;
+      const t1 = Date.now();
+      await adapter.detachShare('doc', {
+        beforeDetach: async () => {
+          await guest.agent.check('umount /run/share');
+          pluggedWhileUnmounting = (await lv.virsh(['dumpxml', '--domain', guest.domain])).includes('ua-xdpvm-fs-doc');
+        },
+      });
+      const unplugMs = Date.now() - t1;
+      expect(pluggedWhileUnmounting).toBe(true);
+      expect(await lv.virsh(['dumpxml', '--domain', guest.domain])).not.toContain('ua-xdpvm-fs-doc');
+      // Only the root share is left bound in the guest.
+      expect(await guest.agent.check('ls /sys/bus/virtio/drivers/virtiofs | grep -c virtio')).toBe('1\n');
+      // The C virtiofsd serves one connection and exits once QEMU lets go of it.
+      await expect.poll(() => virtiofsd.running, { timeout: 10_000 }).toBe(false);
+      console.log(`libvirt round ${round}: attach → guest read ${readMs} ms, detach (incl. guest umount) ${unplugMs} ms`);
+    }
+    expect(seen).toEqual([
+      { type: 'share-detached', id: 'doc', deviceId: 'ua-xdpvm-fs-doc', expected: true },
+      { type: 'share-detached', id: 'doc', deviceId: 'ua-xdpvm-fs-doc', expected: true },
+    ]);
+  });
+
+  it('a share the guest ejects by itself is reported as an unexpected detach', async () => {
+    const { socketPath } = await exportDir('ejected', 'soon gone');
+    const virtiofsDevices = 'ls /sys/bus/virtio/drivers/virtiofs | grep virtio';
+    const before = (await guest.agent.check(virtiofsDevices)).split('\n').filter(Boolean);
+    await adapter.attachShare({ id: 'eject-me', tag: 'xdpvm-eject', socketPath });
+    expect(await guest.agent.check(mountAndRead('xdpvm-eject', '/run/eject') + ' && umount /run/eject')).toBe('soon gone');
+    const detached = new Promise<VmmEvent>((resolve) => adapter.events.subscribe((e) => e.type === 'share-detached' && resolve(e)));
+    // ACPI eject from inside: power off the hot-plug slot the share's PCI device sits in.
+    const ours = (await guest.agent.check(virtiofsDevices)).split('\n').filter((d) => d && !before.includes(d));
+    expect(ours).toHaveLength(1);
+    const ejected = await guest.agent.check(
+      [
+        `pci=$(basename "$(readlink -f /sys/bus/virtio/drivers/virtiofs/${ours[0]}/..)")`,
+        'for s in /sys/bus/pci/slots/*; do',
+        '  if [ "$(cat "$s/address")" = "${pci%.*}" ]; then echo 0 > "$s/power" && echo "ejected $pci"; fi',
+        'done',
+      ].join('\n'),
+    );
+    expect(ejected).toMatch(/^ejected 0000:\w+:00\.0\n$/);
+    expect(await detached).toEqual({ type: 'share-detached', id: 'eject-me', deviceId: 'ua-xdpvm-fs-eject-me', expected: false });
+    expect((await adapter.listShares()).map((s) => s.tag)).toEqual(['hostroot']);
+  });
+
+  it('connecting to a domain libvirt does not know fails plainly', async () => {
+    await expect(LibvirtAdapter.connect({ domain: 'xdpvm-no-such-domain', uri: lv.uri })).rejects.toThrow(/libvirt domain xdpvm-no-such-domain at .*: (failed to get domain|Domain not found)/);
+  });
+
+  // Last in this block: it stops the guest the tests above share.
+  it('when the domain stops, the adapter reports vmm-gone', async () => {
+    const gone = new Promise<VmmEvent>((resolve) => adapter.events.subscribe((e) => e.type === 'vmm-gone' && resolve(e)));
+    const t0 = Date.now();
+    const { graceful } = await guest.shutdown();
+    expect(graceful).toBe(true);
+    expect(await gone).toEqual({ type: 'vmm-gone', reason: expect.stringMatching(new RegExp(`domain ${guest.domain} stopped \\(Stopped`)) });
+    console.log(`libvirt: vmm-gone ${Date.now() - t0} ms after the guest was told to power off`);
+  });
+});
+
+describe('the host daemon with vmm type "libvirt"', () => {
+  let world: World;
+  let guest: LibvirtGuest;
+  const domain = `xdpvm-work-${process.pid}`;
+
+  beforeAll(async () => {
+    world = await World.start([{ name: 'work', label: 'Work', qemu: true }]);
+    cleanups.push(() => world.stop());
+    // World writes a QMP VM; the same VM, driven through libvirt instead.
+    await world.stopDaemon();
+    const config = JSON.parse(readFileSync(world.configPath, 'utf8')) as { vms: Record<string, Record<string, unknown>> };
+    config.vms.work!.vmm = { type: 'libvirt', domain, uri: lv.uri };
+    writeFileSync(world.configPath, JSON.stringify(config, null, 2));
+    await world.startDaemon();
+    guest = await bootLibvirtGuest(lv, { name: 'work', domain, rootPorts: 2, channels: [{ name: PORTAL_PORT, socketPath: world.vmPaths('work').portal }] });
+    cleanups.push(() => guest.cleanup());
+    await sh(guestSetupScript());
+  });
+
+  async function sh(script: string, timeoutMs = 90_000): Promise<string> {
+    const r = await guest.agent.run(`${GUEST_ENV}\n${script}`, { timeoutMs });
+    if (r.status !== 0) throw new Error(`guest: exit ${r.status}\n${script}\n--- stdout\n${r.stdout}\n--- stderr\n${r.stderr}`);
+    return r.stdout;
+  }
+
+  async function app(args: string[]): Promise<AppResult> {
+    const out = await sh(`node ${GUEST_APP} ${args.map((a) => `'${a.replace(/'/g, `'\\''`)}'`).join(' ')}`);
+    return JSON.parse(out.trim().split('\n').at(-1)!) as AppResult;
+  }
+
+  it('OpenFile: the daemon hot-plugs the share through libvirt on the first grant, and the app reads the host bytes', async () => {
+    const chosen = path.join(world.root, 'q4.txt');
+    writeFileSync(chosen, 'Q4 numbers, via libvirt');
+    world.dialog.behave(() => ({ response: 0, uris: [`file://${chosen}`] }));
+    expect(await lv.virsh(['dumpxml', '--domain', domain])).not.toContain('ua-xdpvm-fs-xdpvm-doc');
+    const r = await app(['open', 'Open Report']);
+    expect(r.response).toBe(0);
+    expect(r.files).toEqual([expect.objectContaining({ path: expect.stringMatching(new RegExp(`^${QEMU_GUEST_MOUNT}/\\w+/q4\\.txt$`)), content: 'Q4 numbers, via libvirt' })]);
+    expect(world.dialog.calls.at(-1)!.title).toBe('Work: Open Report');
+    expect(await lv.virsh(['dumpxml', '--domain', domain])).toMatch(/<target dir='xdp-vm-doc'\/>\s*<alias name='ua-xdpvm-fs-xdpvm-doc'\/>/);
+    expect(world.daemonLog.some((l) => l.includes('plugged the document share into the running VM') && l.includes('"vm":"work"'))).toBe(true);
+    console.log(`libvirt product path: app open → content in ${Math.round(r.ms)} ms (includes the hot-plug)`);
+  });
+
+  it('revoking everything of the VM unmounts in the guest and unplugs the share through libvirt', async () => {
+    const { stdout } = await world.cli(['grants', 'revoke', 'work', '--all']);
+    expect(stdout).toMatch(/Revoked 1 grant\(s\) from work and unplugged its share/);
+    expect(await sh(`grep -c ' ${QEMU_GUEST_MOUNT} ' /proc/mounts || true`)).toBe('0\n');
+    expect(await lv.virsh(['dumpxml', '--domain', domain])).not.toContain('ua-xdpvm-fs-xdpvm-doc');
+    expect(await sh('ls /sys/bus/virtio/drivers/virtiofs | grep -c virtio || true')).toBe('1\n');
+  });
+
+  it('the daemon notices the domain stopping', async () => {
+    await guest.shutdown();
+    await expect.poll(() => world.daemonLog.some((l) => l.includes('"vm":"work"') && l.includes('the VMM went away')), { timeout: 20_000 }).toBe(true);
+  });
+});
