@@ -19,6 +19,13 @@ export function packageRoot(): string {
   return (root = dir);
 }
 
+/**
+ * Node flags the CLI's own #! line passes. A 4 MiB young generation keeps the
+ * daemon's memory flat under load (75 MiB instead of ~125 MiB with 32 busy
+ * VMs) and is faster too; see README "Performance".
+ */
+export const NODE_FLAGS = ['--max-semi-space-size=4'];
+
 /** The CLI as built by `npm run build`: the bundle users run (scripts/bundle.mjs says why). */
 export function cliEntry(): string {
   return path.join(packageRoot(), 'dist', 'bundle', 'xdp-vm.mjs');

@@ -19,13 +19,14 @@ export class FrameError extends Error {
 }
 
 export function encodeFrame(message: unknown, maxBytes = MAX_FRAME_BYTES): Buffer {
-  const payload = Buffer.from(JSON.stringify(message), 'utf8');
-  if (payload.length > maxBytes) {
-    throw new FrameError('too-large', `frame of ${payload.length} bytes exceeds the ${maxBytes}-byte cap`);
+  const json = JSON.stringify(message);
+  const length = Buffer.byteLength(json, 'utf8');
+  if (length > maxBytes) {
+    throw new FrameError('too-large', `frame of ${length} bytes exceeds the ${maxBytes}-byte cap`);
   }
-  const frame = Buffer.allocUnsafe(HEADER_BYTES + payload.length);
-  frame.writeUInt32BE(payload.length, 0);
-  payload.copy(frame, HEADER_BYTES);
+  const frame = Buffer.allocUnsafe(HEADER_BYTES + length);
+  frame.writeUInt32BE(length, 0);
+  frame.write(json, HEADER_BYTES, 'utf8');
   return frame;
 }
 

@@ -8,7 +8,7 @@ import { requireProgram } from '../../src/deps.js';
 import { runProgram, startService, type Service } from '../../src/exec.js';
 import { CONTROL_BUS_NAME } from '../../src/host/control.js';
 import { appIdOf } from '../../src/host/documents.js';
-import { cliEntry } from '../../src/paths.js';
+import { cliEntry, NODE_FLAGS } from '../../src/paths.js';
 import { startPrivateBus, type PrivateBus } from './private-bus.js';
 import { processesMatching } from './processes.js';
 import { SCRIPTED_PORTAL_FILE, ScriptedDialog } from './scripted-dialog.js';
@@ -179,7 +179,8 @@ export class World {
 
   async startDaemon(opts: { shares?: boolean } = {}): Promise<void> {
     const args = [cliEntry(), 'host', '--config', this.configPath, ...(opts.shares === false ? ['--no-shares'] : [])];
-    this.daemon = startService('xdp-vm host', process.execPath, args, {
+    // Started as its #! line would start it.
+    this.daemon = startService('xdp-vm host', process.execPath, [...NODE_FLAGS, ...args], {
       env: this.hostBus.env,
       onStderrLine: (l) => this.daemonLog.push(l),
     });

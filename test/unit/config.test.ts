@@ -84,3 +84,12 @@ describe('config', () => {
     ]);
   });
 });
+
+describe('the CLI #! line', () => {
+  it('passes the Node flags the tests and the bench start the daemon with', async () => {
+    const { readFileSync } = await import('node:fs');
+    const { NODE_FLAGS, packageRoot } = await import('../../src/paths.js');
+    const first = readFileSync(path.join(packageRoot(), 'src', 'cli', 'main.ts'), 'utf8').split('\n')[0];
+    expect(first).toBe(`#!/usr/bin/env -S node ${NODE_FLAGS.join(' ')}`);
+  });
+});
