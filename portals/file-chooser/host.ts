@@ -60,6 +60,20 @@ export function grantsWrite(kind: DialogKind, results: FileChooserResults): bool
   return kind !== 'open' || results.writable === true;
 }
 
+/** Each chosen local file or folder becomes a document of the VM's view. */
+async function grantChosen(uris: string[], write: boolean, deps: FileChooserHostDeps): Promise<Grant[]> {
+  const grants: Grant[] = [];
+  for (const uri of uris) {
+    const hostPath = hostPathOfUri(uri);
+    if (!hostPath) {
+      deps.log.warn({ uri }, 'the host dialog returned a URI that is not a local file; it cannot be shared with the VM');
+      continue;
+    }
+    grants.push(await deps.docs.grant(deps.vm.name, hostPath, { write }));
+  }
+  return grants;
+}
+
 export async function handleOpenDialog(params: Params<typeof OpenDialog>, ctx: HandlerContext, deps: FileChooserHostDeps): Promise<ResultOf<typeof OpenDialog>> {
   const { vm, docs, log, requestId } = deps;
   hop(log, 'host.received');
@@ -84,15 +98,10 @@ export async function handleOpenDialog(params: Params<typeof OpenDialog>, ctx: H
     return { response: answer.response === 0 ? 2 : answer.response, results: {} };
   }
   const write = grantsWrite(params.kind, answer.results);
-  const grants: Grant[] = [];
-  for (const uri of answer.results.uris ?? []) {
-    const hostPath = hostPathOfUri(uri);
-    if (!hostPath) {
-      log.warn({ uri }, 'the host dialog returned a URI that is not a local file; it cannot be shared with the VM');
-      continue;
-    }
-    grants.push(await docs.grant(vm.name, hostPath, { write }));
-  }
+  const grants = await grantChosen(answer.results.uris ?? [], write, deps).catch((err: Error) => {
+    log.error({ err: err.message }, 'the document store refused the grant');
+    return [];
+  });
   if (grants.length === 0) {
     audit({ vm: vm.name, portal: 'FileChooser', request: requestId, decision: 'error', reason: 'failure', grant: null, asked });
     return { response: 2, results: {} };

@@ -190,6 +190,12 @@ export class VirtiofsdSupervisor extends EventEmitter {
     this.fail(`virtiofsd ${how}${why ? ` (${why})` : ''}`);
   }
 
+  /** Starting failed (a bad path, a missing binary): nothing was ever mounted, so say just that. */
+  failedToStart(why: string): void {
+    this.set('failed', `virtiofsd could not start: ${why}`);
+    this.opts.log.error({ vm: this.opts.vm, share: 'failed' }, `SHARE FAILED: ${this.detail}`);
+  }
+
   private fail(why: string): void {
     const detail = `${why}. The share of VM "${this.opts.vm}" is dead: anything in the guest touching it will hang until the VM is stopped. Stop the VM, then start it again.`;
     this.set('failed', detail);

@@ -64,8 +64,14 @@ export class VmShare extends EventEmitter {
     return this.supervisor.detail;
   }
 
+  /** Never throws: one VM's broken share must not keep the daemon from serving the others. */
   async start(): Promise<void> {
-    await this.supervisor.start();
+    try {
+      await this.supervisor.start();
+    } catch (err) {
+      this.supervisor.failedToStart((err as Error).message);
+      return;
+    }
     if (this.hotplug) await this.connectVmm();
   }
 

@@ -10,10 +10,7 @@
  * function that needs it is called, with the reason vsockAvailable() gives.
  */
 import { EventEmitter } from 'node:events';
-import { existsSync } from 'node:fs';
-import { createRequire } from 'node:module';
 import { constants as osConstants } from 'node:os';
-import { join } from 'node:path';
 import { Duplex } from 'node:stream';
 import { getSystemErrorMap } from 'node:util';
 import { childLogger, type Logger } from '../log.js';

@@ -13,11 +13,9 @@ import {
   type ShareSpec,
   type UsbSpec,
   type VmmAdapter,
-  type VmmEvent,
-  type VmmEvents,
 } from './adapter.js';
+import { AdapterBase, checkShareSpec } from './adapter-base.js';
 import { shareDeviceId } from './qemu.js';
-import { SubscriptionQueue } from './subscription-queue.js';
 
 /**
  * The cloud-hypervisor adapter: its REST API (HTTP/1.1 on the `--api-socket`
@@ -39,7 +37,6 @@ export interface CloudHypervisorOptions {
 
 const API = '/api/v1';
 /** The virtio-fs config space holds the tag in 36 bytes. */
-const MAX_TAG_BYTES = 36;
 const MAX_BODY_BYTES = 10 * 1024 * 1024;
 /** VmState values in which the guest runs and can take or release a device. */
 const LIVE_STATES = new Set(['Running', 'Paused', 'BreakPoint']);
@@ -151,17 +148,13 @@ interface Tracked {
   deviceId: string;
 }
 
-export class CloudHypervisorAdapter implements VmmAdapter {
+export class CloudHypervisorAdapter extends AdapterBase implements VmmAdapter {
   readonly kind = 'cloud-hypervisor' as const;
-  readonly events: VmmEvents;
   private readonly shares = new Map<string, Tracked>();
   private readonly detaching = new Set<string>();
-  private readonly listeners = new Set<(event: VmmEvent) => void>();
-  private readonly log: Logger;
-  private lock: Promise<unknown> = Promise.resolve();
+  protected readonly log: Logger;
   private poll: NodeJS.Timeout | undefined;
   private pollFailures = 0;
-  private gone = false;
   private closed = false;
 
   /** Ping the API, check the VM runs, and start watching it. */
@@ -182,29 +175,12 @@ export class CloudHypervisorAdapter implements VmmAdapter {
     readonly socketPath: string,
     private readonly opts: CloudHypervisorOptions,
   ) {
+    super();
     this.log = opts.logger ?? childLogger({ component: 'vmm-cloud-hypervisor', vm: opts.name });
-    this.events = {
-      subscribe: (listener) => {
-        this.listeners.add(listener);
-        return () => this.listeners.delete(listener);
-      },
-      iterate: (iterOpts = {}) =>
-        new SubscriptionQueue<VmmEvent>((push, end) => {
-          const off = this.events.subscribe((e) => {
-            push(e);
-            if (e.type === 'vmm-gone') end();
-          });
-          if (this.gone) end();
-          return off;
-        }, iterOpts),
-    };
   }
 
   async attachShare(spec: ShareSpec, opts: AttachOptions = {}): Promise<AttachedShare> {
-    assertSafeId('share', spec.id);
-    if (spec.tag === '' || Buffer.byteLength(spec.tag) > MAX_TAG_BYTES) {
-      throw new VmmError(`virtiofs tag ${JSON.stringify(spec.tag)} must be 1 to ${MAX_TAG_BYTES} bytes`);
-    }
+    checkShareSpec(spec);
     return this.serialized(() => this.doAttachShare(spec, opts));
   }
 
@@ -244,7 +220,7 @@ export class CloudHypervisorAdapter implements VmmAdapter {
   async close(): Promise<void> {
     this.closed = true;
     clearTimeout(this.poll);
-    this.listeners.clear();
+    this.dropListeners();
   }
 
   private async doAttachShare(spec: ShareSpec, opts: AttachOptions): Promise<AttachedShare> {
@@ -319,10 +295,10 @@ export class CloudHypervisorAdapter implements VmmAdapter {
     try {
       res = await chRequest(this.socketPath, 'GET', 'vm.info', undefined, { timeoutMs: this.opts.timeoutMs ?? 10_000 });
     } catch (err) {
-      if (err instanceof ChApiError && err.unreachable) return this.onGone(`cloud-hypervisor stopped answering: ${err.message}`);
+      if (err instanceof ChApiError && err.unreachable) return this.markGone(`cloud-hypervisor stopped answering: ${err.message}`);
       return this.onPollFailure(err);
     }
-    if (res.status === 404) return this.onGone('cloud-hypervisor has no VM any more (vm.info: 404)');
+    if (res.status === 404) return this.markGone('cloud-hypervisor has no VM any more (vm.info: 404)');
     let info: ChVmInfo;
     try {
       info = res.status === 200 ? parseJson('vm.info', res.body, ChVmInfo) : failStatus('vm.info', res);
@@ -330,7 +306,7 @@ export class CloudHypervisorAdapter implements VmmAdapter {
       return this.onPollFailure(err);
     }
     this.pollFailures = 0;
-    if (!LIVE_STATES.has(info.state)) return this.onGone(`the VM is ${info.state}`);
+    if (!LIVE_STATES.has(info.state)) return this.markGone(`the VM is ${info.state}`);
     const present = new Set((info.config.fs ?? []).map((fs) => fs.id));
     for (const [id, share] of this.shares) {
       if (present.has(share.deviceId) || this.detaching.has(share.deviceId)) continue;
@@ -343,7 +319,7 @@ export class CloudHypervisorAdapter implements VmmAdapter {
   private onPollFailure(err: unknown): void {
     this.pollFailures += 1;
     this.log.warn({ err, failures: this.pollFailures }, 'vm.info poll failed');
-    if (this.pollFailures >= MAX_POLL_FAILURES) this.onGone(`vm.info failed ${this.pollFailures} times in a row: ${(err as Error).message}`);
+    if (this.pollFailures >= MAX_POLL_FAILURES) this.markGone(`vm.info failed ${this.pollFailures} times in a row: ${(err as Error).message}`);
   }
 
   private async vmInfo(): Promise<ChVmInfo> {
@@ -364,29 +340,11 @@ export class CloudHypervisorAdapter implements VmmAdapter {
     });
   }
 
-  private onGone(reason: string): void {
-    if (this.gone) return;
-    this.gone = true;
+  protected override whenGone(reason: string): void {
     clearTimeout(this.poll);
     this.log.info({ reason }, 'cloud-hypervisor VM gone');
-    this.emit({ type: 'vmm-gone', reason });
   }
 
-  private emit(event: VmmEvent): void {
-    for (const listener of [...this.listeners]) {
-      try {
-        listener(event);
-      } catch (err) {
-        this.log.error({ err, event: event.type }, 'VMM event listener threw');
-      }
-    }
-  }
-
-  private serialized<T>(op: () => Promise<T>): Promise<T> {
-    const run = this.lock.then(op, op);
-    this.lock = run.catch(() => undefined);
-    return run;
-  }
 }
 
 function parseJson<T>(endpoint: string, body: string, schema: z.ZodType<T>): T {

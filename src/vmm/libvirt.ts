@@ -17,11 +17,9 @@ import {
   type ShareSpec,
   type UsbSpec,
   type VmmAdapter,
-  type VmmEvent,
-  type VmmEvents,
 } from './adapter.js';
+import { AdapterBase, checkShareSpec } from './adapter-base.js';
 import { ALIAS_PREFIX, domainFilesystems, filesystemXml, parseEventLine, shareAlias, type DomainEvent, type DomainFilesystem } from './libvirt-xml.js';
-import { SubscriptionQueue } from './subscription-queue.js';
 
 /**
  * The libvirt adapter: virtiofs shares hot-plugged into a running domain with
@@ -46,7 +44,6 @@ export interface LibvirtAdapterOptions {
 /** States in which the domain's QEMU process exists. */
 const ALIVE_STATES = new Set(['running', 'idle', 'paused', 'in shutdown', 'pmsuspended', 'blocked']);
 /** The virtio-fs config space holds the tag in 36 bytes. */
-const MAX_TAG_BYTES = 36;
 
 interface Tracked {
   id: string;
@@ -54,19 +51,15 @@ interface Tracked {
   alias: string;
 }
 
-export class LibvirtAdapter implements VmmAdapter {
+export class LibvirtAdapter extends AdapterBase implements VmmAdapter {
   readonly kind = 'libvirt' as const;
-  readonly events: VmmEvents;
   private readonly shares = new Map<string, Tracked>();
   private readonly detaching = new Set<string>();
   private readonly removedWaiters = new Map<string, () => void>();
-  private readonly listeners = new Set<(event: VmmEvent) => void>();
-  private readonly log: Logger;
+  protected readonly log: Logger;
   private readonly virshPath: string;
-  private lock: Promise<unknown> = Promise.resolve();
   private monitor: Service | undefined;
   private poll: NodeJS.Timeout | undefined;
-  private gone = false;
   private closed = false;
 
   /** Check the domain is running and start listening to its events. */
@@ -85,30 +78,13 @@ export class LibvirtAdapter implements VmmAdapter {
   }
 
   private constructor(private readonly opts: LibvirtAdapterOptions) {
+    super();
     this.log = opts.logger ?? childLogger({ component: 'vmm-libvirt', vm: opts.name });
     this.virshPath = opts.virsh ?? requireProgram('virsh');
-    this.events = {
-      subscribe: (listener) => {
-        this.listeners.add(listener);
-        return () => this.listeners.delete(listener);
-      },
-      iterate: (iterOpts = {}) =>
-        new SubscriptionQueue<VmmEvent>((push, end) => {
-          const off = this.events.subscribe((e) => {
-            push(e);
-            if (e.type === 'vmm-gone') end();
-          });
-          if (this.gone) end();
-          return off;
-        }, iterOpts),
-    };
   }
 
   async attachShare(spec: ShareSpec, opts: AttachOptions = {}): Promise<AttachedShare> {
-    assertSafeId('share', spec.id);
-    if (spec.tag === '' || Buffer.byteLength(spec.tag) > MAX_TAG_BYTES) {
-      throw new VmmError(`virtiofs tag ${JSON.stringify(spec.tag)} must be 1 to ${MAX_TAG_BYTES} bytes`);
-    }
+    checkShareSpec(spec);
     filesystemXml(spec); // throws on what libvirt would refuse, before taking the lock
     return this.serialized(() => this.doAttachShare(spec, opts));
   }
@@ -146,7 +122,7 @@ export class LibvirtAdapter implements VmmAdapter {
     this.closed = true;
     clearInterval(this.poll);
     await this.monitor?.stop(1000);
-    this.listeners.clear();
+    this.dropListeners();
   }
 
   private async doAttachShare(spec: ShareSpec, opts: AttachOptions): Promise<AttachedShare> {
@@ -254,7 +230,7 @@ export class LibvirtAdapter implements VmmAdapter {
     void monitor.exited.then((exit) => {
       if (this.closed) return;
       const why = monitor.stderr.trim().split('\n').at(-1) ?? '';
-      this.onGone(`the libvirt event stream ended (exit ${exit.code ?? exit.signal})${why ? `: ${why}` : ''}`);
+      this.markGone(`the libvirt event stream ended (exit ${exit.code ?? exit.signal})${why ? `: ${why}` : ''}`);
     });
     this.poll = setInterval(() => void this.checkAlive(), this.opts.pollMs ?? 5000);
     this.poll.unref();
@@ -269,7 +245,7 @@ export class LibvirtAdapter implements VmmAdapter {
     }
     if (!event) return;
     if (event.kind === 'lifecycle' && /^Stopped\b/.test(event.detail)) {
-      this.onGone(`domain ${this.opts.domain} stopped (${event.detail})`);
+      this.markGone(`domain ${this.opts.domain} stopped (${event.detail})`);
     } else if (event.kind === 'device-removed') {
       this.onDeviceRemoved(event.detail);
     }
@@ -290,10 +266,10 @@ export class LibvirtAdapter implements VmmAdapter {
     if (this.gone || this.closed) return;
     try {
       const state = await this.domainState();
-      if (!ALIVE_STATES.has(state)) this.onGone(`domain ${this.opts.domain} is ${state}`);
+      if (!ALIVE_STATES.has(state)) this.markGone(`domain ${this.opts.domain} is ${state}`);
     } catch (err) {
       // A busy libvirtd is not a stopped VM; only a domain libvirt no longer knows is.
-      if (/domain not found|failed to get domain/i.test((err as Error).message)) this.onGone((err as Error).message);
+      if (/domain not found|failed to get domain/i.test((err as Error).message)) this.markGone((err as Error).message);
       else this.log.debug({ err }, 'domstate check failed');
     }
   }
@@ -326,30 +302,12 @@ export class LibvirtAdapter implements VmmAdapter {
     return result.stdout;
   }
 
-  private onGone(reason: string): void {
-    if (this.gone) return;
-    this.gone = true;
+  protected override whenGone(reason: string): void {
     clearInterval(this.poll);
     this.monitor?.kill();
     this.log.info({ reason }, 'libvirt domain gone');
-    this.emit({ type: 'vmm-gone', reason });
   }
 
-  private emit(event: VmmEvent): void {
-    for (const listener of [...this.listeners]) {
-      try {
-        listener(event);
-      } catch (err) {
-        this.log.error({ err, event: event.type }, 'VMM event listener threw');
-      }
-    }
-  }
-
-  private serialized<T>(op: () => Promise<T>): Promise<T> {
-    const run = this.lock.then(op, op);
-    this.lock = run.catch(() => undefined);
-    return run;
-  }
 }
 
 /**

@@ -12,11 +12,9 @@ import {
   type ShareSpec,
   type UsbSpec,
   type VmmAdapter,
-  type VmmEvent,
-  type VmmEvents,
 } from './adapter.js';
+import { AdapterBase, checkShareSpec } from './adapter-base.js';
 import { QmpClient, QmpError, type QmpEvent } from './qmp.js';
-import { SubscriptionQueue } from './subscription-queue.js';
 
 /**
  * The QEMU adapter: virtiofs shares hot-plugged over QMP onto free pcie-root-ports
@@ -42,7 +40,6 @@ const CHARDEV_PREFIX = 'xdpvm-fsc-';
 const PERIPHERAL = '/machine/peripheral';
 const PERIPHERAL_ANON = '/machine/peripheral-anon';
 /** The virtio-fs config space holds the tag in 36 bytes. */
-const MAX_TAG_BYTES = 36;
 
 interface Tracked {
   spec: ShareSpec;
@@ -59,17 +56,13 @@ export function shareChardevId(id: string): string {
   return `${CHARDEV_PREFIX}${id}`;
 }
 
-export class QemuAdapter implements VmmAdapter {
+export class QemuAdapter extends AdapterBase implements VmmAdapter {
   readonly kind = 'qemu' as const;
-  readonly events: VmmEvents;
   private readonly shares = new Map<string, Tracked>();
   /** Device ids we asked QEMU to remove, so their DEVICE_DELETED is not "unexpected". */
   private readonly detaching = new Set<string>();
-  private readonly listeners = new Set<(event: VmmEvent) => void>();
   private readonly offs: Array<() => void>;
-  private lock: Promise<unknown> = Promise.resolve();
-  private gone = false;
-  private readonly log: Logger;
+  protected readonly log: Logger;
 
   /** Open a QMP connection of our own and wrap it. */
   static async connect(socketPath: string, opts: QemuAdapterOptions & { timeoutMs?: number } = {}): Promise<QemuAdapter> {
@@ -82,30 +75,13 @@ export class QemuAdapter implements VmmAdapter {
     readonly qmp: QmpClient,
     private readonly opts: QemuAdapterOptions = {},
   ) {
+    super();
     this.log = opts.logger ?? childLogger({ component: 'vmm-qemu', vm: opts.name });
-    this.offs = [qmp.onEvent((e) => this.onQmpEvent(e)), qmp.onDisconnect((err) => this.onGone(err?.message ?? 'QMP closed'))];
-    this.events = {
-      subscribe: (listener) => {
-        this.listeners.add(listener);
-        return () => this.listeners.delete(listener);
-      },
-      iterate: (iterOpts = {}) =>
-        new SubscriptionQueue<VmmEvent>((push, end) => {
-          const off = this.events.subscribe((e) => {
-            push(e);
-            if (e.type === 'vmm-gone') end();
-          });
-          if (this.gone) end();
-          return off;
-        }, iterOpts),
-    };
+    this.offs = [qmp.onEvent((e) => this.onQmpEvent(e)), qmp.onDisconnect((err) => this.markGone(err?.message ?? 'QMP closed'))];
   }
 
   async attachShare(spec: ShareSpec, opts: AttachOptions = {}): Promise<AttachedShare> {
-    assertSafeId('share', spec.id);
-    if (spec.tag === '' || Buffer.byteLength(spec.tag) > MAX_TAG_BYTES) {
-      throw new VmmError(`virtiofs tag ${JSON.stringify(spec.tag)} must be 1 to ${MAX_TAG_BYTES} bytes`);
-    }
+    checkShareSpec(spec);
     return this.serialized(() => this.doAttachShare(spec, opts));
   }
 
@@ -166,7 +142,7 @@ export class QemuAdapter implements VmmAdapter {
   async close(): Promise<void> {
     for (const off of this.offs) off();
     if (this.opts.ownsClient) await this.qmp.disconnect();
-    this.listeners.clear();
+    this.dropListeners();
   }
 
   private async doAttachShare(spec: ShareSpec, opts: AttachOptions): Promise<AttachedShare> {
@@ -296,28 +272,8 @@ export class QemuAdapter implements VmmAdapter {
     }
   }
 
-  private onGone(reason: string): void {
-    if (this.gone) return;
-    this.gone = true;
-    this.emit({ type: 'vmm-gone', reason });
-  }
-
-  private emit(event: VmmEvent): void {
-    for (const listener of [...this.listeners]) {
-      try {
-        listener(event);
-      } catch (err) {
-        this.log.error({ err, event: event.type }, 'VMM event listener threw');
-      }
-    }
-  }
 
   /** One hot-plug operation at a time: two attaches must not pick the same free port. */
-  private serialized<T>(op: () => Promise<T>): Promise<T> {
-    const run = this.lock.then(op, op);
-    this.lock = run.catch(() => undefined);
-    return run;
-  }
 
   private async qomList(path: string): Promise<QomProperty[]> {
     try {

@@ -1,4 +1,4 @@
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -123,5 +123,28 @@ describe('virtiofsd supervision', () => {
     const vms = JSON.parse((await world.cli(['vms', '--json'])).stdout) as { vms: { name: string; share: string; detail: string }[] };
     expect(vms.vms.find((v) => v.name === 'work')).toMatchObject({ share: 'ready', detail: `adopted virtiofsd ${before!.pid} left by a previous daemon` });
     expect(processesMatching(`source=${world.viewOf('work')}`)).toEqual([before]);
+  });
+});
+
+describe('a broken VM config entry', () => {
+  it('one VM whose share cannot start is reported; the daemon serves the other VMs', async () => {
+    // World.start writes the socket paths itself; make "broken"'s a plain file and restart.
+    const world2 = await World.start([{ name: 'good' }, { name: 'broken' }]);
+    try {
+      await world2.stopDaemon();
+      const sock = world2.vmPaths('broken').share;
+      for (const p of processesMatching(`--socket-path=${sock}`)) process.kill(p.pid, 'SIGKILL');
+      await new Promise((r) => setTimeout(r, 200));
+      rmSync(sock, { force: true });
+      writeFileSync(sock, 'not a socket');
+      await world2.startDaemon();
+      const vms = JSON.parse((await world2.cli(['vms', '--json'])).stdout) as { vms: { name: string; share: string; detail: string }[] };
+      expect(vms.vms.find((v) => v.name === 'broken')).toMatchObject({ share: 'failed', detail: expect.stringMatching(/virtiofsd could not start: .*exists and is not a socket/) });
+      expect(vms.vms.find((v) => v.name === 'good')).toMatchObject({ share: 'ready' });
+      world2.dialog.behave(() => ({ response: 0, uris: [`file://${file}`] }));
+      expect((await world2.fileDialog('good', 'OpenFile', 'Open')).response).toBe(0);
+    } finally {
+      await world2.stop();
+    }
   });
 });

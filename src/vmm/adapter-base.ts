@@ -1,0 +1,75 @@
+import type { Logger } from '../log.js';
+import { assertSafeId, VmmError, type ShareSpec, type VmmEvent, type VmmEvents } from './adapter.js';
+import { SubscriptionQueue } from './subscription-queue.js';
+
+/**
+ * What every VMM adapter shares: the event stream, the one-operation-at-a-time
+ * lock (hot-plug steps must not interleave), the end of the VMM, and the
+ * checks of a share's id and tag before anything is sent.
+ */
+export const MAX_TAG_BYTES = 36;
+
+export function checkShareSpec(spec: ShareSpec): void {
+  assertSafeId('share', spec.id);
+  if (spec.tag === '' || Buffer.byteLength(spec.tag) > MAX_TAG_BYTES) {
+    throw new VmmError(`virtiofs tag ${JSON.stringify(spec.tag)} must be 1 to ${MAX_TAG_BYTES} bytes`);
+  }
+}
+
+export abstract class AdapterBase {
+  readonly events: VmmEvents;
+  private readonly listeners = new Set<(event: VmmEvent) => void>();
+  private lock: Promise<unknown> = Promise.resolve();
+  protected gone = false;
+  protected abstract readonly log: Logger;
+
+  constructor() {
+    this.events = {
+      subscribe: (listener) => {
+        this.listeners.add(listener);
+        return () => this.listeners.delete(listener);
+      },
+      iterate: (iterOpts = {}) =>
+        new SubscriptionQueue<VmmEvent>((push, end) => {
+          const off = this.events.subscribe((e) => {
+            push(e);
+            if (e.type === 'vmm-gone') end();
+          });
+          if (this.gone) end();
+          return off;
+        }, iterOpts),
+    };
+  }
+
+  /** The VMM is gone: stop watching it (the hook) and tell listeners, once. */
+  protected markGone(reason: string): void {
+    if (this.gone) return;
+    this.gone = true;
+    this.whenGone(reason);
+    this.emit({ type: 'vmm-gone', reason });
+  }
+
+  /** Release what watches the VMM; called once, before listeners hear of it. */
+  protected whenGone(_reason: string): void {}
+
+  protected emit(event: VmmEvent): void {
+    for (const listener of [...this.listeners]) {
+      try {
+        listener(event);
+      } catch (err) {
+        this.log.error({ err, event: event.type }, 'VMM event listener threw');
+      }
+    }
+  }
+
+  /** The adapter is closing: nobody hears from it any more. */
+  protected dropListeners(): void {
+    this.listeners.clear();
+  }
+
+  protected serialized<T>(op: () => Promise<T>): Promise<T> {
+    const run = this.lock.then(op, op);
+    this.lock = run.catch(() => undefined);
+    return run;
+  }
+}
