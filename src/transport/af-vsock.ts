@@ -10,144 +10,40 @@
  * function that needs it is called, with the reason vsockAvailable() gives.
  */
 import { EventEmitter } from 'node:events';
-import { constants as osConstants } from 'node:os';
-import { Duplex } from 'node:stream';
-import { getSystemErrorMap } from 'node:util';
 import { childLogger, type Logger } from '../log.js';
-import { addonState, requireAddon } from '../native/addon.js';
+import { constants as osConstants } from 'node:os';
+import {
+  abortError,
+  checkU32,
+  codedError,
+  EAGAIN,
+  errnoName,
+  ETIMEDOUT,
+  load,
+  requireBinding,
+  VMADDR_CID_ANY,
+  vsockError,
+  type Binding,
+  type ConnectOptions,
+  type NativeHandle,
+  type VsockAddress,
+  type VsockServerOptions,
+} from './vsock-native.js';
+import { VsockSocket } from './vsock-socket.js';
 
-export const VMADDR_CID_ANY = 0xffffffff;
-export const VMADDR_PORT_ANY = 0xffffffff;
-export const VMADDR_CID_LOCAL = 1;
-export const VMADDR_CID_HOST = 2;
-
-export interface VsockAddress {
-  cid: number;
-  port: number;
-}
-
-/** A failed syscall, shaped like Node's own errno errors. */
-export interface VsockError extends Error {
-  code: string;
-  errno: number;
-  syscall: string;
-  cid?: number;
-  port?: number;
-}
-
-export interface VsockSocketOptions {
-  /** Keep the writable side open after the peer ends; default false, as in net. */
-  allowHalfOpen?: boolean;
-}
-
-export interface ConnectOptions extends VsockSocketOptions {
-  /** Give up after this long (ETIMEDOUT). Default: the kernel's vsock connect timeout (2 s). */
-  timeoutMs?: number;
-  signal?: AbortSignal;
-}
-
-export interface VsockServerOptions extends VsockSocketOptions {
-  backlog?: number;
-}
-
-// ---------------------------------------------------------------------------
-// Native binding
-
-/** A socket fd plus its poll handle, owned by the addon. */
-interface NativeHandle {
-  /** Called with (status, events) when a watched event fires; status < 0 is a poll error. */
-  onevent: ((status: number, events: number) => void) | undefined;
-  watch(events: number): number;
-  read(): Buffer | null | number;
-  writev(chunks: Buffer[]): number;
-  accept(): [NativeHandle, number, number] | number;
-  connectError(): number;
-  shutdown(): number;
-  localAddress(): [number, number] | number;
-  close(): void;
-  setRef(on: boolean): void;
-  fd(): number;
-}
-
-/** Setup calls return a handle or [-errno, failing syscall]. */
-type SetupResult = NativeHandle | [number, string];
-
-interface Binding {
-  READABLE: number;
-  WRITABLE: number;
-  probe(): number;
-  localCid(): [number, string];
-  listen(cid: number, port: number, backlog: number): SetupResult;
-  connect(cid: number, port: number, timeoutMs: number): SetupResult;
-  testPair(): [NativeHandle, NativeHandle] | [number, string];
-  openDevice(path: string): NativeHandle | number;
-}
-
-const requireBinding = (): Binding => requireAddon<Binding>('AF_VSOCK');
-const load = () => addonState<Binding>();
-
-/** Where the addon is (or would be) loaded from; for diagnostics. */
-export function vsockAddonPath(): string | undefined {
-  return load().path;
-}
-
-// ---------------------------------------------------------------------------
-// Errors
-
-const EAGAIN = -osConstants.errno.EAGAIN;
-const ENOTCONN = -osConstants.errno.ENOTCONN;
-const ENOTSOCK = -osConstants.errno.ENOTSOCK;
-const ETIMEDOUT = -osConstants.errno.ETIMEDOUT;
-
-let errorMap: Map<number, [string, string]> | undefined;
-
-/** [code, description] for a negative errno (Node builds the map anew per call, so keep one). */
-function errnoEntry(negErrno: number): [string, string] | undefined {
-  errorMap ??= getSystemErrorMap();
-  return errorMap.get(negErrno);
-}
-
-function errnoName(negErrno: number): string {
-  return errnoEntry(negErrno)?.[0] ?? `errno ${-negErrno}`;
-}
-
-function vsockError(negErrno: number, syscall: string, addr?: VsockAddress, hint?: string): VsockError {
-  const entry = errnoEntry(negErrno);
-  const code = entry?.[0] ?? `E${-negErrno}`;
-  const where = addr ? ` vsock ${formatAddress(addr)}` : '';
-  const tail = hint ? `: ${hint}` : '';
-  const err = new Error(`${syscall} ${code}${where} (${entry?.[1] ?? 'unknown error'})${tail}`) as VsockError;
-  err.code = code;
-  err.errno = negErrno;
-  err.syscall = syscall;
-  if (addr) {
-    err.cid = addr.cid;
-    err.port = addr.port;
-  }
-  return err;
-}
-
-function formatAddress(addr: VsockAddress): string {
-  const show = (n: number): string => (n === VMADDR_CID_ANY ? 'any' : String(n));
-  return `${show(addr.cid)}:${show(addr.port)}`;
-}
-
-function codedError(code: string, message: string): Error & { code: string } {
-  return Object.assign(new Error(message), { code });
-}
-
-function abortError(reason: unknown): Error {
-  const err = codedError('ABORT_ERR', 'The operation was aborted');
-  err.name = 'AbortError';
-  if (reason !== undefined) (err as Error & { cause?: unknown }).cause = reason;
-  return err;
-}
-
-function checkU32(value: number, what: string): void {
-  if (!Number.isInteger(value) || value < 0 || value > 0xffffffff) {
-    throw new RangeError(`${what} must be an integer in [0, 2^32-1], got ${value}`);
-  }
-}
+export {
+  VMADDR_CID_ANY,
+  VMADDR_CID_HOST,
+  VMADDR_CID_LOCAL,
+  VMADDR_PORT_ANY,
+  vsockAddonPath,
+  type ConnectOptions,
+  type VsockAddress,
+  type VsockError,
+  type VsockServerOptions,
+  type VsockSocketOptions,
+} from './vsock-native.js';
+export { createTestSocketPair, openCharDevice, VsockSocket } from './vsock-socket.js';
 
 // ---------------------------------------------------------------------------
 // Probing
@@ -175,198 +71,6 @@ export function localCid(): number {
     hint = '/dev/vsock is not accessible to this user';
   }
   throw vsockError(rc, step, undefined, hint);
-}
-
-// ---------------------------------------------------------------------------
-// Sockets
-
-/** Chunks read per readiness event before yielding to the event loop. */
-const READS_PER_EVENT = 16;
-const READ_CHUNK = 64 * 1024;
-
-interface PendingWrite {
-  chunks: Buffer[];
-  cb: (err?: Error | null) => void;
-  blocked: boolean;
-}
-
-/** Drops the first `n` written bytes from `chunks` in place. */
-function consumeWritten(chunks: Buffer[], n: number): void {
-  let whole = 0;
-  let left = n;
-  for (const chunk of chunks) {
-    if (left < chunk.length) break;
-    left -= chunk.length;
-    whole++;
-  }
-  chunks.splice(0, whole);
-  const first = chunks[0];
-  if (left > 0 && first) chunks[0] = first.subarray(left);
-}
-
-/**
- * A connected AF_VSOCK stream. Created by connectVsock() and VsockServer;
- * the constructor is not for direct use.
- */
-export class VsockSocket extends Duplex {
-  readonly remote: VsockAddress;
-  readonly local: VsockAddress;
-  #handle: NativeHandle | null;
-  #bits: { READABLE: number; WRITABLE: number };
-  #events = 0;
-  #reading = false;
-  #pending: PendingWrite | null = null;
-
-  constructor(handle: NativeHandle, remote: VsockAddress, opts: VsockSocketOptions = {}) {
-    super({
-      allowHalfOpen: opts.allowHalfOpen ?? false,
-      readableHighWaterMark: READ_CHUNK,
-      writableHighWaterMark: READ_CHUNK,
-    });
-    this.#handle = handle;
-    this.#bits = requireBinding();
-    this.remote = Object.freeze({ ...remote });
-    const local = handle.localAddress();
-    this.local = Object.freeze(
-      typeof local === 'number' ? { cid: VMADDR_CID_ANY, port: VMADDR_PORT_ANY } : { cid: local[0], port: local[1] },
-    );
-    handle.onevent = (status, events) => this.#onEvent(status, events);
-  }
-
-  /** Let the process exit while this socket is idle-open (like net.Socket#unref). */
-  unref(): this {
-    this.#handle?.setRef(false);
-    return this;
-  }
-
-  ref(): this {
-    this.#handle?.setRef(true);
-    return this;
-  }
-
-  override _read(): void {
-    this.#reading = true;
-    this.#updateWatch();
-  }
-
-  override _write(chunk: Buffer, _encoding: BufferEncoding, cb: (err?: Error | null) => void): void {
-    this.#startWrite([chunk], cb);
-  }
-
-  override _writev(chunks: Array<{ chunk: Buffer }>, cb: (err?: Error | null) => void): void {
-    this.#startWrite(
-      chunks.map((c) => c.chunk),
-      cb,
-    );
-  }
-
-  override _final(cb: (err?: Error | null) => void): void {
-    const rc = this.#handle?.shutdown() ?? 0;
-    // ENOTCONN: the peer is already gone, so there is nobody left to tell.
-    // ENOTSOCK: a character device has no half-close.
-    cb(rc < 0 && rc !== ENOTCONN && rc !== ENOTSOCK ? vsockError(rc, 'shutdown', this.remote) : null);
-  }
-
-  override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
-    const pending = this.#pending;
-    this.#pending = null;
-    const handle = this.#handle;
-    this.#handle = null;
-    this.#events = 0;
-    this.#reading = false;
-    if (handle) {
-      handle.onevent = undefined;
-      handle.close();
-    }
-    cb(err);
-    // The in-flight write can never complete; tell its writer instead of leaving it hanging.
-    pending?.cb(err ?? codedError('ERR_STREAM_DESTROYED', 'Cannot call write after a stream was destroyed'));
-  }
-
-  #onEvent(status: number, events: number): void {
-    if (!this.#handle) return;
-    if (status < 0) {
-      // libuv reports POLLERR as a bare status and stops watching; SO_ERROR says what happened.
-      this.#events = 0;
-      const soError = this.#handle.connectError();
-      this.destroy(vsockError(soError < 0 ? soError : status, 'read', this.remote));
-      return;
-    }
-    if (events & this.#bits.WRITABLE) this.#flush();
-    if (events & this.#bits.READABLE) this.#readSome();
-  }
-
-  #readSome(): void {
-    for (let i = 0; i < READS_PER_EVENT && this.#reading && this.#handle; i++) {
-      const data = this.#handle.read();
-      if (data === null) {
-        this.#reading = false;
-        this.#updateWatch();
-        this.push(null);
-        return;
-      }
-      if (typeof data === 'number') {
-        if (data !== EAGAIN) this.destroy(vsockError(data, 'read', this.remote));
-        return;
-      }
-      if (!this.push(data)) {
-        this.#reading = false;
-        this.#updateWatch();
-        return;
-      }
-    }
-  }
-
-  #startWrite(chunks: Buffer[], cb: (err?: Error | null) => void): void {
-    if (!this.#handle) {
-      cb(codedError('ERR_STREAM_DESTROYED', 'Cannot call write after a stream was destroyed'));
-      return;
-    }
-    this.#pending = { chunks, cb, blocked: false };
-    this.#flush();
-  }
-
-  #flush(): void {
-    const pending = this.#pending;
-    if (!pending || !this.#handle) return;
-    while (pending.chunks.length > 0) {
-      const n = this.#handle.writev(pending.chunks);
-      const first = pending.chunks[0];
-      if (n === EAGAIN || (n === 0 && first !== undefined && first.length > 0)) {
-        pending.blocked = true;
-        this.#updateWatch();
-        return;
-      }
-      if (n < 0) {
-        this.#finishWrite(vsockError(n, 'write', this.remote));
-        return;
-      }
-      consumeWritten(pending.chunks, n);
-    }
-    this.#finishWrite(null);
-  }
-
-  #finishWrite(err: Error | null): void {
-    const pending = this.#pending;
-    this.#pending = null;
-    this.#updateWatch();
-    pending?.cb(err);
-  }
-
-  #updateWatch(): void {
-    const handle = this.#handle;
-    if (!handle) return;
-    let events = 0;
-    if (this.#reading) events |= this.#bits.READABLE;
-    if (this.#pending?.blocked) events |= this.#bits.WRITABLE;
-    if (events === this.#events) return;
-    const rc = handle.watch(events);
-    if (rc < 0) {
-      this.destroy(vsockError(rc, 'poll', this.remote));
-      return;
-    }
-    this.#events = events;
-  }
 }
 
 /**
@@ -444,29 +148,6 @@ function awaitConnect(
  * same native code as vsock sockets, so the data path can be exercised on
  * machines without a vsock loopback. Their addresses are placeholders.
  */
-export function createTestSocketPair(opts: VsockSocketOptions = {}): [VsockSocket, VsockSocket] {
-  const pair = requireBinding().testPair();
-  if (typeof pair[0] === 'number') throw vsockError(pair[0], String(pair[1]));
-  const [a, b] = pair as [NativeHandle, NativeHandle];
-  const placeholder = { cid: VMADDR_CID_ANY, port: VMADDR_PORT_ANY };
-  return [new VsockSocket(a, placeholder, opts), new VsockSocket(b, placeholder, opts)];
-}
-
-/**
- * A character device (a virtio-serial port) as a stream, through the same
- * non-blocking, poll-driven I/O as the sockets. A blocking read in Node's
- * thread pool would outlive close() and keep the port open (EBUSY for the
- * next opener) and stall process exit.
- */
-export function openCharDevice(path: string, opts: VsockSocketOptions = {}): VsockSocket {
-  const handle = requireBinding().openDevice(path);
-  if (typeof handle === 'number') {
-    const err = vsockError(handle, 'open');
-    err.message = `${err.message} (${path})`;
-    throw err;
-  }
-  return new VsockSocket(handle, { cid: VMADDR_CID_ANY, port: VMADDR_PORT_ANY }, opts);
-}
 
 // ---------------------------------------------------------------------------
 // Server
