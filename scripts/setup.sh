@@ -66,8 +66,10 @@ if [ "$node_ok" != 1 ]; then
 fi
 
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-  say "installing npm packages (npm ci; builds the AF_VSOCK addon)"
-  npm ci --no-audit --no-fund
+  # npm install, not npm ci: the registry this runs against may lack other
+  # platforms' optional packages (rollup's), which npm ci insists on finding.
+  say "installing npm packages (npm install of the locked versions; builds the native addon)"
+  npm install --no-audit --no-fund
 else
   say "npm packages: up to date"
 fi
