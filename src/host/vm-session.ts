@@ -1,16 +1,11 @@
 import type { Duplex } from 'node:stream';
 import { ALL_METHODS } from '../../portals/index.js';
-import { hostHandlersFor } from '../../portals/host.js';
+import { hostHandlersFor, type HostPortalDeps } from '../../portals/host.js';
 import type { VmConfig } from '../config/schema.js';
-import type { Bus } from '../dbus/bus.js';
 import type { Logger } from '../log.js';
 import { Connection, type AnyHandler } from '../protocol/connection.js';
 import { methodTable } from '../protocol/methods.js';
 import { Ping, ShareMount, ShareUnmount } from '../protocol/session.js';
-import type { PolicyDecider } from '../policy/policy.js';
-import type { DocumentStore } from './documents.js';
-import type { FloodControl } from './flood.js';
-import type { ConsentAsker } from './consent.js';
 import type { VmShare } from './vm-share.js';
 import { hop } from '../trace.js';
 
@@ -21,16 +16,8 @@ import { hop } from '../trace.js';
  */
 const METHODS = methodTable(ALL_METHODS);
 
-export interface VmSessionDeps {
-  hostBus: Bus;
-  docs: DocumentStore;
-  log: Logger;
-  nextRequestId: () => string;
-  policy: PolicyDecider;
-  flood: FloodControl;
-  /** For portals that ask the user (devices, networks): policy, then dialog, then audit. */
-  consent: ConsentAsker;
-}
+/** What the daemon gives every VM; the session adds the VM itself and its share. */
+export type VmSessionDeps = Omit<HostPortalDeps, 'vm' | 'ensureShare'>;
 
 export class VmSession {
   private conn: Connection | undefined;

@@ -252,7 +252,7 @@ export class World {
 
   /** Run `xdp-vm` against this world's host session. */
   cli(args: string[]) {
-    return runProgram(process.execPath, [cliEntry(), ...args, ...(args.includes('--config') ? [] : [])], {
+    return runProgram(process.execPath, [cliEntry(), ...args], {
       env: { ...this.hostBus.env, XDP_VM_CONFIG: this.configPath },
       timeoutMs: 20_000,
     });

@@ -64,9 +64,19 @@ fi
 
 mount -t virtiofs -o ro "$root" /newroot || fatal "cannot mount virtiofs tag $root as root"
 echo "XDPVM-ROOT-MOUNTED $(uptime_s)"
-# The host's / is read-only; give the guest private writable scratch space.
+# The host's / is read-only; give the guest private writable scratch space,
+# keeping the checkout the tests run visible even when it lives under /tmp.
+checkout=$(param xdpvm.checkout)
+if [ -n "$checkout" ]; then
+  mkdir -p /checkout
+  mount --bind "/newroot$checkout" /checkout || fatal "cannot see the checkout $checkout"
+fi
 mount -t tmpfs -o mode=1777 tmpfs /newroot/tmp || fatal "no /tmp"
 mount -t tmpfs -o mode=755 tmpfs /newroot/run || fatal "no /run"
+if [ -n "$checkout" ]; then
+  mkdir -p "/newroot$checkout" 2>/dev/null
+  mount --move /checkout "/newroot$checkout" || fatal "cannot place the checkout at $checkout"
+fi
 mkdir -p /newroot/run/xdpvm
 cp /agent.sh /newroot/run/xdpvm/agent.sh
 echo "XDPVM-SWITCH-ROOT $(uptime_s)"

@@ -27,12 +27,16 @@ export interface RootShareOptions {
   socketPath: string;
   /** An empty directory; the read-only view of `/` is mounted here. */
   mountPoint: string;
+  /** A directory to show in that view even if it is on another filesystem (the checkout the guest runs). */
+  alsoShow?: string;
   timeoutMs?: number;
 }
 
 // The constant script gets its values as positional parameters, never spliced in.
 const ROOT_SHARE_SCRIPT =
-  'mount --bind / "$1" && mount -o remount,bind,ro "$1" && exec "$2" "--socket-path=$3" -o "source=$1" -o cache=always';
+  'mount --bind / "$1" && mount -o remount,bind,ro "$1" && ' +
+  '{ [ -z "$4" ] || { mount --bind "$4" "$1$4" && mount -o remount,bind,ro "$1$4"; }; } && ' +
+  'exec "$2" "--socket-path=$3" -o "source=$1" -o cache=always';
 
 /**
  * Export the host's `/` read-only. virtiofsd 7.2 has no read-only flag, so it serves
@@ -43,7 +47,7 @@ const ROOT_SHARE_SCRIPT =
 export async function startRootShare(opts: RootShareOptions): Promise<Service> {
   const virtiofsd = requireProgram('virtiofsd');
   const args = ['--mount', '--propagation', 'private', '--', '/bin/sh', '-c', ROOT_SHARE_SCRIPT, 'xdpvm-root-share'];
-  args.push(opts.mountPoint, virtiofsd, opts.socketPath);
+  args.push(opts.mountPoint, virtiofsd, opts.socketPath, opts.alsoShow ?? '');
   // unshare without --fork execs in place, so the parent-death signal reaches virtiofsd.
   const service = reapOnExit(startService('virtiofsd-root', ...diesWithParent('/usr/bin/unshare', args)));
   await waitForSocket(opts.socketPath, service, opts.timeoutMs ?? 5000);

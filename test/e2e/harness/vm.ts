@@ -4,6 +4,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Exit, Service } from '../../../src/exec.js';
 import { childLogger } from '../../../src/log.js';
+import { packageRoot } from '../../../src/paths.js';
 import type { QmpClient } from '../../../src/vmm/qmp.js';
 import { GuestAgent } from './agent.js';
 import { defaultCacheDir, prepareGuestImage } from './guest-image.js';
@@ -212,7 +213,7 @@ export async function bootGuest(opts: BootGuestOptions): Promise<Guest> {
     const tRoot = Date.now();
     if (hostRoot) {
       mkdirSync(res.file('hostroot'));
-      res.services.push(await startRootShare({ socketPath: res.file('root.sock'), mountPoint: res.file('hostroot') }));
+      res.services.push(await startRootShare({ socketPath: res.file('root.sock'), mountPoint: res.file('hostroot'), alsoShow: checkoutPath() }));
     }
     const rootShareMs = Date.now() - tRoot;
     const rootPorts = Array.from({ length: opts.rootPorts ?? 2 }, (_, i) => `rp${i + 1}`);
@@ -257,12 +258,19 @@ export async function bootGuest(opts: BootGuestOptions): Promise<Guest> {
   }
 }
 
+/** The checkout the guest runs, at the same path as on the host (wherever it was cloned). */
+function checkoutPath(): string {
+  const root = packageRoot();
+  if (/\s/.test(root)) throw new Error(`the e2e guests cannot use a checkout whose path has whitespace: ${root}`);
+  return root;
+}
+
 function guestQemuArgs(
   opts: BootGuestOptions,
   g: { accel: 'tcg' | 'kvm'; vmlinux: string; initramfs: string; hostRoot: boolean; res: GuestResources; modules: string[] },
 ): string[] {
   const cmdline = [...KERNEL_CMDLINE, `xdpvm.modules=${(opts.modules ?? g.modules).join(',')}`];
-  if (g.hostRoot) cmdline.push(`xdpvm.root=${ROOT_TAG}`);
+  if (g.hostRoot) cmdline.push(`xdpvm.root=${ROOT_TAG}`, `xdpvm.checkout=${checkoutPath()}`);
   cmdline.push(...(opts.kernelArgs ?? []));
   return [
     ...baseMachineArgs({ accel: g.accel, memMiB: opts.memMiB ?? 512, rootPorts: opts.rootPorts ?? 2 }),
