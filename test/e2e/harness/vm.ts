@@ -155,7 +155,7 @@ export interface Guest {
   cleanup(): Promise<void>;
 }
 
-const KERNEL_CMDLINE = [
+export const KERNEL_CMDLINE = [
   'console=ttyS0', 'panic=-1', 'quiet', 'mitigations=off', 'nokaslr', 'tsc=reliable', 'no_timer_check',
   '8250.nr_uarts=1', 'i8042.noaux', 'i8042.nokbd', 'i8042.nopnp', 'cryptomgr.notests', 'rodata=off',
 ];
@@ -259,7 +259,7 @@ export async function bootGuest(opts: BootGuestOptions): Promise<Guest> {
 }
 
 /** The checkout the guest runs, at the same path as on the host (wherever it was cloned). */
-function checkoutPath(): string {
+export function checkoutPath(): string {
   const root = packageRoot();
   if (/\s/.test(root)) throw new Error(`the e2e guests cannot use a checkout whose path has whitespace: ${root}`);
   return root;

@@ -10,6 +10,7 @@ import { GuestAgent } from '../harness/agent.js';
 import { defaultCacheDir, prepareGuestImage } from '../harness/guest-image.js';
 import { processesMentioning, removeOnExit } from '../harness/reaper.js';
 import { startRootShare, waitForSocket } from '../harness/virtiofsd.js';
+import { checkoutPath, KERNEL_CMDLINE } from '../harness/vm.js';
 import type { SerialPortSpec } from '../harness/vm.js';
 
 /**
@@ -165,11 +166,7 @@ export interface LibvirtGuest {
   cleanup(): Promise<void>;
 }
 
-const KERNEL_CMDLINE = [
-  'console=ttyS0', 'panic=-1', 'quiet', 'mitigations=off', 'nokaslr', 'tsc=reliable', 'no_timer_check',
-  '8250.nr_uarts=1', 'i8042.noaux', 'i8042.nokbd', 'i8042.nopnp', 'cryptomgr.notests', 'rodata=off',
-  'xdpvm.modules=core', 'xdpvm.root=hostroot',
-];
+const LIBVIRT_CMDLINE = [...KERNEL_CMDLINE, 'xdpvm.modules=core', 'xdpvm.root=hostroot'];
 const AGENT_PORT = 'org.xdpvm.agent';
 
 const text = (name: string, value: string | number) => `<${name}>${xmlAttr(String(value))}</${name}>`;
@@ -189,7 +186,7 @@ export function guestDomainXml(g: { domain: string; vmlinux: string; initramfs: 
       `<type arch="x86_64" machine="q35">hvm</type>`,
       text('kernel', g.vmlinux),
       text('initrd', g.initramfs),
-      text('cmdline', KERNEL_CMDLINE.join(' ')),
+      text('cmdline', [...LIBVIRT_CMDLINE, `xdpvm.checkout=${checkoutPath()}`].join(' ')),
     ]),
     // ACPI: the hot-plug path the QEMU tests measured; libvirt passes -no-acpi without it.
     '<features><acpi/><apic/></features>',
@@ -239,7 +236,7 @@ export async function bootLibvirtGuest(lv: PrivateLibvirtd, opts: LibvirtGuestOp
     forgetDir();
   };
   try {
-    rootShare = await startRootShare({ socketPath: path.join(workDir, 'root.sock'), mountPoint: path.join(workDir, 'hostroot') });
+    rootShare = await startRootShare({ socketPath: path.join(workDir, 'root.sock'), mountPoint: path.join(workDir, 'hostroot'), alsoShow: checkoutPath() });
     const xml = guestDomainXml({ domain, vmlinux: image.vmlinux, initramfs: image.initramfs, workDir, memMiB: opts.memMiB ?? 512, rootPorts: opts.rootPorts ?? 2, channels: opts.channels ?? [] });
     writeFileSync(path.join(workDir, 'domain.xml'), xml);
     const started = Date.now();
