@@ -1,24 +1,12 @@
 import { describe, expect, it } from 'vitest';
+import { consentRequest as request, HOSTILE_TEXT as HOSTILE } from '../../test/helpers/consent-request.js';
 
 import { ConsentAnswer, ConsentRequest, LIMITS, type ConsentRequestInput } from './contract.js';
 import { neutralise } from './display-text.js';
 import { parseDialogAnswer } from './gjs-dialog.js';
 import { parseTtyAnswer, renderTtyPrompt } from './tty-prompt.js';
 
-const HOSTILE = '<b>bold</b> & <span foreground="red">x</span>';
 
-function request(overrides: Partial<ConsentRequestInput> = {}): ConsentRequestInput {
-  return {
-    version: 1,
-    vm: { name: 'work', label: 'Work', color: '#3465a4' },
-    summary: 'work wants to use the USB device "YubiKey 5" (1050:0407)',
-    details: [{ label: 'Device', value: 'Yubico YubiKey OTP+FIDO+CCID' }],
-    guestText: [{ label: 'Reason given by the VM', text: HOSTILE }],
-    timeoutSeconds: 60,
-    allowAlways: true,
-    ...overrides,
-  };
-}
 
 describe('ConsentRequest', () => {
   it('accepts the documented request and defaults the optional parts', () => {

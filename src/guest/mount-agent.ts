@@ -4,7 +4,7 @@ import path from 'node:path';
 import { mountVirtiofs, unmount } from '../native/mount.js';
 import type { Logger } from '../log.js';
 import { hop } from '../trace.js';
-import { removeStaleSocket } from '../transport/hybrid-vsock.js';
+import { listenUnix } from '../transport/hybrid-vsock.js';
 import { MOUNT_AGENT_SOCKET } from './mount-agent-client.js';
 
 /**
@@ -51,9 +51,7 @@ export class MountAgent {
     mkdirSync(this.opts.mountPoint, { recursive: true });
     const socket = this.opts.socket ?? MOUNT_AGENT_SOCKET;
     mkdirSync(path.dirname(socket), { recursive: true });
-    await removeStaleSocket(socket);
-    this.server = net.createServer((c) => this.serve(c));
-    await new Promise<void>((resolve) => this.server!.listen(socket, resolve));
+    this.server = await listenUnix(socket, (c) => this.serve(c));
     // Any session in this VM may ask for an unmount: the VM is one trust domain.
     chmodSync(socket, 0o666);
     this.timer = setInterval(() => void this.tick(), this.opts.pollMs ?? 100);

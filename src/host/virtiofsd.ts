@@ -1,8 +1,9 @@
 import { EventEmitter } from 'node:events';
-import { closeSync, existsSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, rmSync, statSync } from 'node:fs';
+import { closeSync, existsSync, lstatSync, mkdirSync, openSync, readSync, rmSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { startService, type Exit, type Service } from '../exec.js';
 import type { Logger } from '../log.js';
+import { listProcesses } from '../proc.js';
 
 /**
  * One virtiofsd per VM share, watched.
@@ -38,16 +39,7 @@ const ADOPTED_POLL_MS = 500;
 
 /** The virtiofsd process serving `socket`, found by its command line. */
 export function findVirtiofsd(socket: string): number | undefined {
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const argv = readFileSync(`/proc/${entry}/cmdline`, 'utf8').split('\0');
-      if (argv.includes(`--socket-path=${socket}`) && path.basename(argv[0] ?? '').includes('virtiofsd')) return Number(entry);
-    } catch {
-      /* gone meanwhile */
-    }
-  }
-  return undefined;
+  return listProcesses().find((p) => p.argv.includes(`--socket-path=${socket}`) && path.basename(p.argv[0] ?? '').includes('virtiofsd'))?.pid;
 }
 
 /** The last lines virtiofsd wrote since `from` (its log is shared by every run). */

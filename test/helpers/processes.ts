@@ -1,16 +1,8 @@
-import { readdirSync, readFileSync } from 'node:fs';
+import { listProcesses } from '../../src/proc.js';
 
-/** Live processes whose command line contains `needle`, read from /proc. */
+/** Live processes (other than this one) whose command line contains `needle`. */
 export function processesMatching(needle: string): { pid: number; cmdline: string }[] {
-  const out: { pid: number; cmdline: string }[] = [];
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const cmdline = readFileSync(`/proc/${entry}/cmdline`, 'utf8').split('\0').join(' ').trim();
-      if (cmdline.includes(needle)) out.push({ pid: Number(entry), cmdline });
-    } catch {
-      /* exited meanwhile */
-    }
-  }
-  return out;
+  return listProcesses()
+    .map((p) => ({ pid: p.pid, cmdline: p.argv.join(' ') }))
+    .filter((p) => p.cmdline.includes(needle));
 }

@@ -5,6 +5,7 @@ import { fileURLToPath } from 'node:url';
 import { inflateSync } from 'node:zlib';
 import { pino } from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { consentRequest, HOSTILE_TEXT as HOSTILE } from '../helpers/consent-request.js';
 
 import type { ConsentOutcome, ConsentRequestInput } from '../../src/consent/contract.js';
 import { ConsentRequest } from '../../src/consent/contract.js';
@@ -22,7 +23,6 @@ import { pressKeys as pressKeysOn, waitForWindow as waitForWindowOn } from '../h
 
 const repo = fileURLToPath(new URL('../..', import.meta.url));
 const results = path.join(repo, 'test-results', 'consent-dialog');
-const HOSTILE = '<b>bold</b> & <span foreground="red">x</span>';
 const SWATCH = { hex: '#3465a4', rgb: [0x34, 0x65, 0xa4] } as const;
 // Past the dialog's arming delay (600 ms) plus a redraw.
 const SETTLE_MS = 1000;
@@ -38,16 +38,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const onDisplay = { env: { DISPLAY: '' } };
 
 function request(overrides: Partial<ConsentRequestInput> = {}) {
-  return ConsentRequest.parse({
-    version: 1,
-    vm: { name: 'work', label: 'Work', color: SWATCH.hex },
-    summary: 'work wants to use the USB device "YubiKey 5" (1050:0407)',
-    details: [{ label: 'Device', value: 'Yubico YubiKey OTP+FIDO+CCID' }],
-    guestText: [{ label: 'Reason given by the VM', text: HOSTILE }],
-    timeoutSeconds: 30,
-    allowAlways: true,
-    ...overrides,
-  });
+  return ConsentRequest.parse(consentRequest({ vm: { name: 'work', label: 'Work', color: SWATCH.hex }, timeoutSeconds: 30, ...overrides }));
 }
 
 interface Shown {

@@ -4,6 +4,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { build } from 'esbuild';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { consentRequest } from '../helpers/consent-request.js';
 
 import type { ConsentOutcome, ConsentRequestInput } from '../../src/consent/contract.js';
 import { requireProgram } from '../../src/deps.js';
@@ -71,16 +72,7 @@ let runner = '';
 let runs = 0;
 
 function request(overrides: Partial<ConsentRequestInput> = {}): ConsentRequestInput {
-  return {
-    version: 1,
-    vm: { name: 'work', label: 'Work', color: '#3465a4' },
-    summary: 'work wants to use the USB device "YubiKey 5" (1050:0407)',
-    details: [{ label: 'Device', value: 'Yubico YubiKey OTP+FIDO+CCID' }],
-    guestText: [{ label: 'Reason given by the VM', text: 'I need it to log in' }],
-    timeoutSeconds: 60,
-    allowAlways: true,
-    ...overrides,
-  };
+  return consentRequest({ guestText: [{ label: 'Reason given by the VM', text: 'I need it to log in' }], ...overrides });
 }
 
 interface PtyRun {

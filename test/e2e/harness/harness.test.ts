@@ -9,7 +9,7 @@ import type { Service } from '../../../src/exec.js';
 import type { VmmEvent } from '../../../src/vmm/adapter.js';
 import { QemuAdapter } from '../../../src/vmm/qemu.js';
 import type { QmpEvent } from '../../../src/vmm/qmp.js';
-import { processesMentioning } from './reaper.js';
+import { processesMatching } from '../../helpers/processes.js';
 import { startVirtiofsd } from './virtiofsd.js';
 import { bootGuest, chooseAccel, type Guest } from './vm.js';
 
@@ -188,8 +188,8 @@ describe('a guest booted with the host root', () => {
     console.info(`[timing] shutdown: ${report.ms} ms (graceful: ${report.graceful})`);
     expect(report).toMatchObject({ graceful: true, qemuExit: { code: 0 } });
     expect(pids.filter(alive)).toEqual([]);
-    expect(processesMentioning(guest.workDir)).toEqual([]);
-    expect(processesMentioning(dir)).toEqual([]);
+    expect(processesMatching(guest.workDir)).toEqual([]);
+    expect(processesMatching(dir)).toEqual([]);
     expect(existsSync(guest.workDir)).toBe(false);
     expect(readFileSync('/proc/self/mountinfo', 'utf8')).not.toContain(guest.workDir);
   }, SLOW);

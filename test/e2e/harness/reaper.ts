@@ -1,4 +1,4 @@
-import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
 import type { Service } from '../../../src/exec.js';
 
 /**
@@ -47,16 +47,3 @@ export function diesWithParent(file: string, args: readonly string[]): [string, 
   return [SETPRIV, ['--pdeathsig', 'KILL', '--', file, ...args]];
 }
 
-/** Pids whose command line mentions `text`: finds children whose pid we never knew. */
-export function processesMentioning(text: string): number[] {
-  const found: number[] = [];
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue;
-    try {
-      if (readFileSync(`/proc/${entry}/cmdline`, 'utf8').includes(text)) found.push(Number(entry));
-    } catch {
-      // Exited while we looked.
-    }
-  }
-  return found;
-}

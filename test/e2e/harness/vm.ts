@@ -9,7 +9,8 @@ import type { QmpClient } from '../../../src/vmm/qmp.js';
 import { GuestAgent } from './agent.js';
 import { defaultCacheDir, prepareGuestImage } from './guest-image.js';
 import { baseMachineArgs, launchQemu } from './qemu-launch.js';
-import { processesMentioning, removeOnExit } from './reaper.js';
+import { removeOnExit } from './reaper.js';
+import { processesMatching } from '../../helpers/processes.js';
 import { startRootShare } from './virtiofsd.js';
 
 /**
@@ -351,7 +352,7 @@ function sweepStaleWorkDirs(): void {
       }
     });
   for (const dir of candidates) {
-    if (processesMentioning(dir).length === 0) rmSync(dir, { recursive: true, force: true });
+    if (processesMatching(dir).length === 0) rmSync(dir, { recursive: true, force: true });
   }
 }
 

@@ -8,7 +8,8 @@ import { runProgram, startService, type Service } from '../../../src/exec.js';
 import { xmlAttr, xmlElement } from '../../../src/vmm/libvirt-xml.js';
 import { GuestAgent } from '../harness/agent.js';
 import { defaultCacheDir, prepareGuestImage } from '../harness/guest-image.js';
-import { processesMentioning, removeOnExit } from '../harness/reaper.js';
+import { removeOnExit } from '../harness/reaper.js';
+import { processesMatching } from '../../helpers/processes.js';
 import { startRootShare, waitForSocket } from '../harness/virtiofsd.js';
 import { checkoutPath, KERNEL_CMDLINE } from '../harness/vm.js';
 import type { SerialPortSpec } from '../harness/vm.js';
@@ -39,7 +40,7 @@ function sweepStaleDirs(): void {
     if (!name.startsWith(DAEMON_DIR_PREFIX) && !name.startsWith(GUEST_DIR_PREFIX)) continue;
     const dir = path.join(tmpdir(), name);
     try {
-      if (Date.now() - statSync(dir).mtimeMs < 60_000 || processesMentioning(dir).length > 0) continue;
+      if (Date.now() - statSync(dir).mtimeMs < 60_000 || processesMatching(dir).length > 0) continue;
     } catch {
       continue;
     }
