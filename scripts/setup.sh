@@ -30,6 +30,8 @@ tests=(
   libvirt-daemon-system libvirt-daemon-driver-qemu  # a private libvirtd for the libvirt e2e tests
   python3-yaml            # reads cloud-hypervisor's OpenAPI file in its adapter's tests
   util-linux              # setpriv and unshare for the e2e guests' root share
+  xdg-desktop-portal-gtk  # the real host file dialog, driven by keystrokes in one test
+  python3-pyqt5 qt5-xdgdesktopportal-platformtheme  # a real Qt app asking the portal for files
 )
 demo=(qemu-system-x86 busybox-static cpio xz-utils zstd)
 

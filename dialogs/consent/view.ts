@@ -3,8 +3,8 @@ import Gtk from 'gi://Gtk?version=4.0';
 import Pango from 'gi://Pango?version=1.0';
 import Adw from 'gi://Adw?version=1';
 
-import type { ConsentAnswer, ConsentDecision, ConsentRequest } from '../../src/consent/contract.js';
-import { neutralise } from '../../src/consent/display-text.js';
+import { LIMITS, type ConsentAnswer, type ConsentDecision, type ConsentRequest } from '../../src/consent/contract.js';
+import { guestText } from '../../src/guest-input.js';
 
 /**
  * The consent window. Written for GTK 4.8 / libadwaita 1.2 (Debian 12): Adw.MessageDialog, not the
@@ -25,7 +25,7 @@ export interface ViewOptions {
 }
 
 export function windowTitle(request: ConsentRequest): string {
-  return `Permission request from ${neutralise(request.vm.label)}`;
+  return `Permission request from ${guestText(request.vm.label, { max: LIMITS.vmLabel })}`;
 }
 
 /** Black or white, whichever reads better on the VM's colour. */
@@ -37,7 +37,7 @@ function inkFor(color: string): string {
 
 function vmSwatch(request: ConsentRequest): Gtk.Widget {
   const { vm } = request;
-  const swatch = new Gtk.Label({ label: neutralise(vm.label), use_markup: false, halign: Gtk.Align.START });
+  const swatch = new Gtk.Label({ label: guestText(vm.label, { max: LIMITS.vmLabel }), use_markup: false, halign: Gtk.Align.START });
   // The colour was checked against #rrggbb by the schema, so it cannot carry CSS of its own. The
   // provider is attached to this one widget, so nothing else in the dialog can be recoloured.
   const css = `label { background-color: ${vm.color}; color: ${inkFor(vm.color)}; padding: 8px 18px; border-radius: 6px; font-weight: bold; }`;
@@ -74,8 +74,8 @@ function detailsGrid(request: ConsentRequest): Gtk.Widget | undefined {
   if (request.details.length === 0) return undefined;
   const grid = new Gtk.Grid({ column_spacing: 12, row_spacing: 4 });
   request.details.forEach((detail, row) => {
-    grid.attach(plainLabel(neutralise(detail.label), { xalign: 1, valign: Gtk.Align.START, css_classes: ['dim-label'] }), 0, row, 1, 1);
-    grid.attach(plainLabel(neutralise(detail.value), { width_chars: 20, max_width_chars: 40 }), 1, row, 1, 1);
+    grid.attach(plainLabel(guestText(detail.label, { max: LIMITS.detailLabel }), { xalign: 1, valign: Gtk.Align.START, css_classes: ['dim-label'] }), 0, row, 1, 1);
+    grid.attach(plainLabel(guestText(detail.value, { max: LIMITS.detailValue }), { width_chars: 20, max_width_chars: 40 }), 1, row, 1, 1);
   });
   return grid;
 }
@@ -85,8 +85,8 @@ function guestTextSection(request: ConsentRequest): Gtk.Widget | undefined {
   const box = new Gtk.Box({ orientation: Gtk.Orientation.VERTICAL, spacing: 6 });
   box.append(plainLabel('Text from the VM (unverified):', { css_classes: ['heading'] }));
   for (const item of request.guestText) {
-    box.append(plainLabel(`${neutralise(item.label)}:`, { css_classes: ['dim-label'] }));
-    const text = plainLabel(neutralise(item.text, { multiline: true, maxLines: GUEST_TEXT_MAX_LINES }), {
+    box.append(plainLabel(`${guestText(item.label, { max: LIMITS.guestLabel })}:`, { css_classes: ['dim-label'] }));
+    const text = plainLabel(guestText(item.text, { max: LIMITS.guestText, multiline: true, maxLines: GUEST_TEXT_MAX_LINES }), {
       // A minimum width as well as a maximum: wrapping labels otherwise ask for one character's
       // width, and the window's height is then measured at that width and comes out far too tall.
       width_chars: 30,
@@ -155,7 +155,7 @@ function dumpWidgets(dialog: Adw.MessageDialog): void {
 export function showConsentWindow(request: ConsentRequest, opts: ViewOptions): void {
   const allowIds = request.allowAlways ? ['allow-once', 'allow-always'] : ['allow-once'];
   const dialog = new Adw.MessageDialog({
-    heading: neutralise(request.summary),
+    heading: guestText(request.summary, { max: LIMITS.summary }),
     heading_use_markup: false,
     body_use_markup: false,
     resizable: false,

@@ -6,7 +6,7 @@ import type { Logger } from '../../src/log.js';
 import { describeRow } from '../../src/policy/model.js';
 import type { PolicyDecider } from '../../src/policy/policy.js';
 import type { HandlerContext, Params, ResultOf } from '../../src/protocol/methods.js';
-import { sanitizeGuestText } from '../../src/text.js';
+import { guestText } from '../../src/guest-input.js';
 import { hop } from '../../src/trace.js';
 import { showHostFileDialog } from './host-dialog.js';
 import { guestPathToHost, guestUriOf, hostPathOfUri } from './paths.js';
@@ -29,17 +29,17 @@ export interface FileChooserHostDeps {
 const DEFAULT_TITLES: Record<DialogKind, string> = { open: 'Open File', save: 'Save File', 'save-files': 'Save Files' };
 
 export function dialogTitle(vm: VmConfig, kind: DialogKind, guestTitle: string): string {
-  return `${vm.label}: ${sanitizeGuestText(guestTitle) || DEFAULT_TITLES[kind]}`;
+  return `${vm.label}: ${guestText(guestTitle) || DEFAULT_TITLES[kind]}`;
 }
 
 /** Guest strings that the host dialog displays, cleaned; guest paths translated or dropped. */
 export async function hostOptions(vm: VmConfig, docs: Pick<DocumentStore, 'lookup'>, options: FileChooserOptions): Promise<FileChooserOptions> {
   const out: FileChooserOptions = { ...options };
-  if (out.accept_label !== undefined) out.accept_label = sanitizeGuestText(out.accept_label, 64);
-  if (out.current_name !== undefined) out.current_name = sanitizeGuestText(out.current_name, 255);
-  out.filters = out.filters?.map(([name, rules]) => [sanitizeGuestText(name, 100), rules]);
-  if (out.current_filter) out.current_filter = [sanitizeGuestText(out.current_filter[0], 100), out.current_filter[1]];
-  out.choices = out.choices?.map(([id, label, values, initial]) => [id, sanitizeGuestText(label, 100), values.map(([k, v]) => [k, sanitizeGuestText(v, 100)]), initial]);
+  if (out.accept_label !== undefined) out.accept_label = guestText(out.accept_label, { max: 64 });
+  if (out.current_name !== undefined) out.current_name = guestText(out.current_name, { max: 255 });
+  out.filters = out.filters?.map(([name, rules]) => [guestText(name, { max: 100 }), rules]);
+  if (out.current_filter) out.current_filter = [guestText(out.current_filter[0], { max: 100 }), out.current_filter[1]];
+  out.choices = out.choices?.map(([id, label, values, initial]) => [id, guestText(label, { max: 100 }), values.map(([k, v]) => [k, guestText(v, { max: 100 })]), initial]);
   for (const key of ['current_folder', 'current_file'] as const) {
     const guestPath = out[key];
     if (guestPath === undefined) continue;
@@ -77,7 +77,7 @@ async function grantChosen(uris: string[], write: boolean, deps: FileChooserHost
 export async function handleOpenDialog(params: Params<typeof OpenDialog>, ctx: HandlerContext, deps: FileChooserHostDeps): Promise<ResultOf<typeof OpenDialog>> {
   const { vm, docs, log, requestId } = deps;
   hop(log, 'host.received');
-  const asked = { kind: params.kind, title: sanitizeGuestText(params.title), appId: sanitizeGuestText(params.appId, 100) };
+  const asked = { kind: params.kind, title: guestText(params.title), appId: guestText(params.appId, { max: 100 }) };
   // The dialog is itself the consent, so only deny (or an unreadable policy) skips it.
   const policy = await deps.policy.decision('FileChooser', params.kind, vm);
   if (policy.verdict === 'deny') {

@@ -2,7 +2,6 @@ import { describe, expect, it } from 'vitest';
 import { consentRequest as request, HOSTILE_TEXT as HOSTILE } from '../../test/helpers/consent-request.js';
 
 import { ConsentAnswer, ConsentRequest, LIMITS, type ConsentRequestInput } from './contract.js';
-import { neutralise } from './display-text.js';
 import { parseDialogAnswer } from './gjs-dialog.js';
 import { parseTtyAnswer, renderTtyPrompt } from './tty-prompt.js';
 
@@ -83,30 +82,6 @@ describe('parseDialogAnswer', () => {
   ])('turns %j into a problem', (stdout, problem) => {
     const parsed = parseDialogAnswer(stdout);
     expect('problem' in parsed && parsed.problem).toContain(problem);
-  });
-});
-
-describe('neutralise', () => {
-  it('leaves markup characters alone (the views never interpret markup)', () => {
-    expect(neutralise(HOSTILE)).toBe(HOSTILE);
-  });
-
-  it('shows terminal controls, bidi overrides and separators as visible escapes', () => {
-    expect(neutralise('a\u001b[2Jb\u0007\r')).toBe('a\\x1b[2Jb\\x07\\x0d');
-    expect(neutralise('\u009b31m')).toBe('\\x9b31m');
-    expect(neutralise('deny\u202eyolla')).toBe('deny\\u{202e}yolla');
-    expect(neutralise('a\u2028b')).toBe('a\\u{2028}b');
-  });
-
-  it('keeps newlines only when asked, and caps the number of lines', () => {
-    expect(neutralise('a\r\nb')).toBe('a\\x0ab');
-    expect(neutralise('a\r\nb', { multiline: true })).toBe('a\nb');
-    expect(neutralise('1\n2\n3\n4', { multiline: true, maxLines: 2 })).toBe('1\n2\n… (2 more lines not shown)');
-  });
-
-  it('replaces lone surrogates, which cannot be encoded as UTF-8', () => {
-    expect(neutralise('a\ud800b\udc00')).toBe('a\ufffdb\ufffd');
-    expect(neutralise('😀')).toBe('😀');
   });
 });
 

@@ -1,8 +1,8 @@
 import { closeSync, constants, openSync } from 'node:fs';
 import tty from 'node:tty';
 
-import { denied, type ConsentDecision, type ConsentOutcome, type ConsentRequest } from './contract.js';
-import { neutralise } from './display-text.js';
+import { denied, LIMITS, type ConsentDecision, type ConsentOutcome, type ConsentRequest } from './contract.js';
+import { guestText } from '../guest-input.js';
 
 /**
  * The consent question on the controlling terminal, for hosts without a display. It opens
@@ -40,13 +40,13 @@ function choices(request: ConsentRequest): string {
 /** The whole question as plain text (no colours or cursor movement: nothing to spoof or break). */
 export function renderTtyPrompt(request: ConsentRequest, timeoutSeconds = request.timeoutSeconds): string {
   const { vm } = request;
-  const lines = ['', `=== Permission request from ${neutralise(vm.label)} (VM "${vm.name}") ===`, neutralise(request.summary)];
-  for (const d of request.details) lines.push(`  ${neutralise(d.label)}: ${neutralise(d.value)}`);
+  const lines = ['', `=== Permission request from ${guestText(vm.label, { max: LIMITS.vmLabel })} (VM "${vm.name}") ===`, guestText(request.summary, { max: LIMITS.summary })];
+  for (const d of request.details) lines.push(`  ${guestText(d.label, { max: LIMITS.detailLabel })}: ${guestText(d.value, { max: LIMITS.detailValue })}`);
   if (request.guestText.length > 0) {
     lines.push('Text from the VM (unverified):');
     for (const g of request.guestText) {
-      lines.push(`  ${neutralise(g.label)}:`);
-      const text = neutralise(g.text, { multiline: true, maxLines: GUEST_TEXT_MAX_LINES });
+      lines.push(`  ${guestText(g.label, { max: LIMITS.guestLabel })}:`);
+      const text = guestText(g.text, { max: LIMITS.guestText, multiline: true, maxLines: GUEST_TEXT_MAX_LINES });
       // The "|" gutter marks every guest line, so guest text cannot pass itself off as ours.
       for (const line of text.split('\n')) lines.push(`  | ${line}`);
     }
