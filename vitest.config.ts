@@ -1,9 +1,11 @@
 import { defineConfig } from 'vitest/config';
 
 /**
- * Three tiers. Unit tests need no system service; integration tests start
- * private buses and the real portals; e2e tests boot QEMU guests. The slow
- * tiers run one file at a time: this machine has two cores.
+ * Four tiers. Unit tests need no system service; integration tests start
+ * private buses and the real portals; hostile tests attack the daemon by hand
+ * as a compromised guest would, past the guest backend's own checks; e2e tests
+ * boot QEMU guests. The slow tiers run one file at a time: this machine has
+ * two cores.
  */
 export default defineConfig({
   test: {
@@ -20,6 +22,15 @@ export default defineConfig({
           name: 'integration',
           include: ['test/integration/**/*.test.ts'],
           testTimeout: 60_000,
+          hookTimeout: 60_000,
+          fileParallelism: false,
+        },
+      },
+      {
+        test: {
+          name: 'hostile',
+          include: ['test/hostile/**/*.test.ts'],
+          testTimeout: 300_000,
           hookTimeout: 60_000,
           fileParallelism: false,
         },

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
-// `npm test`: install what the tests need, build, then run the three tiers in
-// order (unit, integration, e2e) and say which ran and why any did not.
+// `npm test`: install what the tests need, build, then run the four tiers in
+// order (unit, integration, hostile, e2e) and say which ran and why any did not.
 // Plain JavaScript: it runs before the npm packages exist.
 import { spawnSync } from 'node:child_process';
 import { accessSync, constants, existsSync, mkdirSync, readFileSync } from 'node:fs';
@@ -10,7 +10,7 @@ import { fileURLToPath } from 'node:url';
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const args = process.argv.slice(2);
 const only = args.filter((a) => !a.startsWith('-'));
-const tiers = ['unit', 'integration', 'e2e'].filter((t) => only.length === 0 || only.includes(t));
+const tiers = ['unit', 'integration', 'hostile', 'e2e'].filter((t) => only.length === 0 || only.includes(t));
 
 function run(cmd, argv, opts = {}) {
   return spawnSync(cmd, argv, { cwd: root, stdio: 'inherit', ...opts });
@@ -27,7 +27,7 @@ function usable(file, mode = constants.R_OK | constants.W_OK) {
 
 /** Why a tier cannot run on this machine, or null. Only missing hardware counts. */
 function missingHardware(tier) {
-  if (tier === 'integration' && !usable('/dev/fuse')) return 'no usable /dev/fuse: the document store (xdg-document-portal) needs FUSE';
+  if ((tier === 'integration' || tier === 'hostile') && !usable('/dev/fuse')) return 'no usable /dev/fuse: the document store (xdg-document-portal) needs FUSE';
   if (tier === 'e2e') {
     if (process.arch !== 'x64') return `the e2e guests are x86_64 and this machine is ${process.arch}`;
     if (!usable('/dev/fuse')) return 'no usable /dev/fuse: the document store (xdg-document-portal) needs FUSE';
