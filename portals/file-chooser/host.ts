@@ -1,7 +1,8 @@
 import type { VmConfig } from '../../src/config/schema.js';
 import type { Bus } from '../../src/dbus/bus.js';
 import { audit } from '../../src/host/audit.js';
-import type { DocumentStore, Grant } from '../../src/host/documents.js';
+import { GrantRefused, whyNotGrantable, type DocumentStore, type Grant } from '../../src/host/documents.js';
+import { basenameBytes, dirnameBytes, displayBytes } from '../../src/file-uri.js';
 import type { Logger } from '../../src/log.js';
 import { describeRow } from '../../src/policy/model.js';
 import type { PolicyDecider } from '../../src/policy/policy.js';
@@ -9,8 +10,9 @@ import type { HandlerContext, Params, ResultOf } from '../../src/protocol/method
 import { guestText } from '../../src/guest-input.js';
 import { hop } from '../../src/trace.js';
 import { showHostFileDialog } from './host-dialog.js';
-import { guestPathToHost, guestUriOf, hostPathOfUri } from './paths.js';
-import type { DialogKind, FileChooserOptions, FileChooserResults, OpenDialog } from './schema.js';
+import { dialogRequest } from './dialog-options.js';
+import { guestUriOf, hostPathOfUri } from './paths.js';
+import type { DialogKind, FileChooserResults, OpenDialog } from './schema.js';
 
 /**
  * The host half of FileChooser: turn the VM's request into a host dialog that
@@ -32,44 +34,49 @@ export function dialogTitle(vm: VmConfig, kind: DialogKind, guestTitle: string):
   return `${vm.label}: ${guestText(guestTitle) || DEFAULT_TITLES[kind]}`;
 }
 
-/** Guest strings that the host dialog displays, cleaned; guest paths translated or dropped. */
-export async function hostOptions(vm: VmConfig, docs: Pick<DocumentStore, 'lookup'>, options: FileChooserOptions): Promise<FileChooserOptions> {
-  const out: FileChooserOptions = { ...options };
-  if (out.accept_label !== undefined) out.accept_label = guestText(out.accept_label, { max: 64 });
-  if (out.current_name !== undefined) out.current_name = guestText(out.current_name, { max: 255 });
-  out.filters = out.filters?.map(([name, rules]) => [guestText(name, { max: 100 }), rules]);
-  if (out.current_filter) out.current_filter = [guestText(out.current_filter[0], { max: 100 }), out.current_filter[1]];
-  out.choices = out.choices?.map(([id, label, values, initial]) => [id, guestText(label, { max: 100 }), values.map(([k, v]) => [k, guestText(v, { max: 100 })]), initial]);
-  for (const key of ['current_folder', 'current_file'] as const) {
-    const guestPath = out[key];
-    if (guestPath === undefined) continue;
-    const hostPath = await guestPathToHost(guestPath, vm.name, vm.share.guestMount, docs);
-    if (hostPath === undefined) delete out[key];
-    else out[key] = hostPath;
-  }
-  for (const key of Object.keys(out) as (keyof FileChooserOptions)[]) if (out[key] === undefined) delete out[key];
-  return out;
-}
-
 /**
  * Saving needs write access. An opened file is writable only when the dialog
- * says so; the stock frontend passes `writable` on to sandboxed callers only,
- * so through it an opened file stays read-only (README: Limitations).
+ * says so (the user unticked "Open files read-only").
  */
 export function grantsWrite(kind: DialogKind, results: FileChooserResults): boolean {
   return kind !== 'open' || results.writable === true;
 }
 
-/** Each chosen local file or folder becomes a document of the VM's view. */
-async function grantChosen(uris: string[], write: boolean, deps: FileChooserHostDeps): Promise<Grant[]> {
-  const grants: Grant[] = [];
+/**
+ * What the dialog answered, as host paths, checked against what was shown:
+ * SaveFiles names are joined to the folder the user picks, so every path
+ * must be one of the asked-for names directly in one folder; a save returns
+ * one path. Anything else is refused whole.
+ */
+export function chosenPaths(kind: DialogKind, uris: string[], files: string[] | undefined): Buffer[] | string {
+  const paths: Buffer[] = [];
   for (const uri of uris) {
-    const hostPath = hostPathOfUri(uri);
-    if (!hostPath) {
-      deps.log.warn({ uri }, 'the host dialog returned a URI that is not a local file; it cannot be shared with the VM');
-      continue;
+    const p = hostPathOfUri(uri);
+    if (!p) return `the dialog returned ${guestText(uri, { max: 80 })}, which is not a local file`;
+    paths.push(p);
+  }
+  if (paths.length === 0) return 'the dialog returned no file';
+  if (kind === 'save' && paths.length !== 1) return `a save returned ${paths.length} files`;
+  if (kind === 'save-files') {
+    const folder = dirnameBytes(paths[0]!);
+    const asked = new Set((files ?? []).map((f) => Buffer.from(f).toString('hex')));
+    for (const p of paths) {
+      if (!dirnameBytes(p).equals(folder)) return 'the saved files are not all in one folder';
+      if (!asked.has(basenameBytes(p).toString('hex'))) return `${displayBytes(p)} is not one of the names the app asked to save`;
     }
-    grants.push(await deps.docs.grant(deps.vm.name, hostPath, { write }));
+    if (paths.length !== asked.size) return `the dialog returned ${paths.length} files for ${asked.size} names`;
+  }
+  return paths;
+}
+
+/** Each chosen local file or folder becomes a document of the VM's view; all or nothing. */
+async function grantChosen(paths: Buffer[], write: boolean, deps: FileChooserHostDeps): Promise<Grant[]> {
+  const grants: Grant[] = [];
+  try {
+    for (const p of paths) grants.push(await deps.docs.grant(deps.vm.name, p, { write }));
+  } catch (err) {
+    for (const g of grants) await deps.docs.revoke(deps.vm.name, g.id).catch(() => undefined);
+    throw err;
   }
   return grants;
 }
@@ -86,11 +93,11 @@ export async function handleOpenDialog(params: Params<typeof OpenDialog>, ctx: H
     audit({ vm: vm.name, portal: 'FileChooser', request: requestId, decision: 'deny', reason: policy.error ? 'failure' : 'policy', grant: null, asked, ...(rule ? { rule } : {}) });
     return { response: 2, results: {} };
   }
-  const options = await hostOptions(vm, docs, params.options);
+  const request = await dialogRequest(vm, params.kind, docs, params.options);
   const title = dialogTitle(vm, params.kind, params.title);
-  log.info({ kind: params.kind, title, dropped: Object.keys(params.options).filter((k) => !(k in options)) }, 'showing the host file dialog');
+  log.info({ kind: params.kind, title, dropped: Object.keys(params.options).filter((k) => !(k in request.options)) }, 'showing the host file dialog');
   hop(log, 'host.dialog-called');
-  const answer = await showHostFileDialog(deps.hostBus, params.kind, title, options, ctx.signal);
+  const answer = await showHostFileDialog(deps.hostBus, params.kind, title, request.options, ctx.signal);
   hop(log, 'host.dialog-answered', { response: answer.response });
   if (answer.response !== 0 || ctx.signal.aborted) {
     const reason = ctx.signal.aborted ? 'closed' : answer.response === 1 ? 'user' : 'failure';
@@ -98,13 +105,20 @@ export async function handleOpenDialog(params: Params<typeof OpenDialog>, ctx: H
     return { response: answer.response === 0 ? 2 : answer.response, results: {} };
   }
   const write = grantsWrite(params.kind, answer.results);
-  const grants = await grantChosen(answer.results.uris ?? [], write, deps).catch((err: Error) => {
-    log.error({ err: err.message }, 'the document store refused the grant');
-    return [];
-  });
-  if (grants.length === 0) {
-    audit({ vm: vm.name, portal: 'FileChooser', request: requestId, decision: 'error', reason: 'failure', grant: null, asked });
-    return { response: 2, results: {} };
+  const refuse = (why: string) => {
+    log.warn({ why }, 'refused what the dialog returned; nothing was granted');
+    audit({ vm: vm.name, portal: 'FileChooser', request: requestId, decision: 'error', reason: 'failure', grant: null, asked: { ...asked, refused: why } });
+    return { response: 2 as const, results: {} };
+  };
+  const paths = chosenPaths(params.kind, answer.results.uris ?? [], params.options.files);
+  if (typeof paths === 'string') return refuse(paths);
+  const ungrantable = paths.map(whyNotGrantable).find((why) => why !== undefined);
+  if (ungrantable) return refuse(ungrantable);
+  let grants: Grant[];
+  try {
+    grants = await grantChosen(paths, write, deps);
+  } catch (err) {
+    return refuse(err instanceof GrantRefused ? err.message : `the document store refused the grant: ${(err as Error).message}`);
   }
   audit({
     vm: vm.name,
@@ -120,6 +134,7 @@ export async function handleOpenDialog(params: Params<typeof OpenDialog>, ctx: H
   await deps.ensureShare().catch((err: Error) => log.error({ err: err.message }, 'the VM\'s share could not be plugged in; the app will not find the file'));
   hop(log, 'host.share-ready');
   const uris = grants.map((g) => guestUriOf(g, vm.share.guestMount));
-  const results = params.kind === 'open' ? { ...answer.results, uris, writable: write } : { ...answer.results, uris };
+  const back = request.answerForGuest(answer.results);
+  const results = params.kind === 'open' ? { ...back, uris, writable: write } : { ...back, uris };
   return { response: 0, results };
 }

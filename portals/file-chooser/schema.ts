@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { GuestFileName, MAX_PATH_BYTES } from '../../src/guest-input.js';
 import { defineMethod } from '../../src/protocol/methods.js';
 
 /**
@@ -24,10 +25,12 @@ export const FileChooserOptions = z
     filters: z.array(Filter).max(64).optional(),
     current_filter: Filter.optional(),
     choices: z.array(Choice).max(32).optional(),
-    current_name: z.string().max(1024).optional(),
+    /** A name the user may accept as it is, so one path component: "../x" would save outside the folder shown. */
+    current_name: GuestFileName.optional(),
     current_folder: GuestPath.optional(),
     current_file: GuestPath.optional(),
-    files: z.array(z.string().min(1).max(1024)).max(1024).optional(),
+    /** Joined to the folder the user picks (GLib's g_file_get_child keeps ".."), so each must be one path component. */
+    files: z.array(GuestFileName).max(1024).optional(),
   })
   .strict();
 export type FileChooserOptions = z.infer<typeof FileChooserOptions>;
@@ -52,9 +55,16 @@ export const OPTIONS_OF_KIND: Record<DialogKind, readonly (keyof FileChooserOpti
 export const Response = z.union([z.literal(0), z.literal(1), z.literal(2)]);
 export type Response = z.infer<typeof Response>;
 
+/**
+ * A URI of a path up to PATH_MAX with every byte percent-encoded. What the
+ * trusted dialog returns is bounded by this and by the frame cap, not by a
+ * guess at how long a file name is.
+ */
+export const MAX_URI_CHARS = 'file://'.length + 3 * MAX_PATH_BYTES;
+
 export const FileChooserResults = z
   .object({
-    uris: z.array(z.string().max(8192)).max(1024).optional(),
+    uris: z.array(z.string().max(MAX_URI_CHARS)).max(1024).optional(),
     choices: z.array(z.tuple([z.string().max(64), z.string().max(64)])).max(32).optional(),
     current_filter: Filter.optional(),
     writable: z.boolean().optional(),

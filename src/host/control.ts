@@ -1,12 +1,12 @@
 import type { Bus } from '../dbus/bus.js';
 import { PortalError, variant } from '../dbus/bus.js';
 import { loadInterface } from '../dbus/interfaces.js';
-import { stringToBytes } from '../dbus/values.js';
 import { audit } from './audit.js';
 import type { DocumentStore, Grant } from './documents.js';
 import type { VmSession } from './vm-session.js';
-import { guestUriOf } from '../../portals/file-chooser/paths.js';
-import { fileURLToPath } from 'node:url';
+import { DEFAULT_GUEST_MOUNT, removedVmsWithDocuments } from './removed-vms.js';
+import { guestLogText } from '../guest-input.js';
+import { guestPathOf } from '../../portals/file-chooser/paths.js';
 
 /** io.github.xdp_vm.Host1: what the CLI asks the running daemon. */
 export const CONTROL_BUS_NAME = 'io.github.xdp_vm.Host';
@@ -15,7 +15,7 @@ export const CONTROL_INTERFACE = 'io.github.xdp_vm.Host1';
 export const CONTROL_VERSION = 1;
 
 export function grantRow(g: Grant, guestMount: string): [string, string, Buffer, string, boolean] {
-  return [g.vm, g.id, stringToBytes(g.hostPath), fileURLToPath(guestUriOf(g, guestMount)), g.writable];
+  return [g.vm, g.id, Buffer.concat([g.pathBytes, Buffer.from([0])]), guestPathOf(g, guestMount), g.writable];
 }
 
 /** Revoke every grant of a VM, with one audit line. */
@@ -26,11 +26,25 @@ export async function revokeAll(docs: DocumentStore, vm: string): Promise<string
   return ids;
 }
 
+/**
+ * A VM the CLI names: a configured one, or one removed from the config that
+ * still has documents, so its grants can be listed and taken back.
+ */
+interface NamedVm {
+  name: string;
+  guestMount: string;
+  session: VmSession | undefined;
+}
+
 export function exportControl(bus: Bus, sessions: ReadonlyMap<string, VmSession>, docs: DocumentStore): () => void {
-  const session = (name: string) => {
+  const configured = () => new Set(sessions.keys());
+  const removed = (): NamedVm[] => removedVmsWithDocuments(docs, configured()).map((name) => ({ name, guestMount: DEFAULT_GUEST_MOUNT, session: undefined }));
+  const named = (name: string): NamedVm => {
     const s = sessions.get(name);
-    if (!s) throw new PortalError('NotFound', `no VM named "${name}"; configured: ${[...sessions.keys()].join(', ') || 'none'}`);
-    return s;
+    if (s) return { name, guestMount: s.vm.share.guestMount, session: s };
+    const gone = removed().find((r) => r.name === name);
+    if (gone) return gone;
+    throw new PortalError('NotFound', `no VM named "${name}"; configured: ${[...sessions.keys()].join(', ') || 'none'}`);
   };
   return bus.export(
     CONTROL_PATH,
@@ -51,21 +65,21 @@ export function exportControl(bus: Bus, sessions: ReadonlyMap<string, VmSession>
         ]),
       ],
       ListGrants: async ([vm]) => {
-        const targets = vm ? [session(vm as string)] : [...sessions.values()];
+        const targets: NamedVm[] = vm ? [named(vm as string)] : [...[...sessions.values()].map((s) => named(s.vm.name)), ...removed()];
         const rows = [];
-        for (const s of targets) for (const g of await docs.list(s.vm.name)) rows.push(grantRow(g, s.vm.share.guestMount));
+        for (const t of targets) for (const g of await docs.list(t.name)) rows.push(grantRow(g, t.guestMount));
         return [rows];
       },
       RevokeAll: async ([vm]) => {
-        const s = session(vm as string);
-        const ids = await revokeAll(docs, s.vm.name);
-        await s.share?.detach();
+        const t = named(vm as string);
+        const ids = await revokeAll(docs, t.name);
+        await t.session?.share?.detach();
         return [ids.length];
       },
       Revoke: async ([vm, id]) => {
-        const s = session(vm as string);
-        if (!(await docs.revoke(s.vm.name, id as string))) throw new PortalError('NotFound', `VM "${vm}" has no grant "${id}"`);
-        audit({ vm: s.vm.name, portal: 'FileChooser', request: 'grants revoke', decision: 'revoke', reason: 'cli', grant: [id as string] });
+        const t = named(vm as string);
+        if (!(await docs.revoke(t.name, id as string))) throw new PortalError('NotFound', `VM "${t.name}" has no grant "${guestLogText(id, 64)}"`);
+        audit({ vm: t.name, portal: 'FileChooser', request: 'grants revoke', decision: 'revoke', reason: 'cli', grant: [id as string] });
         return [];
       },
     },

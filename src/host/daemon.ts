@@ -18,6 +18,7 @@ import { FloodControl } from './flood.js';
 import { vmmConnector } from './vmm-connector.js';
 import { VmShare } from './vm-share.js';
 import { VmSession } from './vm-session.js';
+import { retireLeftoverVirtiofsds } from './removed-vms.js';
 
 /**
  * The host daemon: one per user session. It listens on every VM's endpoint,
@@ -58,6 +59,7 @@ export async function startHostDaemon(opts: HostDaemonOptions): Promise<HostDaem
   const stoppers: (() => Promise<void> | void)[] = [];
   try {
     if (opts.shares !== false) stoppers.push(...(await startShares(opts.config, sessions, docs)));
+    retireLeftoverVirtiofsds(docs, new Set(sessions.keys()), log.child({ component: 'removed-vms' }));
     stoppers.push(...(await startTransports(sessions, log)));
     stoppers.push(exportControl(hostBus, sessions, docs));
     await hostBus.requestName(CONTROL_BUS_NAME);

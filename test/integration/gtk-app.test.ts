@@ -44,7 +44,7 @@ describe('GTK native file chooser in the guest', () => {
     expect(out.path!.startsWith(`${world.guest('work').mount}/`)).toBe(true);
     const call = world.dialog.calls.at(-1)!;
     expect(call.title).toBe('Work: Open Report');
-    expect(call.options).toMatchObject({ accept_label: '_Open', filters: [['Text files', [[0, '*.txt']]]] });
+    expect(call.options).toMatchObject({ accept_label: '_Open (Work)', filters: [['Text files', [[0, '*.txt']]]] });
   });
 
   it('saves through the host dialog into a host file', async () => {
