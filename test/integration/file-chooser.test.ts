@@ -88,20 +88,30 @@ describe('OpenFile', () => {
     expect(() => writeFileSync(path.join(dir, 'new.txt'), 'x')).toThrow(/EACCES|EPERM|EROFS/);
   });
 
-  it('passes filters and choices to the host dialog and brings choices and the filter back', async () => {
+  it('passes filters and choices to the host dialog and brings the app\'s own choices and filter back', async () => {
     const f = hostFile('notes.md', '# notes');
-    const filters = [['Markdown', [[0, '*.md']]], ['Text', [[1, 'text/plain']]]];
+    const filters = [['Markdown', [[0, '*.md']]], ['Text ', [[1, 'text/plain']]]];
     const choices = [['enc', 'Encoding', [['utf8', 'UTF-8'], ['latin1', 'Latin-1']], 'utf8'], ['ro', 'Read only', [], 'false']];
-    world.dialog.behave(() => ({ response: 0, uris: [url(f)], choices: [['enc', 'latin1'], ['ro', 'true']], current_filter: ['Markdown', [[0, '*.md']]] }));
+    // The user picks from what the dialog shows: the second encoding, the box ticked, the second filter.
+    world.dialog.behave((call) => {
+      const [[encId, , encValues], [roId]] = call.options.choices as [string, string, [string, string][], string][];
+      const shown = call.options.filters as [string, [number, string][]][];
+      return { response: 0, uris: [url(f)], choices: [[encId!, encValues![1]![0]], [roId!, 'true']], current_filter: shown[1]! };
+    });
     const reply = await world.fileDialog('work', 'OpenFile', 'Open', {
       filters: typed('a(sa(us))', filters),
       current_filter: typed('(sa(us))', filters[0]),
       choices: typed('a(ssa(ss)s)', choices),
       accept_label: typed('s', '_Import'),
     });
-    expect(world.dialog.calls.at(-1)!.options).toMatchObject({ filters, current_filter: filters[0], choices, accept_label: '_Import' });
+    expect(world.dialog.calls.at(-1)!.options).toMatchObject({
+      filters: [filters[0], ['Text', [[1, 'text/plain']]]],
+      current_filter: filters[0],
+      choices: [['c0', 'Encoding', [['v0', 'UTF-8'], ['v1', 'Latin-1']], 'v0'], ['c1', 'Read only', [], 'false']],
+      accept_label: '_Import (Work)',
+    });
     expect(reply.results.choices?.value).toEqual([['enc', 'latin1'], ['ro', 'true']]);
-    expect(reply.results.current_filter?.value).toEqual(['Markdown', [[0, '*.md']]]);
+    expect(reply.results.current_filter?.value).toEqual(['Text ', [[1, 'text/plain']]]);
   });
 
   it('answers 1 when the user cancels', async () => {
