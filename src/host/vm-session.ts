@@ -8,6 +8,7 @@ import { methodTable } from '../protocol/methods.js';
 import { Ping, ShareMount, ShareUnmount } from '../protocol/session.js';
 import type { VmShare } from './vm-share.js';
 import { hop } from '../trace.js';
+import { guestLogText } from '../guest-input.js';
 
 /**
  * Everything the host holds for one VM: its current link (identified by the
@@ -50,15 +51,16 @@ export class VmSession {
     conn.on('hello', () => (this.mountConfirmed = undefined));
     conn.once('close', (reason: string) => {
       if (this.conn === conn) this.conn = undefined;
-      this.log.info({ reason }, 'guest link closed');
+      // A close reason can quote what the guest sent (its own error message).
+      this.log.info({ reason: guestLogText(reason, 200) }, 'guest link closed');
     });
     conn.acceptGuest(this.vm.name).then(
       (hello) => {
-        this.log.info({ agent: hello.agent, endpoint }, 'guest connected');
+        this.log.info({ guestAgent: guestLogText(`${hello.agent.name} ${hello.agent.version}`, 100), endpoint }, 'guest connected');
         // A VM that connects gets its share plugged in, ready for its first file.
         this.ensureShare().catch((err: Error) => this.log.error({ err: err.message }, 'could not plug the share in'));
       },
-      (err: Error) => this.log.warn({ endpoint }, `guest link failed before the handshake: ${err.message}`),
+      (err: Error) => this.log.warn({ endpoint, reason: guestLogText(err.message, 200) }, 'guest link failed before the handshake'),
     );
     return conn;
   }
