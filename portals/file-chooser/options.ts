@@ -1,37 +1,20 @@
 import { PortalError, type Vardict } from '../../src/dbus/bus.js';
 import { bytesToString, stringToBytes, typed } from '../../src/dbus/values.js';
 import { describeIssues } from '../../src/protocol/messages.js';
-import { FileChooserOptions, FileChooserResults, OPTIONS_OF_KIND, type DialogKind } from './schema.js';
+import { FileChooserOptions, FileChooserResults, OPTION_ROWS, RESULT_ROWS, type DialogKind, type OptionRow } from './schema.js';
 
 /**
  * Option allow-lists: a{sv} from a frontend becomes typed, capped options, and
- * back. A key outside the kind's allow-list, or with the wrong D-Bus type, is
+ * back. A key outside the method's rows, or with the wrong D-Bus type, is
  * dropped and reported, never passed on.
  */
-export const OPTION_SIGNATURES: Record<keyof FileChooserOptions, string> = {
-  accept_label: 's',
-  modal: 'b',
-  multiple: 'b',
-  directory: 'b',
-  filters: 'a(sa(us))',
-  current_filter: '(sa(us))',
-  choices: 'a(ssa(ss)s)',
-  current_name: 's',
-  current_folder: 'ay',
-  current_file: 'ay',
-  files: 'aay',
-};
+const OPTION_BY_NAME = new Map<string, OptionRow>(OPTION_ROWS.map((r) => [r.name, r]));
+const RESULT_BY_NAME = new Map<string, OptionRow>(RESULT_ROWS.map((r) => [r.name, r]));
 
-const RESULT_SIGNATURES: Record<keyof FileChooserResults, string> = {
-  uris: 'as',
-  choices: 'a(ss)',
-  current_filter: '(sa(us))',
-  writable: 'b',
-};
-
-function fromDbus(key: keyof FileChooserOptions, value: unknown): unknown {
-  if (key === 'current_folder' || key === 'current_file') return bytesToString(value);
-  if (key === 'files') {
+/** Bytestrings (paths, names) travel as text; anything that is not UTF-8 is undefined. */
+function fromDbus(signature: string, value: unknown): unknown {
+  if (signature === 'ay') return bytesToString(value);
+  if (signature === 'aay') {
     return (value as unknown[]).map((b) => {
       const name = bytesToString(b);
       if (name === undefined) throw new PortalError('InvalidArgument', 'a name in "files" is not valid UTF-8');
@@ -41,22 +24,27 @@ function fromDbus(key: keyof FileChooserOptions, value: unknown): unknown {
   return value;
 }
 
+function toDbus(signature: string, value: unknown): unknown {
+  if (signature === 'ay') return stringToBytes(value as string);
+  if (signature === 'aay') return (value as string[]).map(stringToBytes);
+  return value;
+}
+
 export interface ParsedOptions {
   options: FileChooserOptions;
   dropped: string[];
 }
 
 export function optionsFromVardict(kind: DialogKind, dict: Vardict): ParsedOptions {
-  const allowed = new Set<string>(OPTIONS_OF_KIND[kind]);
   const raw: Record<string, unknown> = {};
   const dropped: string[] = [];
   for (const [key, v] of Object.entries(dict)) {
-    const k = key as keyof FileChooserOptions;
-    if (!allowed.has(key) || v.signature !== OPTION_SIGNATURES[k]) {
+    const option = OPTION_BY_NAME.get(key);
+    if (!option || !option.kinds.includes(kind) || v.signature !== option.signature) {
       dropped.push(key);
       continue;
     }
-    const value = fromDbus(k, v.value);
+    const value = fromDbus(option.signature, v.value);
     if (value === undefined) dropped.push(key);
     else raw[key] = value;
   }
@@ -67,13 +55,9 @@ export function optionsFromVardict(kind: DialogKind, dict: Vardict): ParsedOptio
 
 export function optionsToVardict(kind: DialogKind, options: FileChooserOptions): Vardict {
   const out: Vardict = {};
-  for (const key of OPTIONS_OF_KIND[kind]) {
-    const value = options[key];
-    if (value === undefined) continue;
-    const sig = OPTION_SIGNATURES[key];
-    if (key === 'current_folder' || key === 'current_file') out[key] = typed(sig, stringToBytes(value as string));
-    else if (key === 'files') out[key] = typed(sig, (value as string[]).map(stringToBytes));
-    else out[key] = typed(sig, value);
+  for (const option of OPTION_ROWS) {
+    const value = options[option.name];
+    if (value !== undefined && option.kinds.includes(kind)) out[option.name] = typed(option.signature, toDbus(option.signature, value));
   }
   return out;
 }
@@ -81,7 +65,8 @@ export function optionsToVardict(kind: DialogKind, options: FileChooserOptions):
 export function resultsToVardict(results: FileChooserResults): Vardict {
   const out: Vardict = {};
   for (const [key, value] of Object.entries(results)) {
-    if (value !== undefined) out[key] = typed(RESULT_SIGNATURES[key as keyof FileChooserResults], value);
+    const result = RESULT_BY_NAME.get(key);
+    if (result && value !== undefined) out[key] = typed(result.signature, value);
   }
   return out;
 }
@@ -89,9 +74,9 @@ export function resultsToVardict(results: FileChooserResults): Vardict {
 /** What a FileChooser frontend answered, reduced to the keys we know, each checked. */
 export function resultsFromVardict(dict: Vardict): FileChooserResults {
   const raw: Record<string, unknown> = {};
-  for (const [key, sig] of Object.entries(RESULT_SIGNATURES)) {
-    const v = dict[key];
-    if (v && v.signature === sig) raw[key] = v.value;
+  for (const result of RESULT_ROWS) {
+    const v = dict[result.name];
+    if (v && v.signature === result.signature) raw[result.name] = v.value;
   }
   const parsed = FileChooserResults.safeParse(raw);
   if (!parsed.success) throw new PortalError('Failed', `the file dialog returned invalid results: ${describeIssues(parsed.error)}`);
