@@ -1,12 +1,14 @@
 import type { Bus } from '../src/dbus/bus.js';
 import type { HostLink } from '../src/guest/host-link.js';
 import type { Logger } from '../src/log.js';
-import { exportFileChooser } from './file-chooser/guest.js';
-import type { PortalName } from './index.js';
+import { PORTALS } from './index.js';
 
-/** The guest half of every portal: what the backend exports on the guest bus. */
-export type ExportGuest = (bus: Bus, host: HostLink, log: Logger) => () => void;
-
-export const GUEST_HALVES: Record<PortalName, ExportGuest> = {
-  FileChooser: exportFileChooser,
-};
+/** Export every portal's guest half on the guest bus; returns the function that unexports them all. */
+export async function exportGuestHalves(bus: Bus, host: HostLink, log: Logger): Promise<() => void> {
+  const unexports: (() => void)[] = [];
+  for (const p of PORTALS) {
+    const half = 'guest' in p && p.guest ? await p.guest() : undefined;
+    if (half) unexports.push(half(bus, host, log));
+  }
+  return () => unexports.forEach((u) => u());
+}

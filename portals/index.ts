@@ -1,18 +1,26 @@
 import type { MethodDescriptor } from '../src/protocol/methods.js';
 import { SESSION_METHODS } from '../src/protocol/session.js';
-import { FILE_CHOOSER_METHODS } from './file-chooser/schema.js';
+import { FILE_CHOOSER } from './file-chooser/index.js';
+import { NETWORK } from './network/index.js';
+import { USB } from './usb/index.js';
 
 /**
- * Every portal in one flat table: its name, the impl.portal interface the
- * guest half exports, and the protocol methods both halves share. The halves
- * themselves are registered in portals/guest.ts and portals/host.ts, so the
- * guest backend never loads host code (it starts by D-Bus activation, often
- * in a VM without KVM, where every module read costs).
+ * Every portal, one row each. Adding a portal is its folder and one line
+ * here; vm.portal, the guest install, the policy tables, the CLI and the
+ * daemon all read this list.
  */
-export const PORTALS = [
-  { name: 'FileChooser', interface: 'org.freedesktop.impl.portal.FileChooser', methods: FILE_CHOOSER_METHODS },
-] as const satisfies readonly { name: string; interface: string; methods: readonly MethodDescriptor[] }[];
+export const PORTALS = [FILE_CHOOSER, USB, NETWORK] as const;
 
-export type PortalName = (typeof PORTALS)[number]['name'];
+export type Portal = (typeof PORTALS)[number];
+export type PortalName = Portal['name'];
+
+export const PORTAL_NAMES = PORTALS.map((p) => p.name) as [PortalName, ...PortalName[]];
+
+export function portalByName(name: PortalName): Portal {
+  return PORTALS.find((p) => p.name === name)!;
+}
 
 export const ALL_METHODS: readonly MethodDescriptor[] = [...SESSION_METHODS, ...PORTALS.flatMap((p) => p.methods)];
+
+/** Every impl.portal interface our guest backend serves. */
+export const GUEST_INTERFACES: readonly string[] = PORTALS.flatMap((p) => p.interfaces);

@@ -7,12 +7,13 @@ import type { Logger } from '../../src/log.js';
 import { describeRow } from '../../src/policy/model.js';
 import type { PolicyDecider } from '../../src/policy/policy.js';
 import type { HandlerContext, Params, ResultOf } from '../../src/protocol/methods.js';
+import type { HostHalf } from '../portal.js';
 import { guestText } from '../../src/guest-input.js';
 import { hop } from '../../src/trace.js';
 import { showHostFileDialog } from './host-dialog.js';
 import { dialogRequest } from './dialog-options.js';
 import { guestUriOf, hostPathOfUri } from './paths.js';
-import type { DialogKind, FileChooserResults, OpenDialog } from './schema.js';
+import { OpenDialog, type DialogKind, type FileChooserResults } from './schema.js';
 
 /**
  * The host half of FileChooser: turn the VM's request into a host dialog that
@@ -138,3 +139,12 @@ export async function handleOpenDialog(params: Params<typeof OpenDialog>, ctx: H
   const results = params.kind === 'open' ? { ...back, uris, writable: write } : { ...back, uris };
   return { response: 0, results };
 }
+
+/** The host half: the one protocol method, each request with an id of its own for the log and the audit trail. */
+export const fileChooserHost: HostHalf = (deps) => ({
+  // The connection has validated `params` against OpenDialog.params already.
+  [OpenDialog.name]: (params, ctx) => {
+    const requestId = deps.nextRequestId();
+    return handleOpenDialog(params as Params<typeof OpenDialog>, ctx, { ...deps, requestId, log: deps.log.child({ portal: 'FileChooser', request: requestId }) });
+  },
+});

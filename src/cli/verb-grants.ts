@@ -5,6 +5,7 @@ import { displayBytes } from '../file-uri.js';
 import { audit } from '../host/audit.js';
 import { grantRow, revokeAll } from '../host/control.js';
 import { DocumentStore } from '../host/documents.js';
+import { FILE_CHOOSER } from '../../portals/file-chooser/index.js';
 import { DEFAULT_GUEST_MOUNT, removedVmsWithDocuments } from '../host/removed-vms.js';
 import { UsageError, daemonControl, parse, sessionBusAddress, table, type Verb } from './common.js';
 
@@ -61,7 +62,7 @@ export const grantsVerb: Verb = {
         if (control) await control.call('Revoke', 'ss', [vmName, id]);
         else {
           if (!(await docs.revoke(vmName!, id))) throw new UsageError(`VM "${vmName}" has no grant "${id}"`);
-          audit({ vm: vmName!, portal: 'FileChooser', request: 'grants revoke', decision: 'revoke', reason: 'cli', grant: [id] });
+          audit({ vm: vmName!, portal: FILE_CHOOSER.name, request: 'grants revoke', decision: 'revoke', reason: 'cli', grant: [id] });
         }
         console.log(`Revoked ${id} from ${vmName}.`);
         return 0;

@@ -6,7 +6,6 @@ import {
   ANY_VM,
   checkArgument,
   idOf,
-  PORTAL_ARGUMENTS,
   PORTAL_NAMES,
   Subject,
   tableOf,
@@ -17,6 +16,7 @@ import {
   type Verdict,
 } from '../policy/model.js';
 import { PermissionTables } from '../policy/store.js';
+import { PORTALS } from '../../portals/index.js';
 import { UsageError, parse, sessionBusAddress, table, type Verb } from './common.js';
 
 const FORMS = {
@@ -27,7 +27,9 @@ const FORMS = {
 } as const;
 type Form = keyof typeof FORMS;
 
-const ARGS = PORTAL_NAMES.map((p) => `  ${p.padEnd(11)}  ${PORTAL_ARGUMENTS[p].describe}`).join('\n');
+const ARGS = PORTALS.map((p) => `  ${p.name.padEnd(11)}  ${p.policy.describeArgument}`).join('\n');
+const CONSENT = PORTALS.map((p) => `${p.name}: ${p.policy.consent}.`).join('\n');
+const WHEN_NO_ROW = PORTALS.map((p) => p.policy.whenNoRow).join('; ');
 
 const usage = `Usage: ${FORMS.list}
        ${FORMS.show}
@@ -41,9 +43,7 @@ ${ARGS}
 
 The most specific row wins: the VM's own row, then one of its tags', then
 @anyvm's; among those, a row naming the request's argument beats one without.
-FileChooser: the host file dialog is itself the consent, so allow and ask both
-show it, and deny answers the VM at once with no dialog. Usb and Network: when
-no row applies, the user is asked.
+${CONSENT}
 
 Rows live in the permission store, tables ${PORTAL_NAMES.map(tableOf).join(', ')}
 (see \`flatpak permission-list\`), and apply to the next request, whether or
@@ -106,7 +106,7 @@ async function show(store: PermissionTables, name: string, configFile: string | 
   const mine = rows.filter((r) => (vm ? subjectRank(r.subject, vm) > 0 : r.subject === subject)).sort(order);
   const ours = invalid.filter((e) => e.app === subject);
   print(mine, ours, asJson, vm ? { vm: vm.name, tags: vm.tags } : { vm: subject }, `No rows apply to ${subject}.`);
-  if (!asJson && vm) console.log('\nWhere no row applies: FileChooser shows the file dialog; Usb and Network ask.');
+  if (!asJson && vm) console.log(`\nWhere no row applies: ${WHEN_NO_ROW}.`);
 }
 
 async function set(store: PermissionTables, args: string[], configFile: string | undefined): Promise<void> {

@@ -1,6 +1,6 @@
 import { existsSync } from 'node:fs';
-import { GUEST_HALVES } from '../../portals/guest.js';
-import { ALL_METHODS, PORTALS } from '../../portals/index.js';
+import { exportGuestHalves } from '../../portals/guest.js';
+import { ALL_METHODS } from '../../portals/index.js';
 import { DEFAULT_PORT } from '../config/schema.js';
 import { Bus } from '../dbus/bus.js';
 import { childLogger } from '../log.js';
@@ -61,7 +61,7 @@ export async function startGuestBackend(opts: { busAddress: string; spec: GuestL
     log,
   });
   link.start();
-  const unexports = PORTALS.map((p) => GUEST_HALVES[p.name](bus, link, log));
+  const unexport = await exportGuestHalves(bus, link, log);
   await bus.requestName(BACKEND_BUS_NAME);
   log.info({ link: describeGuestLink(opts.spec), name: BACKEND_BUS_NAME }, 'guest backend ready');
   const busGone = new Promise<void>((resolve) => bus.onDisconnect(resolve));
@@ -69,7 +69,7 @@ export async function startGuestBackend(opts: { busAddress: string; spec: GuestL
     link,
     busGone,
     stop() {
-      for (const u of unexports) u();
+      unexport();
       link.stop();
       bus.close();
     },

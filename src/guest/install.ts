@@ -1,7 +1,8 @@
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { DEFAULT_SERIAL_PORT_NAME } from '../config/schema.js';
-import { dataPath, renderDataFile } from '../data-files.js';
+import { renderDataFile } from '../data-files.js';
+import { GUEST_INTERFACES } from '../../portals/index.js';
 import { GuestConfig, GUEST_CONFIG_PATH } from './guest-config.js';
 
 /**
@@ -37,27 +38,37 @@ export function portalVersionAtLeast(version: string, major: number, minor: numb
   return a > major || (a === major && b >= minor);
 }
 
-/** A backend's .portal file with FileChooser taken out, so only ours can serve it. */
-export function withoutFileChooser(portalFile: string): string | undefined {
+/** vm.portal: our backend and the interfaces of every portal it serves. */
+export function vmPortalFile(): string {
+  return renderDataFile('vm.portal.in', { INTERFACES: GUEST_INTERFACES.map((i) => `${i};`).join('') });
+}
+
+/** portals.conf for xdg-desktop-portal >= 1.17: each of our interfaces pinned to the vm backend. */
+export function portalsConf(): string {
+  return renderDataFile('portals.conf.in', { PINNED: GUEST_INTERFACES.map((i) => `${i}=vm`).join('\n') });
+}
+
+/** A backend's .portal file with our interfaces taken out, so only ours can serve them; undefined if nothing is left. */
+export function withoutOurInterfaces(portalFile: string): string | undefined {
   const m = /^Interfaces=(.*)$/m.exec(portalFile);
   if (!m) return portalFile;
-  const kept = m[1]!.split(';').filter((i) => i && i !== 'org.freedesktop.impl.portal.FileChooser');
+  const kept = m[1]!.split(';').filter((i) => i && !GUEST_INTERFACES.includes(i));
   if (kept.length === 0) return undefined;
   return portalFile.replace(m[0], `Interfaces=${kept.join(';')};`);
 }
 
 function pinFor116(root: string): PlannedFile[] {
   const files: PlannedFile[] = [
-    { path: `${PINNED_PORTAL_DIR}/vm.portal`, content: readFileSync(dataPath('vm.portal'), 'utf8'), why: 'the VM backend, in the portal folder the 1.16 frontend is pointed at' },
+    { path: `${PINNED_PORTAL_DIR}/vm.portal`, content: vmPortalFile(), why: 'the VM backend, in the portal folder the 1.16 frontend is pointed at' },
   ];
   const systemDir = path.join(root, SYSTEM_PORTAL_DIR);
   for (const name of existsSync(systemDir) ? readdirSync(systemDir).filter((n) => n.endsWith('.portal') && n !== 'vm.portal') : []) {
-    const filtered = withoutFileChooser(readFileSync(path.join(systemDir, name), 'utf8'));
-    if (filtered) files.push({ path: `${PINNED_PORTAL_DIR}/${name}`, content: filtered, why: `${name} without its FileChooser, so the VM backend serves file dialogs` });
+    const filtered = withoutOurInterfaces(readFileSync(path.join(systemDir, name), 'utf8'));
+    if (filtered) files.push({ path: `${PINNED_PORTAL_DIR}/${name}`, content: filtered, why: `${name} without the interfaces the VM backend serves` });
   }
   files.push({
     path: '/etc/systemd/user/xdg-desktop-portal.service.d/xdp-vm.conf',
-    content: `${MARK}\n# xdg-desktop-portal 1.16 ignores portals.conf: give it a portal folder where\n# only the VM backend implements FileChooser.\n[Service]\nEnvironment=XDG_DESKTOP_PORTAL_DIR=${PINNED_PORTAL_DIR}\n`,
+    content: `${MARK}\n# xdg-desktop-portal 1.16 ignores portals.conf: give it a portal folder where\n# only the VM backend implements the interfaces it serves.\n[Service]\nEnvironment=XDG_DESKTOP_PORTAL_DIR=${PINNED_PORTAL_DIR}\n`,
     why: 'points the 1.16 frontend at that folder',
   });
   return files;
@@ -67,8 +78,8 @@ export function planInstall(opts: InstallOptions): PlannedFile[] {
   const vars = { XDP_VM: opts.command };
   const config: GuestConfig = GuestConfig.parse({ mountPoint: opts.mountPoint, tag: opts.tag, ...(opts.transport ? { transport: opts.transport } : {}) });
   const files: PlannedFile[] = [
-    { path: `${SYSTEM_PORTAL_DIR}/vm.portal`, content: readFileSync(dataPath('vm.portal'), 'utf8'), why: 'registers the VM backend with xdg-desktop-portal' },
-    { path: '/etc/xdg/xdg-desktop-portal/portals.conf', content: `${MARK}\n${readFileSync(dataPath('portals.conf'), 'utf8')}`, why: 'pins FileChooser to the VM backend (xdg-desktop-portal >= 1.17)' },
+    { path: `${SYSTEM_PORTAL_DIR}/vm.portal`, content: vmPortalFile(), why: 'registers the VM backend with xdg-desktop-portal' },
+    { path: '/etc/xdg/xdg-desktop-portal/portals.conf', content: `${MARK}\n${portalsConf()}`, why: 'pins our portals to the VM backend (xdg-desktop-portal >= 1.17)' },
     {
       path: '/usr/share/dbus-1/services/org.freedesktop.impl.portal.desktop.vm.service',
       content: renderDataFile('org.freedesktop.impl.portal.desktop.vm.service.in', vars),

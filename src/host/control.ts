@@ -7,6 +7,7 @@ import type { VmSession } from './vm-session.js';
 import { DEFAULT_GUEST_MOUNT, removedVmsWithDocuments } from './removed-vms.js';
 import { guestLogText } from '../guest-input.js';
 import { guestPathOf } from '../../portals/file-chooser/paths.js';
+import { FILE_CHOOSER } from '../../portals/file-chooser/index.js';
 
 /** io.github.xdp_vm.Host1: what the CLI asks the running daemon. */
 export const CONTROL_BUS_NAME = 'io.github.xdp_vm.Host';
@@ -22,7 +23,7 @@ export function grantRow(g: Grant, guestMount: string): [string, string, Buffer,
 export async function revokeAll(docs: DocumentStore, vm: string): Promise<string[]> {
   const ids: string[] = [];
   for (const g of await docs.list(vm)) if (await docs.revoke(vm, g.id)) ids.push(g.id);
-  audit({ vm, portal: 'FileChooser', request: 'grants revoke --all', decision: 'revoke', reason: 'cli', grant: ids });
+  audit({ vm, portal: FILE_CHOOSER.name, request: 'grants revoke --all', decision: 'revoke', reason: 'cli', grant: ids });
   return ids;
 }
 
@@ -79,7 +80,7 @@ export function exportControl(bus: Bus, sessions: ReadonlyMap<string, VmSession>
       Revoke: async ([vm, id]) => {
         const t = named(vm as string);
         if (!(await docs.revoke(t.name, id as string))) throw new PortalError('NotFound', `VM "${t.name}" has no grant "${guestLogText(id, 64)}"`);
-        audit({ vm: t.name, portal: 'FileChooser', request: 'grants revoke', decision: 'revoke', reason: 'cli', grant: [id as string] });
+        audit({ vm: t.name, portal: FILE_CHOOSER.name, request: 'grants revoke', decision: 'revoke', reason: 'cli', grant: [id as string] });
         return [];
       },
     },

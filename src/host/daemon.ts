@@ -18,6 +18,7 @@ import { FloodControl } from './flood.js';
 import { vmmConnector } from './vmm-connector.js';
 import { VmShare } from './vm-share.js';
 import { VmSession } from './vm-session.js';
+import { loadHostHalves } from '../../portals/host.js';
 import { retireLeftoverVirtiofsds } from './removed-vms.js';
 
 /**
@@ -54,7 +55,8 @@ export async function startHostDaemon(opts: HostDaemonOptions): Promise<HostDaem
   const tables = new PermissionTables(hostBus);
   const consent: ConsentAsker = (q, signal) =>
     requestConsent(q, { policy, remember: (row) => tables.set(row), mode: opts.dialog ?? 'auto', log: log.child({ vm: q.vm.name, portal: q.portal }), signal });
-  for (const vm of vmConfigs(opts.config)) sessions.set(vm.name, new VmSession(vm, { hostBus, docs, log, nextRequestId, policy, flood, consent }));
+  const halves = await loadHostHalves();
+  for (const vm of vmConfigs(opts.config)) sessions.set(vm.name, new VmSession(vm, { hostBus, docs, log, nextRequestId, policy, flood, consent, halves }));
 
   const stoppers: (() => Promise<void> | void)[] = [];
   try {

@@ -1,6 +1,6 @@
 import type { Duplex } from 'node:stream';
 import { ALL_METHODS } from '../../portals/index.js';
-import { hostHandlersFor, type HostPortalDeps } from '../../portals/host.js';
+import { hostHandlersFor, type HostHalves, type HostPortalDeps } from '../../portals/host.js';
 import type { VmConfig } from '../config/schema.js';
 import type { Logger } from '../log.js';
 import { Connection, type AnyHandler } from '../protocol/connection.js';
@@ -18,7 +18,7 @@ import { guestLogText } from '../guest-input.js';
 const METHODS = methodTable(ALL_METHODS);
 
 /** What the daemon gives every VM; the session adds the VM itself and its share. */
-export type VmSessionDeps = Omit<HostPortalDeps, 'vm' | 'ensureShare'>;
+export type VmSessionDeps = Omit<HostPortalDeps, 'vm' | 'ensureShare'> & { halves: HostHalves };
 
 export class VmSession {
   private conn: Connection | undefined;
@@ -33,7 +33,8 @@ export class VmSession {
   ) {
     this.log = deps.log.child({ vm: vm.name });
     const entries: [string, AnyHandler][] = [[Ping.name, async (params) => ({ seq: (params as { seq: number }).seq })]];
-    entries.push(...hostHandlersFor({ ...deps, vm, log: this.log, ensureShare: () => this.ensureShare() }));
+    const { halves, ...portalDeps } = deps;
+    entries.push(...hostHandlersFor(halves, { ...portalDeps, vm, log: this.log, ensureShare: () => this.ensureShare() }));
     this.handlers = new Map(entries);
   }
 

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { PORTAL_NAMES, portalByName, type PortalName as Name } from '../../portals/index.js';
 import { VmName } from '../config/schema.js';
 
 /**
@@ -7,9 +8,9 @@ import { VmName } from '../config/schema.js';
  * `flatpak permission-show` and `permission-set` read and write the same
  * rows we do (src/policy/README.md has the id scheme).
  */
-export const PORTAL_NAMES = ['FileChooser', 'Usb', 'Network'] as const;
+export { PORTAL_NAMES };
 export const PortalName = z.enum(PORTAL_NAMES);
-export type PortalName = z.infer<typeof PortalName>;
+export type PortalName = Name;
 
 export const VERDICTS = ['allow', 'deny', 'ask'] as const;
 export const Verdict = z.enum(VERDICTS);
@@ -31,24 +32,6 @@ export const Subject = z.union([
 ]);
 export type Subject = z.infer<typeof Subject>;
 
-/**
- * The arguments each portal understands. A row with an argument applies only
- * to requests with exactly that argument.
- */
-const UsbDeviceId = z
-  .string()
-  .transform((s) => s.replace(/^usb:([0-9A-Fa-f]{4})\/([0-9A-Fa-f]{4})\//, (_, v: string, p: string) => `usb:${v.toLowerCase()}/${p.toLowerCase()}/`))
-  .pipe(z.string().regex(/^usb:[0-9a-f]{4}\/[0-9a-f]{4}\/[\x21-\x7e]{0,126}$/, 'a USB device is usb:VID/PID/SERIAL, e.g. usb:1050/0407/0012345678 (SERIAL may be empty)'));
-
-export const PORTAL_ARGUMENTS: Record<PortalName, { schema: z.ZodType<string>; describe: string }> = {
-  FileChooser: { schema: z.enum(['open', 'save', 'save-files']), describe: 'open, save or save-files' },
-  Usb: { schema: UsbDeviceId, describe: 'a device as usb:VID/PID/SERIAL' },
-  Network: {
-    schema: z.string().regex(/^[A-Za-z0-9_.-]{1,15}$/, 'a network is a host bridge name: 1-15 letters, digits, "_", "." or "-"'),
-    describe: 'a host bridge name, e.g. br0',
-  },
-};
-
 export const PolicyRow = z
   .object({
     portal: PortalName,
@@ -62,9 +45,10 @@ export type PolicyRow = z.infer<typeof PolicyRow>;
 
 /** Validate a row's argument for its portal; returns the normalised argument or the problem. */
 export function checkArgument(portal: PortalName, arg: string): { ok: true; arg: string } | { ok: false; problem: string } {
-  const parsed = PORTAL_ARGUMENTS[portal].schema.safeParse(arg);
+  const { policy } = portalByName(portal);
+  const parsed = policy.argument.safeParse(arg);
   if (parsed.success) return { ok: true, arg: parsed.data };
-  return { ok: false, problem: `"${arg}" is not an argument of ${portal}: expected ${PORTAL_ARGUMENTS[portal].describe}` };
+  return { ok: false, problem: `"${arg}" is not an argument of ${portal}: expected ${policy.describeArgument}` };
 }
 
 // ── The store encoding ────────────────────────────────────────────────────

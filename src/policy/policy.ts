@@ -97,7 +97,7 @@ export class Policy implements PolicyDecider {
   /** Subscribe to Changed from the store's current owner, starting the store if need be. */
   private watch(): Promise<void> {
     this.watching ??= (async () => {
-      await this.tables.ids('FileChooser'); // any call activates the store
+      await this.tables.ids(PORTAL_NAMES[0]); // any call activates the store
       const owner = await this.bus.nameOwner(PERMISSION_STORE_NAME);
       if (!owner) throw new Error(`${PERMISSION_STORE_NAME} has no owner on the session bus`);
       await this.unwatchChanged?.();

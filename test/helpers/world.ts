@@ -1,9 +1,10 @@
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Bus, type Vardict } from '../../src/dbus/bus.js';
 import { callPortalRequest } from '../../src/dbus/portal-request.js';
-import { dataPath, renderDataFile } from '../../src/data-files.js';
+import { renderDataFile } from '../../src/data-files.js';
+import { portalsConf, vmPortalFile } from '../../src/guest/install.js';
 import { requireProgram } from '../../src/deps.js';
 import { runProgram, startService, type Service } from '../../src/exec.js';
 import { CONTROL_BUS_NAME } from '../../src/host/control.js';
@@ -207,8 +208,8 @@ export class World {
     const env = sessionEnv(dir);
     const portals = path.join(dir, 'portals');
     mkdirSync(portals, { recursive: true });
-    copyFileSync(dataPath('vm.portal'), path.join(portals, 'vm.portal'));
-    copyFileSync(dataPath('portals.conf'), path.join(portals, 'portals.conf'));
+    writeFileSync(path.join(portals, 'vm.portal'), vmPortalFile());
+    writeFileSync(path.join(portals, 'portals.conf'), portalsConf());
     const endpoint = this.endpointOf(vm.name);
     const service = renderDataFile('org.freedesktop.impl.portal.desktop.vm.service.in', { XDP_VM: `${process.execPath} ${cliEntry()}` });
     const exec = /^Exec=(.*)$/m.exec(service)![1]!;

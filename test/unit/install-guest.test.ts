@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { ExecError, runProgram } from '../../src/exec.js';
-import { PINNED_PORTAL_DIR, withoutFileChooser } from '../../src/guest/install.js';
+import { PINNED_PORTAL_DIR, withoutOurInterfaces } from '../../src/guest/install.js';
 import { cliEntry } from '../../src/paths.js';
 
 const GTK_PORTAL = '[portal]\nDBusName=org.freedesktop.impl.portal.desktop.gtk\nInterfaces=org.freedesktop.impl.portal.FileChooser;org.freedesktop.impl.portal.AppChooser;\nUseIn=gnome\n';
@@ -74,6 +74,6 @@ describe('install-guest', () => {
   });
 
   it('drops a backend that only offered FileChooser', () => {
-    expect(withoutFileChooser('[portal]\nInterfaces=org.freedesktop.impl.portal.FileChooser;\n')).toBeUndefined();
+    expect(withoutOurInterfaces('[portal]\nInterfaces=org.freedesktop.impl.portal.FileChooser;\n')).toBeUndefined();
   });
 });
