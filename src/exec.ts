@@ -1,5 +1,6 @@
 import { execa, type ResultPromise } from 'execa';
 import { once } from 'node:events';
+import { closeOnExecFrom } from './native/addon.js';
 
 /**
  * The one way this project runs another program: never through a shell, with an
@@ -31,6 +32,17 @@ export class ExecError extends Error {
   }
 }
 
+/**
+ * A child inherits every descriptor not marked close-on-exec. Node marks its
+ * own, native modules may not (dbus-next's usocket does not), and a child
+ * such as virtiofsd, which outlives us, would keep our D-Bus connection and
+ * with it our bus name. Marking them all right before the spawn, in the same
+ * turn of the event loop, leaves the child only the stdio it is handed.
+ */
+function withoutInheritedDescriptors(): void {
+  closeOnExecFrom(3);
+}
+
 const MINIMAL_ENV = { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' };
 
 function environment(opts: ExecOptions): Record<string, string> {
@@ -47,6 +59,7 @@ export interface RunResult {
 
 /** Run a program to completion; reject with an ExecError that carries stderr. */
 export async function runProgram(file: string, args: readonly string[], opts: ExecOptions = {}): Promise<RunResult> {
+  withoutInheritedDescriptors();
   const result = await execa(file, args, {
     env: environment(opts),
     extendEnv: false,
@@ -157,6 +170,7 @@ export class Service {
 export function startService(name: string, file: string, args: readonly string[], opts: ServiceOptions = {}): Service {
   const stdio = opts.stdio ?? 'pipe';
   const out = opts.outliveParent ? { file: opts.outliveParent.logFile, append: true } : stdio;
+  withoutInheritedDescriptors();
   const child = execa(file, args, {
     env: environment(opts),
     extendEnv: false,

@@ -23,6 +23,7 @@
 #include <node_api.h>
 #include <uv.h>
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -33,11 +34,15 @@
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/time.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
 #include <linux/vm_sockets.h>
+#if __has_include(<linux/close_range.h>)
+#include <linux/close_range.h>
+#endif
 
 #define READ_CHUNK (64 * 1024)
 #define MAX_IOV 64
@@ -693,6 +698,63 @@ static napi_value f_test_pair(napi_env env, napi_callback_info info) {
   return out;
 }
 
+/* ---------- descriptors and children ----------
+ *
+ * Node opens everything close-on-exec, but not every native module does:
+ * dbus-next's usocket makes its D-Bus socket with a plain socket() and takes
+ * passed fds without MSG_CMSG_CLOEXEC.  A child that inherits the daemon's
+ * D-Bus connection (virtiofsd outlives the daemon) keeps the daemon's bus
+ * name owned after the daemon is gone, and no new daemon can start. */
+
+static int mark_cloexec(int fd) {
+  int flags = fcntl(fd, F_GETFD);
+  if (flags < 0) return -errno;
+  if (flags & FD_CLOEXEC) return 0;
+  if (fcntl(fd, F_SETFD, flags | FD_CLOEXEC) != 0) return -errno;
+  return 1;
+}
+
+/* setCloexec(fd) -> 1 if it was not close-on-exec, 0 if it was | -errno */
+static napi_value f_set_cloexec(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  uint32_t fd;
+  CHECK_NAPI(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 1 || !arg_u32(env, argv[0], "fd", &fd)) return NULL;
+  if (fd > INT_MAX) return num(env, -EBADF);
+  return num(env, mark_cloexec((int)fd));
+}
+
+/* cloexecFrom(minFd) -> how many open fds >= minFd were not close-on-exec | -errno
+ * Called just before every spawn, so a child gets only the stdio its spawn
+ * hands it.  /proc/self/fd gives the count (a leak worth knowing about);
+ * close_range(CLOSE_RANGE_CLOEXEC) is the fallback without /proc. */
+static napi_value f_cloexec_from(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  uint32_t min_fd;
+  CHECK_NAPI(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 1 || !arg_u32(env, argv[0], "minFd", &min_fd)) return NULL;
+  DIR *dir = opendir("/proc/self/fd");
+  if (dir == NULL) {
+#if defined(SYS_close_range) && defined(CLOSE_RANGE_CLOEXEC)
+    if (syscall(SYS_close_range, min_fd, ~0U, CLOSE_RANGE_CLOEXEC) == 0) return num(env, 0);
+#endif
+    return neg_errno(env);
+  }
+  int own = dirfd(dir);
+  int marked = 0;
+  struct dirent *e;
+  while ((e = readdir(dir)) != NULL) {
+    char *end;
+    long fd = strtol(e->d_name, &end, 10);
+    if (end == e->d_name || *end != '\0' || fd < (long)min_fd || fd > INT_MAX || fd == own) continue;
+    if (mark_cloexec((int)fd) == 1) marked++;
+  }
+  closedir(dir);
+  return num(env, marked);
+}
+
 /* ---------- init ---------- */
 
 #define METHOD(name, fn) {name, NULL, fn, NULL, NULL, NULL, napi_default, NULL}
@@ -734,6 +796,7 @@ static napi_value init(napi_env env, napi_value exports) {
       METHOD("listen", f_listen), METHOD("connect", f_connect),
       METHOD("testPair", f_test_pair),  METHOD("openDevice", f_open_device),
       METHOD("mount", f_mount),         METHOD("umount", f_umount),
+      METHOD("setCloexec", f_set_cloexec), METHOD("cloexecFrom", f_cloexec_from),
   };
   CHECK_NAPI(env, napi_define_properties(env, exports, sizeof fns / sizeof fns[0], fns));
   napi_set_named_property(env, exports, "READABLE", num(env, UV_READABLE));

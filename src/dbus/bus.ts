@@ -1,5 +1,7 @@
 import dbus from 'dbus-next';
+import type { EventEmitter } from 'node:events';
 import { childLogger } from '../log.js';
+import { setCloseOnExec } from '../native/addon.js';
 import { introspectionXml, type InterfaceDef } from './interfaces.js';
 
 /**
@@ -81,6 +83,13 @@ export interface SignalMatch {
   member: string;
 }
 
+const DISCONNECTED = 'org.freedesktop.DBus.Error.Disconnected';
+
+/** dbus-next's connection and the socket under it (a usocket USocket, or a net.Socket). */
+interface RawConnection extends EventEmitter {
+  stream: EventEmitter & { fd?: number; destroy?: () => void };
+}
+
 interface Exported {
   iface: InterfaceDef;
   impl: Record<string, MethodImpl>;
@@ -90,9 +99,24 @@ interface Exported {
 export class Bus {
   private readonly objects = new Map<string, Map<string, Exported>>();
   private closed = false;
+  /** The connection ended without our asking: every call fails at once from then on. */
+  private gone = false;
+  private readonly onGone: (() => void)[] = [];
+  /** Calls waiting for a reply, to be failed the moment the connection goes. */
+  private readonly waiting = new Set<(err: Error) => void>();
 
   private constructor(private readonly raw: dbus.MessageBus) {
     raw.addMethodHandler((msg: DBusMessage) => this.dispatch(msg));
+    // A dead bus never answers: without this, every call waits out its whole timeout.
+    const stream = this.connection.stream;
+    const lost = () => this.lost();
+    stream.once('end', lost);
+    stream.once('close', lost);
+    stream.on('error', lost);
+  }
+
+  private get connection(): RawConnection {
+    return (this.raw as unknown as { _connection: RawConnection })._connection;
   }
 
   static async connect(address: string, opts: { unixFds?: boolean } = {}): Promise<Bus> {
@@ -103,6 +127,9 @@ export class Bus {
       raw.once('error', onError);
       raw.once('connect', () => {
         raw.off('error', onError);
+        // usocket makes its socket without SOCK_CLOEXEC; exec.ts also sweeps before each spawn.
+        const fd = bus.connection.stream.fd;
+        if (typeof fd === 'number') setCloseOnExec(fd);
         raw.on('error', (err: Error) => log.warn({ err: err.message }, 'D-Bus connection error'));
         resolve();
       });
@@ -114,11 +141,33 @@ export class Bus {
     return (this.raw as unknown as { name: string | null }).name ?? '';
   }
 
+  /** `cb` runs once when the connection ends other than by close(), or at once if it has. */
   onDisconnect(cb: () => void): void {
-    (this.raw as unknown as { _connection: NodeJS.EventEmitter })._connection.on('end', cb);
+    if (this.gone && !this.closed) queueMicrotask(cb);
+    else this.onGone.push(cb);
+  }
+
+  get connected(): boolean {
+    return !this.gone && !this.closed;
+  }
+
+  private lost(): void {
+    if (this.gone) return;
+    this.gone = true;
+    for (const fail of this.waiting) fail(new Error('the D-Bus connection is gone'));
+    this.waiting.clear();
+    this.connection.stream.destroy?.();
+    if (this.closed) return;
+    for (const cb of this.onGone.splice(0)) cb();
+  }
+
+  /** Sends on a dead connection would only make dbus-next emit an error per message. */
+  private send(msg: DBusMessage): void {
+    if (this.connected) this.raw.send(msg);
   }
 
   async call(opts: CallOptions): Promise<unknown[]> {
+    if (!this.connected) throw new BusCallError(DISCONNECTED, this.closed ? 'the bus connection was closed' : 'the bus connection is gone', opts.member);
     const msg = new Message({
       destination: opts.destination,
       path: opts.path,
@@ -128,8 +177,11 @@ export class Bus {
       body: opts.body ?? [],
     });
     let timer: NodeJS.Timeout | undefined;
+    let abandon: ((err: Error) => void) | undefined;
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(() => reject(new BusCallError('org.freedesktop.DBus.Error.Timeout', `no reply within ${opts.timeoutMs ?? 25_000} ms`, opts.member)), opts.timeoutMs ?? 25_000);
+      abandon = (err) => reject(new BusCallError(DISCONNECTED, err.message, opts.member));
+      this.waiting.add(abandon);
     });
     try {
       const reply = (await Promise.race([this.raw.call(msg), timeout])) as DBusMessage | null;
@@ -141,6 +193,7 @@ export class Bus {
       throw err;
     } finally {
       clearTimeout(timer);
+      if (abandon) this.waiting.delete(abandon);
     }
   }
 
@@ -194,7 +247,7 @@ export class Bus {
     await this.call({ destination: 'org.freedesktop.DBus', path: '/org/freedesktop/DBus', interface: 'org.freedesktop.DBus', member: 'AddMatch', signature: 's', body: [rule] });
     return async () => {
       this.raw.off('message', listener);
-      if (this.closed) return;
+      if (!this.connected) return;
       await this.call({ destination: 'org.freedesktop.DBus', path: '/org/freedesktop/DBus', interface: 'org.freedesktop.DBus', member: 'RemoveMatch', signature: 's', body: [rule] }).catch(() => undefined);
     };
   }
@@ -219,20 +272,20 @@ export class Bus {
     if (!def) throw new Error(`${iface.name} has no signal ${member}`);
     const msg = Message.newSignal(path, iface.name, member, def.signature, body);
     if (destination) msg.destination = destination;
-    this.raw.send(msg);
+    this.send(msg);
   }
 
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    this.raw.disconnect();
+    if (!this.gone) this.raw.disconnect();
   }
 
   private dispatch(msg: DBusMessage): boolean {
     const path = msg.path ?? '';
     if (msg.interface === 'org.freedesktop.DBus.Introspectable' && msg.member === 'Introspect') {
       const ifaces = [...(this.objects.get(path)?.values() ?? [])].map((e) => e.iface);
-      this.raw.send(Message.newMethodReturn(msg, 's', [introspectionXml(ifaces, this.childrenOf(path))]));
+      this.send(Message.newMethodReturn(msg, 's', [introspectionXml(ifaces, this.childrenOf(path))]));
       return true;
     }
     const at = this.objects.get(path);
@@ -253,7 +306,7 @@ export class Bus {
   private async invoke(msg: DBusMessage, outSignature: string, fn: MethodImpl, ctx: MethodContext): Promise<void> {
     try {
       const out = await fn(msg.body ?? [], ctx);
-      this.raw.send(Message.newMethodReturn(msg, outSignature, out));
+      this.send(Message.newMethodReturn(msg, outSignature, out));
     } catch (err) {
       if (!(err instanceof PortalError)) log.error({ err, member: msg.member, path: ctx.path }, 'D-Bus method handler failed');
       this.replyError(msg, err instanceof PortalError ? err : new PortalError('Failed', `${msg.member} failed`));
@@ -261,7 +314,7 @@ export class Bus {
   }
 
   private replyError(msg: DBusMessage, err: PortalError): void {
-    this.raw.send(Message.newError(msg as never, err.dbusName, err.message));
+    this.send(Message.newError(msg as never, err.dbusName, err.message));
   }
 
   private properties(msg: DBusMessage, at: Map<string, Exported>): boolean {
@@ -270,15 +323,15 @@ export class Bus {
     if (msg.member === 'GetAll') {
       const all: Vardict = {};
       for (const [k, get] of Object.entries(entry?.properties ?? {})) all[k] = get();
-      this.raw.send(Message.newMethodReturn(msg, 'a{sv}', [all]));
+      this.send(Message.newMethodReturn(msg, 'a{sv}', [all]));
       return true;
     }
     const get = prop ? entry?.properties[prop] : undefined;
     if (msg.member === 'Get' && get) {
-      this.raw.send(Message.newMethodReturn(msg, 'v', [get()]));
+      this.send(Message.newMethodReturn(msg, 'v', [get()]));
       return true;
     }
-    this.raw.send(Message.newError(msg as never, 'org.freedesktop.DBus.Error.UnknownProperty', `no property ${prop ?? ''} on ${ifaceName}`));
+    this.send(Message.newError(msg as never, 'org.freedesktop.DBus.Error.UnknownProperty', `no property ${prop ?? ''} on ${ifaceName}`));
     return true;
   }
 

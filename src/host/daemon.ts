@@ -72,7 +72,13 @@ export async function startHostDaemon(opts: HostDaemonOptions): Promise<HostDaem
     throw err;
   }
   log.info({ vms: [...sessions.keys()], documents: docs.mountPoint }, 'host daemon ready');
-  const busGone = new Promise<void>((resolve) => hostBus.onDisconnect(resolve));
+  const busGone = new Promise<void>((resolve) =>
+    hostBus.onDisconnect(() => {
+      // Nothing works without the bus (the document store, the dialogs, the control interface): say so and stop.
+      log.error('the session bus connection is gone; stopping');
+      resolve();
+    }),
+  );
   return {
     sessions,
     docs,

@@ -5,8 +5,8 @@ import { packageRoot } from '../paths.js';
 
 /**
  * The project's one native addon (native/vsock), built at npm install: what
- * Node lacks here: AF_VSOCK sockets, non-blocking character devices, and
- * mount(2). Importers must not crash when it is missing; only calling it throws,
+ * Node lacks here: AF_VSOCK sockets, non-blocking character devices,
+ * mount(2), and close-on-exec for descriptors that other native modules open. Importers must not crash when it is missing; only calling it throws,
  * with the reason.
  */
 export type AddonState<T> = { binding: T; path: string } | { reason: string; path: string | undefined };
@@ -35,4 +35,32 @@ export function requireAddon<T>(what: string): T {
   const s = addonState<T>();
   if ('binding' in s) return s.binding;
   throw Object.assign(new Error(`${what} unavailable: ${s.reason}`), { code: 'ERR_VSOCK_UNAVAILABLE' });
+}
+
+interface FdBinding {
+  setCloexec?: (fd: number) => number;
+  cloexecFrom?: (minFd: number) => number;
+}
+
+function fdBinding(): FdBinding | undefined {
+  const s = addonState<FdBinding>();
+  return 'binding' in s ? s.binding : undefined;
+}
+
+/**
+ * Mark every descriptor from `minFd` up close-on-exec, so a child started
+ * next inherits only the stdio its spawn hands it. Returns how many were
+ * not, or undefined when the addon (or this function in an old build) is missing.
+ */
+export function closeOnExecFrom(minFd = 3): number | undefined {
+  const fn = fdBinding()?.cloexecFrom;
+  if (!fn) return undefined;
+  const r = fn(minFd);
+  return r < 0 ? undefined : r;
+}
+
+/** Mark one descriptor close-on-exec; false when that was not possible. */
+export function setCloseOnExec(fd: number): boolean {
+  const fn = fdBinding()?.setCloexec;
+  return fn ? fn(fd) >= 0 : false;
 }

@@ -1,7 +1,9 @@
 import { EventEmitter } from 'node:events';
 import type { Duplex } from 'node:stream';
-import type { Logger } from '../log.js';
+import { guestLogText } from '../guest-input.js';
+import { isProgrammingError, thrownAt, type Logger } from '../log.js';
 import { encodeFrame, FrameDecoder, FrameError, MAX_FRAME_BYTES } from './framing.js';
+import { peerLogLimiter, type LimitedLevel, type LogLimiter } from './log-limiter.js';
 import {
   describeIssues,
   Frame,
@@ -34,6 +36,16 @@ export interface ConnectionOptions {
   maxFrameBytes?: number;
   /** Most requests from the peer allowed in flight at once; more get `busy`. */
   maxInFlight?: number;
+  /** Most bytes of output queued for a peer that is not reading; past it the link is closed. */
+  maxQueuedBytes?: number;
+  /** How long output may stay backed up (reading paused) with none of it reaching the peer before the link is closed. */
+  stallMs?: number;
+  /**
+   * Links with the same scope share their log bursts (see log-limiter.ts).
+   * Defaults to the logger's `vm` binding, else the link alone.
+   */
+  logScope?: string;
+  logLimiter?: LogLimiter;
 }
 
 interface Pending {
@@ -43,6 +55,12 @@ interface Pending {
 }
 
 const CANCELLED_MEMORY = 256;
+/** Four frames at the cap: room for a burst of large results, not for a guest that never reads. */
+export const DEFAULT_MAX_QUEUED_BYTES = 4 * MAX_FRAME_BYTES;
+export const DEFAULT_STALL_MS = 15_000;
+/** The err frame's own cap, in UTF-16 units as zod counts them. */
+const MAX_ERROR_MESSAGE = 1024;
+let anonymousLinks = 0;
 
 export class Connection extends EventEmitter {
   readonly role: Role;
@@ -55,6 +73,13 @@ export class Connection extends EventEmitter {
   private nextId = 1;
   private closed = false;
   private corked = false;
+  /** Reading is paused until the peer takes what we already owe it. */
+  private backedUp = false;
+  private stallTimer: ReturnType<typeof setTimeout> | undefined;
+  private readonly maxQueuedBytes: number;
+  private readonly limiter: LogLimiter;
+  private readonly logScope: string;
+  private readonly ownsLogScope: boolean;
   private version: number | undefined;
   private onWelcome: ((vm: string, version: number) => void) | undefined;
   private onHello: ((hello: Hello) => void) | undefined;
@@ -65,6 +90,11 @@ export class Connection extends EventEmitter {
     this.stream = opts.stream;
     this.log = opts.log;
     this.decoder = new FrameDecoder(opts.maxFrameBytes ?? MAX_FRAME_BYTES);
+    this.maxQueuedBytes = opts.maxQueuedBytes ?? DEFAULT_MAX_QUEUED_BYTES;
+    this.limiter = opts.logLimiter ?? peerLogLimiter;
+    const vm = opts.log.bindings?.().vm;
+    this.logScope = opts.logScope ?? (typeof vm === 'string' ? `vm:${vm}` : `link:${++anonymousLinks}`);
+    this.ownsLogScope = opts.logScope === undefined && typeof vm !== 'string';
     this.stream.on('data', (chunk: Buffer) => this.receive(chunk));
     this.stream.on('error', (err: Error) => this.close(`link error: ${err.message}`));
     this.stream.on('close', () => this.close('link closed'));
@@ -111,15 +141,17 @@ export class Connection extends EventEmitter {
         this.close('handshake timed out');
       }, timeoutMs);
       let first = true;
-      this.onHello = (hello) => {
+      this.onHello = (said) => {
+        // The agent is only ever shown: it leaves this layer cleaned, whoever logs it.
+        const hello: Hello = { ...said, agent: { name: guestLogText(said.agent.name, 64), version: guestLogText(said.agent.version, 32) } };
         const [min, max] = hello.versions;
         const version = Math.min(max, PROTOCOL_VERSION);
         if (version < Math.max(min, MIN_PROTOCOL_VERSION)) {
-          this.fail(null, 'unsupported-version', `guest speaks versions ${min}-${max}; host speaks ${MIN_PROTOCOL_VERSION}-${PROTOCOL_VERSION}`);
+          this.fail(null, 'unsupported-version', `guest speaks versions ${min}-${max}; host speaks ${MIN_PROTOCOL_VERSION}-${PROTOCOL_VERSION}`, true, 'unsupported-version');
           return;
         }
         if (!first) {
-          this.log.info({ agent: hello.agent }, 'guest said hello again: its backend restarted, resetting the session');
+          this.limited('hello-again', 'info', { agent: hello.agent }, 'guest said hello again: its backend restarted, resetting the session');
           this.reset('guest backend restarted');
         }
         this.version = version;
@@ -171,13 +203,16 @@ export class Connection extends EventEmitter {
   close(reason = 'closed'): void {
     if (this.closed) return;
     this.closed = true;
+    clearTimeout(this.stallTimer);
     this.reset(reason);
     // Let a last error frame out before the link goes.
     if (this.corked) {
       this.corked = false;
       this.stream.uncork();
     }
+    // Destroying drops whatever was queued for the peer: a backed-up link gives its memory back here.
     this.stream.destroy();
+    if (this.ownsLogScope) this.limiter.endScope(this.logScope);
     this.emit('close', reason);
   }
 
@@ -219,15 +254,61 @@ export class Connection extends EventEmitter {
         this.stream.uncork();
       });
     }
-    this.stream.write(bytes);
+    const ok = this.stream.write(bytes, this.written);
+    if (this.stream.writableLength > this.maxQueuedBytes) return this.overflowed();
+    if (!ok) this.pauseUntilDrained();
   }
 
-  /** Tell the peer; a fatal failure also closes the link, with one log line. */
-  private fail(id: number | null, code: ErrorCode, message: string, fatal = id === null): void {
-    this.send({ t: 'err', id, code, message: message.slice(0, 1024) });
+  /** A write reached the peer's side: a slow reader is still a reader. */
+  private readonly written = (): void => {
+    if (this.backedUp && !this.closed) this.stallTimer?.refresh();
+  };
+
+  /**
+   * The peer is not taking our output as fast as we make it: read nothing
+   * more from it until it has, since every request read is more output.
+   */
+  private pauseUntilDrained(): void {
+    if (this.backedUp || this.closed) return;
+    this.backedUp = true;
+    this.stream.pause();
+    this.stallTimer = setTimeout(() => this.stalled(), this.opts.stallMs ?? DEFAULT_STALL_MS);
+    this.stallTimer.unref?.();
+    this.stream.once('drain', () => {
+      this.backedUp = false;
+      clearTimeout(this.stallTimer);
+      if (!this.closed) this.stream.resume();
+    });
+  }
+
+  /** Results of requests already read can still pile up while reading is paused: that is bounded too. */
+  private overflowed(): void {
+    const queued = this.stream.writableLength;
+    this.limited('output-overflow', 'warn', { queued, cap: this.maxQueuedBytes }, `closing link: the peer is not reading its replies (${queued} bytes queued, more than the ${this.maxQueuedBytes}-byte cap)`);
+    this.close(`the peer is not reading: more than ${this.maxQueuedBytes} bytes of output queued`);
+  }
+
+  private stalled(): void {
+    const seconds = (this.opts.stallMs ?? DEFAULT_STALL_MS) / 1000;
+    this.limited('output-stalled', 'warn', { queued: this.stream.writableLength }, `closing link: the peer is not reading: none of its replies went out for ${seconds} s`);
+    this.close(`the peer is not reading: its replies have not moved for ${seconds} s`);
+  }
+
+  /** A line the peer can cause: written once per burst of its kind (see log-limiter.ts). */
+  private limited(kind: string, level: LimitedLevel, fields: Record<string, unknown>, msg: string): void {
+    this.limiter.write(this.logScope, kind, this.log, level, fields, msg);
+  }
+
+  /**
+   * Tell the peer; a fatal failure also closes the link, with one log line
+   * per burst of its `kind`. `message` may quote the peer only through guestLogText.
+   */
+  private fail(id: number | null, code: ErrorCode, message: string, fatal = id === null, kind: string = code): void {
+    const said = errorMessage(message);
+    this.send({ t: 'err', id, code, message: said });
     if (!fatal) return;
-    this.log.warn({ code }, `closing link: ${message}`);
-    this.close(`${code}: ${message}`);
+    this.limited(`fatal:${kind}`, 'warn', { code }, `closing link: ${said}`);
+    this.close(`${code}: ${said}`);
   }
 
   private receive(chunk: Buffer): void {
@@ -237,14 +318,14 @@ export class Connection extends EventEmitter {
       raw = this.decoder.push(chunk);
     } catch (err) {
       const e = err as FrameError;
-      this.fail(null, e.code === 'too-large' ? 'too-large' : 'bad-frame', e.message);
+      this.fail(null, e.code === 'too-large' ? 'too-large' : 'bad-frame', e.message, true, `frame-${e.code}`);
       return;
     }
     for (const value of raw) {
       if (this.closed) return;
       const parsed = Frame.safeParse(value);
       if (!parsed.success) {
-        this.fail(null, 'bad-frame', `malformed frame: ${describeIssues(parsed.error)}`);
+        this.fail(null, 'bad-frame', `malformed frame: ${describeIssues(parsed.error)}`, true, 'malformed-frame');
         return;
       }
       this.dispatch(parsed.data);
@@ -254,10 +335,10 @@ export class Connection extends EventEmitter {
   private dispatch(frame: Frame): void {
     switch (frame.t) {
       case 'hello':
-        if (this.role !== 'host' || !this.onHello) return this.fail(null, 'bad-frame', 'unexpected hello');
+        if (this.role !== 'host' || !this.onHello) return this.fail(null, 'bad-frame', 'unexpected hello', true, 'unexpected-hello');
         return this.onHello(frame);
       case 'welcome':
-        if (this.role !== 'guest') return this.fail(null, 'bad-frame', 'unexpected welcome');
+        if (this.role !== 'guest') return this.fail(null, 'bad-frame', 'unexpected welcome', true, 'unexpected-welcome');
         this.version = frame.version;
         this.onWelcome?.(frame.vm, frame.version);
         return;
@@ -269,16 +350,17 @@ export class Connection extends EventEmitter {
           if (checked.success) p.resolve(checked.data);
           else {
             const message = `${p.method.name}: peer sent an invalid result: ${describeIssues(checked.error)}`;
-            this.log.warn(message);
+            this.limited(`invalid-result:${p.method.name}`, 'warn', {}, message);
             p.reject(new ProtocolError('invalid-result', message));
           }
         });
       case 'err':
         if (frame.id === null) {
-          this.log.warn({ code: frame.code }, `peer reported a link error: ${frame.message}`);
-          return this.close(`peer: ${frame.code}: ${frame.message}`);
+          const said = guestLogText(frame.message, 300);
+          this.limited('peer-link-error', 'warn', { code: frame.code, peerSaid: said }, 'peer reported a link error');
+          return this.close(`peer: ${frame.code}: ${said}`);
         }
-        return this.settle(frame.id, (p) => p.reject(new ProtocolError(frame.code, frame.message)));
+        return this.settle(frame.id, (p) => p.reject(new ProtocolError(frame.code, errorMessage(frame.message))));
       case 'cancel':
         this.incoming.get(frame.id)?.abort(new ProtocolError('cancelled', 'peer cancelled the request'));
         return;
@@ -289,7 +371,7 @@ export class Connection extends EventEmitter {
     const p = this.pending.get(id);
     if (!p) {
       if (this.recentlyCancelled.includes(id)) return;
-      this.log.warn({ id }, 'peer answered a request that does not exist');
+      this.limited('unknown-id', 'warn', { id }, 'peer answered a request that does not exist');
       return;
     }
     this.pending.delete(id);
@@ -323,18 +405,41 @@ export class Connection extends EventEmitter {
       outcome = checked.success
         ? { ok: true, value: checked.data }
         : { ok: false, failure: { code: 'failed', message: `${method.name} produced an invalid result` } };
-      if (!checked.success) this.log.error({ issues: describeIssues(checked.error) }, `${method.name} handler returned an invalid result`);
+      if (!checked.success) this.limited(`bad-result:${method.name}`, 'error', { issues: describeIssues(checked.error) }, `${method.name} handler returned an invalid result`);
     } catch (err) {
-      const e = err as Error;
-      const code: ErrorCode = e instanceof ProtocolError ? e.code : inc.aborted ? 'cancelled' : 'failed';
-      if (!(e instanceof ProtocolError)) this.log.error({ err: e }, `${method.name} handler failed`);
-      outcome = { ok: false, failure: { code, message: e instanceof ProtocolError ? e.message : `${method.name} failed` } };
+      const code: ErrorCode = err instanceof ProtocolError ? err.code : inc.aborted ? 'cancelled' : 'failed';
+      if (!(err instanceof ProtocolError)) this.limited(`handler-failed:${method.name}`, 'error', describeFailure(err), `${method.name} handler failed`);
+      outcome = { ok: false, failure: { code, message: err instanceof ProtocolError ? err.message : `${method.name} failed` } };
     }
     if (this.incoming.get(id) !== inc) return; // the session was reset meanwhile
     this.incoming.delete(id);
     if (outcome.ok) this.send({ t: 'res', id, result: outcome.value });
     else this.fail(id, outcome.failure.code, outcome.failure.message, false);
   }
+}
+
+/** Cleaned like guest text, and within the err frame's cap even when astral characters make a code point two units. */
+function errorMessage(text: string): string {
+  const said = guestLogText(text, MAX_ERROR_MESSAGE);
+  if (said.length <= MAX_ERROR_MESSAGE) return said;
+  const points = [...said];
+  let units = 1;
+  let keep = 0;
+  while (keep < points.length && units + points[keep]!.length <= MAX_ERROR_MESSAGE) units += points[keep++]!.length;
+  return `${points.slice(0, keep).join('')}…`;
+}
+
+/**
+ * A handler's failure as log fields, whatever the logger's serializers. Its
+ * message may quote the guest (a PortalError naming a guest's option, a
+ * parser quoting its input), so it is cleaned and capped; no stack trace,
+ * and for our own bugs only the place they were thrown.
+ */
+function describeFailure(err: unknown): Record<string, unknown> {
+  if (!(err instanceof Error)) return { error: 'thrown value', detail: guestLogText(err, 300) };
+  const fields: Record<string, unknown> = { error: guestLogText(err.name, 40), detail: guestLogText(err.message, 300) };
+  if (isProgrammingError(err)) fields.at = thrownAt(err);
+  return fields;
 }
 
 /**

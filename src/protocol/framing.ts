@@ -57,8 +57,9 @@ export class FrameDecoder {
       const payload = this.take(HEADER_BYTES + length).subarray(HEADER_BYTES);
       try {
         out.push(JSON.parse(payload.toString('utf8')));
-      } catch (err) {
-        throw (this.broken = new FrameError('not-json', `frame is not JSON: ${(err as Error).message}`));
+      } catch {
+        // V8's message quotes the payload, and the payload is the peer's: name only its size.
+        throw (this.broken = new FrameError('not-json', `a frame of ${length} bytes is not JSON`));
       }
     }
     return out;

@@ -38,6 +38,19 @@ describe('framing', () => {
     expect(d.push(encodeFrame('x'.repeat(62), 64))).toEqual(['x'.repeat(62)]);
   });
 
+  it('names a non-JSON frame by its size and quotes none of it: the bytes are the peer\'s', () => {
+    const payload = Buffer.from('{"\u202e\u001b[2J secret');
+    const frame = Buffer.concat([Buffer.alloc(HEADER_BYTES), payload]);
+    frame.writeUInt32BE(payload.length);
+    let message = '';
+    try {
+      new FrameDecoder().push(frame);
+    } catch (err) {
+      message = (err as Error).message;
+    }
+    expect(message).toBe(`a frame of ${payload.length} bytes is not JSON`);
+  });
+
   it('rejects empty and non-JSON frames', () => {
     expect(() => new FrameDecoder().push(Buffer.alloc(4))).toThrow(/empty frame/);
     const bad = Buffer.concat([Buffer.from([0, 0, 0, 3]), Buffer.from('{{{')]);
