@@ -9,6 +9,7 @@ import { Ping, ShareMount, ShareUnmount } from '../protocol/session.js';
 import type { VmShare } from './vm-share.js';
 import { hop } from '../trace.js';
 import { guestLogText } from '../guest-input.js';
+import { peerLogLimiter, type LimitedLevel } from '../protocol/log-limiter.js';
 
 /**
  * Everything the host holds for one VM: its current link (identified by the
@@ -53,21 +54,26 @@ export class VmSession {
     conn.once('close', (reason: string) => {
       if (this.conn === conn) this.conn = undefined;
       // A close reason can quote what the guest sent (its own error message).
-      this.log.info({ reason: guestLogText(reason, 200) }, 'guest link closed');
+      this.churn('link-closed', 'info', { reason: guestLogText(reason, 200) }, 'guest link closed');
     });
     conn.acceptGuest(this.vm.name).then(
       (hello) => {
-        this.log.info({ guestAgent: guestLogText(`${hello.agent.name} ${hello.agent.version}`, 100), endpoint }, 'guest connected');
+        this.churn('link-up', 'info', { guestAgent: guestLogText(`${hello.agent.name} ${hello.agent.version}`, 100), endpoint }, 'guest connected');
         // A VM that connects gets its share plugged in, ready for its first file.
         this.ensureShare().catch((err: Error) => this.log.error({ err: err.message }, 'could not plug the share in'));
       },
-      (err: Error) => this.log.warn({ endpoint, reason: guestLogText(err.message, 200) }, 'guest link failed before the handshake'),
+      (err: Error) => this.churn('link-failed', 'warn', { endpoint, reason: guestLogText(err.message, 200) }, 'guest link failed before the handshake'),
     );
     return conn;
   }
 
   close(reason: string): void {
     this.conn?.close(reason);
+  }
+
+  /** A guest that reconnects in a loop must not write a line per link: these share the VM's log bursts. */
+  private churn(kind: string, level: LimitedLevel, fields: Record<string, unknown>, msg: string): void {
+    peerLogLimiter.write(`vm:${this.vm.name}`, kind, this.log, level, fields, msg);
   }
 
   /** Plug the share in if needed and have the guest mount it now (best effort: its agent also polls). */
