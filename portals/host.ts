@@ -1,4 +1,5 @@
 import type { AnyHandler } from '../src/protocol/connection.js';
+import type { NotificationHandler } from '../src/protocol/methods.js';
 import { PORTALS, type PortalName } from './index.js';
 import type { HostHalf, HostPortalDeps } from './portal.js';
 
@@ -13,9 +14,18 @@ export async function loadHostHalves(): Promise<HostHalves> {
   return halves;
 }
 
-/** Every portal's host handlers for one VM, each behind that VM's flood gate. */
-export function hostHandlersFor(halves: HostHalves, deps: HostPortalDeps): [string, AnyHandler][] {
-  return [...halves].flatMap(([portal, half]) =>
-    Object.entries(half(deps)).map(([method, handler]): [string, AnyHandler] => [method, deps.flood.guard(deps.vm.name, portal, handler, deps.nextRequestId)]),
-  );
+export interface VmHandlers {
+  methods: [string, AnyHandler][];
+  notifications: [string, NotificationHandler][];
+}
+
+/** Every portal's host handlers for one VM; each method behind that VM's flood gate. */
+export function hostHandlersFor(halves: HostHalves, deps: HostPortalDeps): VmHandlers {
+  const out: VmHandlers = { methods: [], notifications: [] };
+  for (const [portal, half] of halves) {
+    const handlers = half(deps);
+    for (const [method, handler] of Object.entries(handlers.methods ?? {})) out.methods.push([method, deps.flood.guard(deps.vm.name, portal, handler, deps.nextRequestId)]);
+    out.notifications.push(...Object.entries(handlers.notifications ?? {}));
+  }
+  return out;
 }

@@ -1,4 +1,4 @@
-import type { MethodDescriptor } from '../src/protocol/methods.js';
+import type { MethodDescriptor, NotificationDescriptor } from '../src/protocol/methods.js';
 import { SESSION_METHODS } from '../src/protocol/session.js';
 import { FILE_CHOOSER } from './file-chooser/index.js';
 import { NETWORK } from './network/index.js';
@@ -20,7 +20,7 @@ export function portalByName(name: PortalName): Portal {
   return PORTALS.find((p) => p.name === name)!;
 }
 
-export const ALL_METHODS: readonly MethodDescriptor[] = [...SESSION_METHODS, ...PORTALS.flatMap((p) => p.methods)];
+export const ALL_METHODS: readonly (MethodDescriptor | NotificationDescriptor)[] = [...SESSION_METHODS, ...PORTALS.flatMap((p) => p.methods)];
 
 /** Every impl.portal interface our guest backend serves. */
 export const GUEST_INTERFACES: readonly string[] = PORTALS.flatMap((p) => p.interfaces);

@@ -8,7 +8,7 @@ import type { FloodControl } from '../src/host/flood.js';
 import type { Logger } from '../src/log.js';
 import type { PolicyDecider } from '../src/policy/policy.js';
 import type { AnyHandler } from '../src/protocol/connection.js';
-import type { MethodDescriptor } from '../src/protocol/methods.js';
+import type { MethodDescriptor, NotificationDescriptor, NotificationHandler } from '../src/protocol/methods.js';
 
 /**
  * What one portal is, in one place: its folder under portals/ exports one of
@@ -21,8 +21,8 @@ export interface PortalDescriptor<Name extends string = string> {
   name: Name;
   /** The impl.portal interfaces its guest half exports; the guest install pins each to our backend. */
   interfaces: readonly string[];
-  /** The protocol methods both halves share. */
-  methods: readonly MethodDescriptor[];
+  /** The protocol methods and notifications both halves share. */
+  methods: readonly (MethodDescriptor | NotificationDescriptor)[];
   policy: PortalPolicy;
   /** The halves, loaded on first use so a guest never loads host code; absent while the portal is policy rows only. */
   guest?: () => Promise<GuestHalf>;
@@ -43,8 +43,14 @@ export interface PortalPolicy {
 /** The guest half: exports its interfaces on the guest bus; returns the function that unexports them. */
 export type GuestHalf = (bus: Bus, host: HostLink, log: Logger) => () => void;
 
+/** What a half handles of what the other side sends: methods (answered) and notifications (not). */
+export interface PortalHandlers {
+  methods?: Record<string, AnyHandler>;
+  notifications?: Record<string, NotificationHandler>;
+}
+
 /** The host half: its protocol handlers for one VM. */
-export type HostHalf = (deps: HostPortalDeps) => Record<string, AnyHandler>;
+export type HostHalf = (deps: HostPortalDeps) => PortalHandlers;
 
 /** What the daemon gives every portal's host half, for one VM. */
 export interface HostPortalDeps {

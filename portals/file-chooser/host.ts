@@ -142,9 +142,11 @@ export async function handleOpenDialog(params: Params<typeof OpenDialog>, ctx: H
 
 /** The host half: the one protocol method, each request with an id of its own for the log and the audit trail. */
 export const fileChooserHost: HostHalf = (deps) => ({
-  // The connection has validated `params` against OpenDialog.params already.
-  [OpenDialog.name]: (params, ctx) => {
-    const requestId = deps.nextRequestId();
-    return handleOpenDialog(params as Params<typeof OpenDialog>, ctx, { ...deps, requestId, log: deps.log.child({ portal: 'FileChooser', request: requestId }) });
+  methods: {
+    // The connection has validated `params` against OpenDialog.params already.
+    [OpenDialog.name]: (params, ctx) => {
+      const requestId = deps.nextRequestId();
+      return handleOpenDialog(params as Params<typeof OpenDialog>, ctx, { ...deps, requestId, log: deps.log.child({ portal: 'FileChooser', request: requestId }) });
+    },
   },
 });

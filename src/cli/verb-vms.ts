@@ -6,7 +6,8 @@ import { daemonControl, parse, sessionBusAddress, table, type Verb } from './com
 const usage = `Usage: xdp-vm vms [--config FILE] [--json]
 
 List the configured VMs, how each connects, whether it is connected now,
-and the state of its document share (ready, attached, failed, ...).`;
+the state of its document share (ready, attached, failed, ...), and the
+portals it is served (a VM-wide deny row shuts one).`;
 
 interface VmRow {
   name: string;
@@ -15,6 +16,7 @@ interface VmRow {
   connected: boolean | null;
   share: string;
   detail: string;
+  portals: string[] | null;
 }
 
 export const vmsVerb: Verb = {
@@ -24,7 +26,7 @@ export const vmsVerb: Verb = {
     const { values } = parse(argv, { config: { type: 'string' }, json: { type: 'boolean' } }, usage);
     if (values.help) return console.log(usage), 0;
     const config = loadConfig(values.config ?? defaultConfigPath());
-    const rows: VmRow[] = vmConfigs(config).map((vm) => ({ name: vm.name, label: vm.label, transport: vm.transport.type, connected: null, share: 'unknown', detail: '' }));
+    const rows: VmRow[] = vmConfigs(config).map((vm) => ({ name: vm.name, label: vm.label, transport: vm.transport.type, connected: null, share: 'unknown', detail: '', portals: null }));
     const bus = await Bus.connect(sessionBusAddress());
     try {
       const control = await daemonControl(bus);
@@ -36,13 +38,15 @@ export const vmsVerb: Verb = {
           row.connected = props.connected?.value as boolean;
           row.share = props.share?.value as string;
           row.detail = props.share_detail?.value as string;
+          row.portals = (props.portals?.value as string[] | undefined) ?? null;
         }
       }
       if (values.json) console.log(JSON.stringify({ daemon: !!control, vms: rows }, null, 2));
       else {
         if (!control) console.log('The host daemon is not running (start it with: xdp-vm host); showing the config only.\n');
         const yes = (c: boolean | null) => (c === null ? '?' : c ? 'yes' : 'no');
-        console.log(table(rows.map((r) => [r.name, r.label, r.transport, yes(r.connected), r.share]), ['VM', 'LABEL', 'TRANSPORT', 'CONNECTED', 'SHARE']));
+        const portals = (r: VmRow) => (r.portals === null ? '?' : r.portals.join(',') || 'none');
+        console.log(table(rows.map((r) => [r.name, r.label, r.transport, yes(r.connected), r.share, portals(r)]), ['VM', 'LABEL', 'TRANSPORT', 'CONNECTED', 'SHARE', 'PORTALS']));
         for (const r of rows.filter((r) => r.detail)) console.log(`\n${r.name}: ${r.detail}`);
       }
     } finally {

@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { exportGuestHalves } from '../../portals/guest.js';
+import { GuestPortals } from '../../portals/guest.js';
 import { ALL_METHODS } from '../../portals/index.js';
 import { DEFAULT_PORT } from '../config/schema.js';
 import { Bus } from '../dbus/bus.js';
@@ -11,7 +11,6 @@ import { HostLink } from './host-link.js';
 import { askMountAgent } from './mount-agent-client.js';
 import { loadGuestConfig } from './guest-config.js';
 import { ShareMount, ShareUnmount } from '../protocol/session.js';
-import type { AnyHandler } from '../protocol/connection.js';
 
 /**
  * The guest backend: a portal backend on the guest's session bus that owns
@@ -28,6 +27,30 @@ export function resolveGuestLink(explicit?: string): GuestLinkSpec {
   return { kind: 'vsock', cid: VMADDR_CID_HOST, port: DEFAULT_PORT };
 }
 
+const FIRST_WELCOME_MS = 3000;
+
+/** The host's portals from its first welcome, or undefined if none came in time. */
+function waitForHost(link: HostLink, ms: number): Promise<string[] | undefined> {
+  if (link.connected) return Promise.resolve(link.portals);
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => (link.off('up', onUp), resolve(undefined)), ms);
+    const onUp = (served?: string[]) => (clearTimeout(timer), resolve(served));
+    link.once('up', onUp);
+  });
+}
+
+/** The host asks the guest's mount agent, through us, to mount or unmount the share. */
+function handleShareRequests(link: HostLink): void {
+  link.handle(ShareUnmount.name, async () => {
+    const r = await askMountAgent('unmount');
+    return { unmounted: r.ok, detail: r.detail.slice(0, 300) };
+  });
+  link.handle(ShareMount.name, async () => {
+    const r = await askMountAgent('mount');
+    return { mounted: r.ok, detail: r.detail.slice(0, 300) };
+  });
+}
+
 export interface GuestBackend {
   link: HostLink;
   /** Resolves when the guest's session bus goes away. */
@@ -38,30 +61,16 @@ export interface GuestBackend {
 export async function startGuestBackend(opts: { busAddress: string; spec: GuestLinkSpec }): Promise<GuestBackend> {
   const log = childLogger({ side: 'guest' });
   const bus = await Bus.connect(opts.busAddress);
-  const link = new HostLink({
-    spec: opts.spec,
-    methods: methodTable(ALL_METHODS),
-    handlers: new Map<string, AnyHandler>([
-      [
-        ShareUnmount.name,
-        async () => {
-          const r = await askMountAgent('unmount');
-          return { unmounted: r.ok, detail: r.detail.slice(0, 300) };
-        },
-      ],
-      [
-        ShareMount.name,
-        async () => {
-          const r = await askMountAgent('mount');
-          return { mounted: r.ok, detail: r.detail.slice(0, 300) };
-        },
-      ],
-    ]),
-    agent: { name: 'xdp-vm-guest', version: VERSION },
-    log,
-  });
+  const link = new HostLink({ spec: opts.spec, methods: methodTable(ALL_METHODS), agent: { name: 'xdp-vm-guest', version: VERSION }, log });
+  handleShareRequests(link);
+  const portals = new GuestPortals(bus, link, log);
+  link.on('up', (served?: string[]) => void portals.serve(served));
+  link.on('portals', (served: string[]) => void portals.serve(served));
   link.start();
-  const unexport = await exportGuestHalves(bus, link, log);
+  // The frontend calls us as soon as we own the name: by then export what the
+  // host serves, or, if it cannot be reached yet, everything (it answers 2).
+  const first = await waitForHost(link, FIRST_WELCOME_MS);
+  await portals.serve(first);
   await bus.requestName(BACKEND_BUS_NAME);
   log.info({ link: describeGuestLink(opts.spec), name: BACKEND_BUS_NAME }, 'guest backend ready');
   const busGone = new Promise<void>((resolve) => bus.onDisconnect(resolve));
@@ -69,7 +78,7 @@ export async function startGuestBackend(opts: { busAddress: string; spec: GuestL
     link,
     busGone,
     stop() {
-      unexport();
+      portals.close();
       link.stop();
       bus.close();
     },

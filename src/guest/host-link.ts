@@ -2,7 +2,8 @@ import { EventEmitter } from 'node:events';
 import type { Logger } from '../log.js';
 import { Connection, type AnyHandler } from '../protocol/connection.js';
 import { ProtocolError } from '../protocol/messages.js';
-import type { MethodDescriptor, MethodTable, Params, ResultOf } from '../protocol/methods.js';
+import type { MethodDescriptor, MethodTable, NotificationHandler, NotificationParams, Params, ResultOf } from '../protocol/methods.js';
+import { PortalsChanged } from '../protocol/session.js';
 import { describeGuestLink, openGuestLink, type GuestLinkSpec } from '../transport/guest-link.js';
 
 /**
@@ -13,15 +14,25 @@ import { describeGuestLink, openGuestLink, type GuestLinkSpec } from '../transpo
 export interface HostLinkOptions {
   spec: GuestLinkSpec;
   methods: MethodTable;
-  handlers: ReadonlyMap<string, AnyHandler>;
+  /** Handlers for what the host calls; portals may add theirs later with `handle`. */
+  handlers?: ReadonlyMap<string, AnyHandler>;
   agent: { name: string; version: string };
   log: Logger;
   minDelayMs?: number;
   maxDelayMs?: number;
 }
 
+/**
+ * Events: 'up' (portals: string[] | undefined) when a link is up, with the
+ * portals the host serves this VM (undefined from a version-1 host, which
+ * serves all it has); 'portals' (portals: string[]) when that changes;
+ * 'down' (reason).
+ */
 export class HostLink extends EventEmitter {
   private conn: Connection | undefined;
+  private readonly handlers: Map<string, AnyHandler>;
+  private readonly notificationHandlers = new Map<string, NotificationHandler>();
+  private servedPortals: string[] | undefined;
   private stopped = false;
   private delay: number;
   private timer: NodeJS.Timeout | undefined;
@@ -31,6 +42,25 @@ export class HostLink extends EventEmitter {
   constructor(private readonly opts: HostLinkOptions) {
     super();
     this.delay = opts.minDelayMs ?? 200;
+    this.handlers = new Map(opts.handlers ?? []);
+    this.onNotification(PortalsChanged.name, (params) => {
+      this.servedPortals = (params as NotificationParams<typeof PortalsChanged>).portals;
+      this.emit('portals', this.servedPortals);
+    });
+  }
+
+  /** Answer `method` when the host calls it, on this link and every later one. */
+  handle(method: string, handler: AnyHandler): void {
+    this.handlers.set(method, handler);
+  }
+
+  onNotification(name: string, handler: NotificationHandler): void {
+    this.notificationHandlers.set(name, handler);
+  }
+
+  /** What the host said it serves this VM; undefined before the first welcome, or from a version-1 host. */
+  get portals(): string[] | undefined {
+    return this.servedPortals;
   }
 
   get connected(): boolean {
@@ -74,7 +104,7 @@ export class HostLink extends EventEmitter {
     let conn: Connection | undefined;
     try {
       const stream = await openGuestLink(this.opts.spec);
-      conn = new Connection({ role: 'guest', stream, methods: this.opts.methods, handlers: this.opts.handlers, log });
+      conn = new Connection({ role: 'guest', stream, methods: this.opts.methods, handlers: this.handlers, notificationHandlers: this.notificationHandlers, log });
       const current = conn;
       conn.once('close', (reason: string) => {
         this.lastProblem = reason;
@@ -84,12 +114,13 @@ export class HostLink extends EventEmitter {
         this.emit('down', reason);
         this.schedule();
       });
-      const { vm, version } = await conn.helloAsGuest(this.opts.agent, 3000);
+      const { vm, version, portals } = await conn.helloAsGuest(this.opts.agent, 3000);
       this.conn = conn;
       this.vmName = vm;
+      this.servedPortals = portals;
       this.delay = this.opts.minDelayMs ?? 200;
-      log.info({ vm, version, link: describeGuestLink(this.opts.spec) }, 'connected to the host');
-      this.emit('up');
+      log.info({ vm, version, portals: portals ?? 'all (a version-1 host)', link: describeGuestLink(this.opts.spec) }, 'connected to the host');
+      this.emit('up', portals);
     } catch (err) {
       conn?.close('handshake failed');
       const problem = (err as Error).message;

@@ -62,6 +62,7 @@ export function exportControl(bus: Bus, sessions: ReadonlyMap<string, VmSession>
             connected: variant('b', s.connected),
             share: variant('s', s.share?.state ?? 'stopped'),
             share_detail: variant('s', s.share?.detail ?? ''),
+            portals: variant('as', [...s.portals]),
           },
         ]),
       ],

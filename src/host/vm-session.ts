@@ -4,8 +4,8 @@ import { hostHandlersFor, type HostHalves, type HostPortalDeps } from '../../por
 import type { VmConfig } from '../config/schema.js';
 import type { Logger } from '../log.js';
 import { Connection, type AnyHandler } from '../protocol/connection.js';
-import { methodTable } from '../protocol/methods.js';
-import { Ping, ShareMount, ShareUnmount } from '../protocol/session.js';
+import { methodTable, type NotificationHandler } from '../protocol/methods.js';
+import { Ping, PortalsChanged, ShareMount, ShareUnmount } from '../protocol/session.js';
 import type { VmShare } from './vm-share.js';
 import { hop } from '../trace.js';
 import { guestLogText } from '../guest-input.js';
@@ -24,6 +24,11 @@ export type VmSessionDeps = Omit<HostPortalDeps, 'vm' | 'ensureShare'> & { halve
 export class VmSession {
   private conn: Connection | undefined;
   private readonly handlers: ReadonlyMap<string, AnyHandler>;
+  private readonly notificationHandlers: ReadonlyMap<string, NotificationHandler>;
+  /** The portals this VM is served: those with a host half that no VM-wide deny row shuts. Sent in each welcome. */
+  private served: string[];
+  private readonly halves: HostHalves;
+  private readonly policy: VmSessionDeps['policy'];
   share: VmShare | undefined;
   private mountConfirmed: { conn: Connection; generation: number } | undefined;
   readonly log: Logger;
@@ -33,10 +38,35 @@ export class VmSession {
     deps: VmSessionDeps,
   ) {
     this.log = deps.log.child({ vm: vm.name });
-    const entries: [string, AnyHandler][] = [[Ping.name, async (params) => ({ seq: (params as { seq: number }).seq })]];
     const { halves, ...portalDeps } = deps;
-    entries.push(...hostHandlersFor(halves, { ...portalDeps, vm, log: this.log, ensureShare: () => this.ensureShare() }));
-    this.handlers = new Map(entries);
+    const handlers = hostHandlersFor(halves, { ...portalDeps, vm, log: this.log, ensureShare: () => this.ensureShare() });
+    this.handlers = new Map<string, AnyHandler>([[Ping.name, async (params) => ({ seq: (params as { seq: number }).seq })], ...handlers.methods]);
+    this.notificationHandlers = new Map(handlers.notifications);
+    this.halves = halves;
+    this.policy = deps.policy;
+    this.served = [...halves.keys()];
+    void this.refreshServed();
+    deps.policy.onChanged?.(() => void this.refreshServed());
+  }
+
+  /** The portals this VM is served now. */
+  get portals(): readonly string[] {
+    return this.served;
+  }
+
+  /**
+   * Work out again which portals this VM is served, and tell a connected
+   * guest when that changed, so it exports only those interfaces. A portal
+   * whose VM-wide row says deny is not served (its requests would all be
+   * refused); one denied only for some arguments still is.
+   */
+  async refreshServed(): Promise<void> {
+    const served: string[] = [];
+    for (const name of this.halves.keys()) if ((await this.policy.decision(name, undefined, this.vm)).verdict !== 'deny') served.push(name);
+    if (served.join() === this.served.join()) return;
+    this.served = served;
+    this.log.info({ portals: served }, 'the portals this VM is served changed');
+    this.conn?.notify(PortalsChanged, { portals: served });
   }
 
   get connected(): boolean {
@@ -46,7 +76,7 @@ export class VmSession {
   /** A link arrived on this VM's endpoint. */
   attach(stream: Duplex, endpoint: string): Connection {
     const previous = this.conn;
-    const conn = new Connection({ role: 'host', stream, methods: METHODS, handlers: this.handlers, log: this.log.child({ endpoint }) });
+    const conn = new Connection({ role: 'host', stream, methods: METHODS, handlers: this.handlers, notificationHandlers: this.notificationHandlers, log: this.log.child({ endpoint }) });
     this.conn = conn;
     previous?.close('replaced by a new connection from the same VM');
     // A second hello on a virtio-serial link is a restarted guest backend, maybe a rebooted guest.
@@ -56,7 +86,7 @@ export class VmSession {
       // A close reason can quote what the guest sent (its own error message).
       this.churn('link-closed', 'info', { reason: guestLogText(reason, 200) }, 'guest link closed');
     });
-    conn.acceptGuest(this.vm.name).then(
+    conn.acceptGuest(this.vm.name, undefined, { portals: () => this.served }).then(
       (hello) => {
         this.churn('link-up', 'info', { guestAgent: guestLogText(`${hello.agent.name} ${hello.agent.version}`, 100), endpoint }, 'guest connected');
         // A VM that connects gets its share plugged in, ready for its first file.

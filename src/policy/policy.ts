@@ -20,6 +20,8 @@ export interface PolicyDecision extends Decision {
 export interface PolicyDecider {
   decision(portal: PortalName, arg: string | undefined, vm: VmIdentity): Promise<PolicyDecision>;
   decide(portal: PortalName, arg: string | undefined, vm: VmIdentity): Promise<Verdict>;
+  /** `cb` runs after rows may have changed (any tool wrote the store, or it restarted). */
+  onChanged?(cb: () => void): void;
 }
 
 type Unsubscribe = () => Promise<void>;
@@ -33,6 +35,7 @@ export class Policy implements PolicyDecider {
   private unwatchChanged: Unsubscribe | undefined;
   private unwatchOwner: Unsubscribe | undefined;
   private watching: Promise<void> | undefined;
+  private readonly listeners: (() => void)[] = [];
 
   private constructor(
     private readonly bus: Bus,
@@ -71,7 +74,12 @@ export class Policy implements PolicyDecider {
     }
   }
 
+  onChanged(cb: () => void): void {
+    this.listeners.push(cb);
+  }
+
   async close(): Promise<void> {
+    this.listeners.length = 0;
     await this.unwatchOwner?.();
     await this.unwatchChanged?.();
     this.unwatchOwner = this.unwatchChanged = undefined;
@@ -121,6 +129,7 @@ export class Policy implements PolicyDecider {
       this.cache.delete(p);
       this.generation.set(p, (this.generation.get(p) ?? 0) + 1);
     }
+    for (const cb of this.listeners) cb();
   }
 
   /** The store restarted or went away: its old unique name's signals mean nothing now. */

@@ -8,14 +8,16 @@ import {
   describeIssues,
   Frame,
   MIN_PROTOCOL_VERSION,
+  NOTIFICATIONS_SINCE,
   PROTOCOL_VERSION,
   ProtocolError,
   type ErrorCode,
   type Failure,
   type Hello,
+  type Notification,
   type Request,
 } from './messages.js';
-import type { HandlerContext, MethodDescriptor, MethodTable, Params, ResultOf } from './methods.js';
+import type { HandlerContext, MethodDescriptor, MethodTable, NotificationDescriptor, NotificationHandler, NotificationParams, Params, ResultOf } from './methods.js';
 
 /**
  * Layer 2 of the protocol: request ids, the pending map, the version handshake
@@ -32,6 +34,8 @@ export interface ConnectionOptions {
   methods: MethodTable;
   /** Handlers for the methods the peer may call on us. */
   handlers?: ReadonlyMap<string, AnyHandler>;
+  /** Handlers for the notifications the peer may send us (protocol version 2 on). */
+  notificationHandlers?: ReadonlyMap<string, NotificationHandler>;
   log: Logger;
   maxFrameBytes?: number;
   /** Most requests from the peer allowed in flight at once; more get `busy`. */
@@ -46,6 +50,13 @@ export interface ConnectionOptions {
    */
   logScope?: string;
   logLimiter?: LogLimiter;
+}
+
+/** What the host said in its welcome. `portals` is absent from a version-1 host, which serves everything it knows. */
+export interface WelcomeInfo {
+  vm: string;
+  version: number;
+  portals?: string[];
 }
 
 interface Pending {
@@ -81,7 +92,7 @@ export class Connection extends EventEmitter {
   private readonly logScope: string;
   private readonly ownsLogScope: boolean;
   private version: number | undefined;
-  private onWelcome: ((vm: string, version: number) => void) | undefined;
+  private onWelcome: ((welcome: WelcomeInfo) => void) | undefined;
   private onHello: ((hello: Hello) => void) | undefined;
 
   constructor(private readonly opts: ConnectionOptions) {
@@ -109,17 +120,26 @@ export class Connection extends EventEmitter {
     return this.closed;
   }
 
-  /** Guest side: send hello and wait for the host's welcome. */
-  helloAsGuest(agent: Hello['agent'], timeoutMs = 5000): Promise<{ vm: string; version: number }> {
+  /**
+   * Guest side: send hello and wait for the host's welcome. A host that picks
+   * a version we do not speak is refused with a message naming both.
+   */
+  helloAsGuest(agent: Hello['agent'], timeoutMs = 5000): Promise<WelcomeInfo> {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this.onWelcome = undefined;
         reject(new ProtocolError('not-ready', `no welcome from the host within ${timeoutMs} ms`));
       }, timeoutMs);
-      this.onWelcome = (vm, version) => {
+      this.onWelcome = (welcome) => {
         clearTimeout(timer);
         this.onWelcome = undefined;
-        resolve({ vm, version });
+        if (welcome.version < MIN_PROTOCOL_VERSION || welcome.version > PROTOCOL_VERSION) {
+          const message = `the host chose protocol version ${welcome.version}; this guest speaks ${MIN_PROTOCOL_VERSION}-${PROTOCOL_VERSION}`;
+          this.fail(null, 'unsupported-version', message, true, 'unsupported-version');
+          reject(new ProtocolError('unsupported-version', message));
+          return;
+        }
+        resolve(welcome);
       };
       this.once('close', (reason: string) => {
         clearTimeout(timer);
@@ -134,7 +154,7 @@ export class Connection extends EventEmitter {
    * the same link means the guest backend restarted (virtio-serial has no
    * connection of its own), so the session is reset.
    */
-  acceptGuest(vm: string, timeoutMs = 10_000): Promise<Hello> {
+  acceptGuest(vm: string, timeoutMs = 10_000, opts: { portals?: () => string[] } = {}): Promise<Hello> {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         reject(new ProtocolError('not-ready', `no hello from the guest within ${timeoutMs} ms`));
@@ -155,7 +175,9 @@ export class Connection extends EventEmitter {
           this.reset('guest backend restarted');
         }
         this.version = version;
-        this.send({ t: 'welcome', version, vm });
+        // A v1 guest's welcome schema is strict: it gets no key it does not know.
+        const portals = version >= NOTIFICATIONS_SINCE ? opts.portals?.() : undefined;
+        this.send({ t: 'welcome', version, vm, ...(portals ? { portals } : {}) });
         if (first) {
           first = false;
           clearTimeout(timer);
@@ -168,6 +190,21 @@ export class Connection extends EventEmitter {
         if (first) reject(new ProtocolError('failed', reason));
       });
     });
+  }
+
+  /**
+   * Send a notification. A peer that negotiated version 1 has no
+   * notifications: nothing is sent and the answer is false, so callers can
+   * fall back (or simply accept that an old peer misses it).
+   */
+  notify<N extends NotificationDescriptor>(note: N, params: NotificationParams<N>): boolean {
+    const allowed = this.role === 'guest' ? 'guest-to-host' : 'host-to-guest';
+    if (note.direction !== allowed) throw new Error(`${this.role} may not send ${note.name}`);
+    if (this.closed || this.version === undefined || this.version < NOTIFICATIONS_SINCE) return false;
+    const checked = note.params.safeParse(params);
+    if (!checked.success) throw new ProtocolError('invalid-params', `${note.name}: ${describeIssues(checked.error)}`);
+    this.send({ t: 'note', method: note.name, params: checked.data });
+    return true;
   }
 
   request<M extends MethodDescriptor>(method: M, params: Params<M>, opts: { signal?: AbortSignal } = {}): Promise<ResultOf<M>> {
@@ -340,8 +377,10 @@ export class Connection extends EventEmitter {
       case 'welcome':
         if (this.role !== 'guest') return this.fail(null, 'bad-frame', 'unexpected welcome', true, 'unexpected-welcome');
         this.version = frame.version;
-        this.onWelcome?.(frame.vm, frame.version);
+        this.onWelcome?.({ vm: frame.vm, version: frame.version, ...(frame.portals ? { portals: frame.portals } : {}) });
         return;
+      case 'note':
+        return this.handleNotification(frame);
       case 'req':
         return this.handleRequest(frame);
       case 'res':
@@ -376,6 +415,30 @@ export class Connection extends EventEmitter {
     }
     this.pending.delete(id);
     fn(p);
+  }
+
+  /** A notification has no answer, so a bad one is dropped with a (limited) log line; the link stays up. */
+  private handleNotification(frame: Notification): void {
+    if (this.version === undefined || this.version < NOTIFICATIONS_SINCE) {
+      return this.fail(null, 'bad-frame', `notifications need protocol version ${NOTIFICATIONS_SINCE}; this link speaks ${this.version ?? 'nothing yet'}`, true, 'early-notification');
+    }
+    const note = this.opts.methods.notification(frame.method);
+    const handler = this.opts.notificationHandlers?.get(frame.method);
+    const allowed = this.role === 'host' ? 'guest-to-host' : 'host-to-guest';
+    if (!note || !handler || note.direction !== allowed) {
+      this.limited('unknown-notification', 'warn', { method: guestLogText(frame.method, 64) }, 'dropped a notification this side does not take');
+      return;
+    }
+    const params = note.params.safeParse(frame.params);
+    if (!params.success) {
+      this.limited(`invalid-notification:${note.name}`, 'warn', { issues: describeIssues(params.error) }, `dropped an invalid ${note.name} notification`);
+      return;
+    }
+    try {
+      handler(params.data);
+    } catch (err) {
+      this.limited(`notification-failed:${note.name}`, 'error', describeFailure(err), `${note.name} handler failed`);
+    }
   }
 
   private handleRequest(frame: Request): void {

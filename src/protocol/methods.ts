@@ -28,15 +28,37 @@ export interface HandlerContext {
 
 export type Handler<M extends MethodDescriptor> = (params: Params<M>, ctx: HandlerContext) => Promise<ResultOf<M>>;
 
-export interface MethodTable {
-  get(name: string): MethodDescriptor | undefined;
+/**
+ * A one-way message both peers agree on: its name, who may send it, and the
+ * schema of its parameters, checked on receipt like a method's. It has no
+ * answer, so a sender never waits and a receiver never owes anything.
+ */
+export interface NotificationDescriptor<P extends z.ZodType = z.ZodType> {
+  name: string;
+  direction: Direction;
+  params: P;
+  notification: true;
 }
 
-export function methodTable(methods: readonly MethodDescriptor[]): MethodTable {
+export function defineNotification<P extends z.ZodType>(n: Omit<NotificationDescriptor<P>, 'notification'>): NotificationDescriptor<P> {
+  return { ...n, notification: true };
+}
+
+export type NotificationParams<N extends NotificationDescriptor> = z.infer<N['params']>;
+export type NotificationHandler = (params: unknown) => void;
+
+export interface MethodTable {
+  get(name: string): MethodDescriptor | undefined;
+  notification(name: string): NotificationDescriptor | undefined;
+}
+
+export function methodTable(methods: readonly (MethodDescriptor | NotificationDescriptor)[]): MethodTable {
   const byName = new Map<string, MethodDescriptor>();
+  const notes = new Map<string, NotificationDescriptor>();
   for (const m of methods) {
-    if (byName.has(m.name)) throw new Error(`method ${m.name} defined twice`);
-    byName.set(m.name, m);
+    if (byName.has(m.name) || notes.has(m.name)) throw new Error(`method ${m.name} defined twice`);
+    if ('notification' in m) notes.set(m.name, m);
+    else byName.set(m.name, m);
   }
-  return { get: (name) => byName.get(name) };
+  return { get: (name) => byName.get(name), notification: (name) => notes.get(name) };
 }

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { defineMethod } from './methods.js';
+import { defineMethod, defineNotification } from './methods.js';
 
 /** Methods of the link itself, not of any portal. */
 export const Ping = defineMethod({
@@ -25,4 +25,11 @@ export const ShareMount = defineMethod({
   result: z.object({ mounted: z.boolean(), detail: z.string().max(300) }).strict(),
 });
 
-export const SESSION_METHODS = [Ping, ShareUnmount, ShareMount] as const;
+/** Since version 2: the portals the host serves this VM changed (a policy row came or went). */
+export const PortalsChanged = defineNotification({
+  name: 'session.portals',
+  direction: 'host-to-guest',
+  params: z.object({ portals: z.array(z.string().max(64)).max(64) }).strict(),
+});
+
+export const SESSION_METHODS = [Ping, ShareUnmount, ShareMount, PortalsChanged] as const;

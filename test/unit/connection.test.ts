@@ -52,7 +52,7 @@ const tick = () => new Promise((r) => setTimeout(r, 20));
 describe('connection', () => {
   it('handshakes and names the VM from the host side', async () => {
     const s = setup();
-    expect(await connected(s)).toEqual({ vm: 'work', version: 1 });
+    expect(await connected(s)).toEqual({ vm: 'work', version: 2 });
   });
 
   it('refuses a guest that speaks no common version', async () => {
