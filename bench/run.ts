@@ -6,6 +6,7 @@ import { packageRoot } from '../src/paths.js';
 import { pino } from 'pino';
 import { benchBreakdown } from './breakdown.js';
 import { benchDocView } from './doc-view.js';
+import { benchHostRoute } from './host-route.js';
 import { benchRoundTrip } from './portal-round-trip.js';
 import { benchScale, benchSingleVmRate } from './scale.js';
 import { benchVm } from './vm.js';
@@ -28,6 +29,8 @@ async function main(): Promise<void> {
   console.log(`xdp-vm bench on ${os.cpus().length} × ${os.cpus()[0]?.model ?? 'cpu'}, Node ${process.version}`);
   console.log(`forwarded vs local OpenFile, N=${N} each (interleaved in blocks of 50) ...`);
   const rt = await benchRoundTrip(N);
+  console.log(`forwarded OpenFile, host dialog through the host frontend vs straight to its backend, N=${N} each ...`);
+  const route = await benchHostRoute(N);
   console.log(`daemon with ${VMS} simulated VMs, ${PER_VM} pings each, 8 in flight per VM ...`);
   const scale = await benchScale(VMS, PER_VM);
   const solo = await benchSingleVmRate(PER_VM);
@@ -44,6 +47,9 @@ async function main(): Promise<void> {
     row(['OpenFile, host-local (baseline)', fmt(rt.local.p50), fmt(rt.local.p99), ''], w),
     row(['OpenFile, forwarded from a guest', fmt(rt.forwarded.p50), fmt(rt.forwarded.p99), ''], w),
     row(['ratio forwarded / local', rt.ratioP50.toFixed(2), rt.ratioP99.toFixed(2), '≤ 1.5 p50, ≤ 2 p99'], w),
+    row(['forwarded, host dialog via the frontend', fmt(route.frontend.p50), fmt(route.frontend.p99), ''], w),
+    row(['forwarded, host dialog direct to backend', fmt(route.backend.p50), fmt(route.backend.p99), ''], w),
+    row(['ratio direct / via the frontend', route.ratioP50.toFixed(2), route.ratioP99.toFixed(2), ''], w),
     '',
     row(['measure', 'value', 'baseline', 'target'], w),
     row([`daemon RSS, ${VMS} VMs connected (MiB)`, scale.rssConnectedMiB.toFixed(1), `${scale.rssIdleMiB.toFixed(1)} idle`, '≤ 100'], w),
@@ -77,7 +83,7 @@ async function main(): Promise<void> {
   lines.push(row(['  direct (auto) / host read', (r.directShareAuto.p50 / r.hostRead.p50).toFixed(2), '', '≥ 0.9'], w));
   console.log(`\n${lines.join('\n')}`);
   const file = path.join(packageRoot(), 'bench-results.json');
-  writeFileSync(file, `${JSON.stringify({ date: new Date().toISOString(), node: process.version, cpus: os.cpus().length, roundTrip: rt, hops, docView, vm, scale: { ...scale, soloRate: solo } }, null, 2)}\n`);
+  writeFileSync(file, `${JSON.stringify({ date: new Date().toISOString(), node: process.version, cpus: os.cpus().length, roundTrip: rt, hostRoute: route, hops, docView, vm, scale: { ...scale, soloRate: solo } }, null, 2)}\n`);
   console.log(`\nwrote ${file}`);
 }
 

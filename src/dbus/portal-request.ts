@@ -16,7 +16,8 @@ export interface PortalAnswer {
   results: Vardict;
 }
 
-async function portalOwner(bus: Bus): Promise<string> {
+/** The frontend's unique name, starting it first if need be. */
+export async function portalOwner(bus: Bus): Promise<string> {
   let owner = await bus.nameOwner(PORTAL);
   if (!owner) {
     // Activate it: the frontend is D-Bus activated on demand.

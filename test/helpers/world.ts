@@ -12,6 +12,7 @@ import { appIdOf } from '../../src/host/documents.js';
 import { cliEntry, NODE_FLAGS } from '../../src/paths.js';
 import { startPrivateBus, type PrivateBus } from './private-bus.js';
 import { processesMatching } from './processes.js';
+import { gtkHostBackend, type GtkDialogSpec } from './gtk-portal.js';
 import { SCRIPTED_PORTAL_FILE, ScriptedDialog } from './scripted-dialog.js';
 
 /**
@@ -94,13 +95,20 @@ export class World {
    * `guests: false` starts only the host side; links can then be made by hand (RawLink).
    * `userSession: true` runs the daemon on the caller's own session bus, with the
    * user's real portals and dialog (the demo on a desktop); no scripted user then.
+   * `gtkDialog`: the host's FileChooser backend is the real xdg-desktop-portal-gtk
+   * on that display instead of the scripted user (`dialog` is then unset).
+   * `daemonEnv`: extra environment for the host daemon only.
    */
-  static async start(vms: WorldVmSpec[], opts: { shares?: boolean; guests?: boolean; config?: Record<string, unknown>; userSession?: boolean } = {}): Promise<World> {
+  static async start(
+    vms: WorldVmSpec[],
+    opts: { shares?: boolean; guests?: boolean; config?: Record<string, unknown>; userSession?: boolean; gtkDialog?: GtkDialogSpec; daemonEnv?: Record<string, string> } = {},
+  ): Promise<World> {
     const world = new World(mkdtempSync(path.join(tmpdir(), 'xdp-vm-world-')), vms);
     world.extraConfig = opts.config ?? {};
+    world.daemonEnv = opts.daemonEnv ?? {};
     try {
       if (opts.userSession) world.useUserSession();
-      else await world.startHost();
+      else await world.startHost(opts.gtkDialog);
       world.writeConfig();
       await world.startDaemon(opts);
       if (opts.guests !== false) for (const vm of vms.filter((v) => !v.qemu)) await world.startGuest(vm);
@@ -113,6 +121,7 @@ export class World {
 
   /** Top-level config keys besides `vms` (e.g. `flood`), from World.start's `config`. */
   private extraConfig: Record<string, unknown> = {};
+  private daemonEnv: Record<string, string> = {};
 
   /** Where the daemon (not under systemd here) appends its audit lines. */
   get auditFile(): string {
@@ -137,20 +146,22 @@ export class World {
     this.hostBus = { address, env, log: [], pid: undefined, dir: this.root, stop: async () => undefined };
   }
 
-  private async startHost(): Promise<void> {
+  private async startHost(gtk?: GtkDialogSpec): Promise<void> {
     const portals = path.join(this.root, 'host', 'portals');
     mkdirSync(portals, { recursive: true });
-    writeFileSync(path.join(portals, 'scripted.portal'), SCRIPTED_PORTAL_FILE);
+    const backend = gtk ? gtkHostBackend(gtk, { portals, configHome: this.hostEnv.XDG_CONFIG_HOME! }) : undefined;
+    if (!backend) writeFileSync(path.join(portals, 'scripted.portal'), SCRIPTED_PORTAL_FILE);
     this.hostBus = await startPrivateBus({
       dir: path.join(this.root, 'host'),
-      env: { ...this.hostEnv, XDG_DESKTOP_PORTAL_DIR: portals, XDG_CURRENT_DESKTOP: 'scripted' },
+      env: { ...this.hostEnv, XDG_DESKTOP_PORTAL_DIR: portals, XDG_CURRENT_DESKTOP: 'scripted', ...backend?.env },
       services: [
         { name: 'org.freedesktop.portal.Desktop', exec: requireProgram('xdg-desktop-portal') },
         { name: 'org.freedesktop.portal.Documents', exec: requireProgram('xdg-document-portal') },
         { name: 'org.freedesktop.impl.portal.PermissionStore', exec: requireProgram('xdg-permission-store') },
+        ...(backend ? [backend.service] : []),
       ],
     });
-    this.dialog = await ScriptedDialog.start(this.hostBus.address);
+    if (!backend) this.dialog = await ScriptedDialog.start(this.hostBus.address);
   }
 
   private writeConfig(): void {
@@ -182,7 +193,7 @@ export class World {
     const args = [cliEntry(), 'host', '--config', this.configPath, ...(opts.shares === false ? ['--no-shares'] : [])];
     // Started as its #! line would start it.
     this.daemon = startService('xdp-vm host', process.execPath, [...NODE_FLAGS, ...args], {
-      env: this.hostBus.env,
+      env: { ...this.hostBus.env, ...this.daemonEnv },
       onStderrLine: (l) => this.daemonLog.push(l),
     });
     const bus = await Bus.connect(this.hostBus.address);

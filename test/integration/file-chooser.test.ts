@@ -55,15 +55,28 @@ describe('OpenFile', () => {
     expect(world.dialog.calls.at(-1)).toMatchObject({ method: 'OpenFile', title: 'Work: Open Report' });
   });
 
-  it('is read-only: only saving grants write', async () => {
+  it('honours the user\'s read-only choice: an opened file is writable only when the dialog says so', async () => {
+    // The daemon calls the scripted backend directly (the host frontend would
+    // have picked it too, by UseIn=scripted), so its `writable` reaches us.
+    const rw = hostFile('rw.txt', 'original');
+    world.dialog.behave(() => ({ response: 0, uris: [url(rw)], writable: true }));
+    const writable = await world.fileDialog('work', 'OpenFile', 'Open');
+    writeFileSync(local(urisOf(writable)[0]!), 'edited in the VM');
+    expect(readFileSync(rw, 'utf8')).toBe('edited in the VM');
+
+    // "Open files read-only" ticked.
     const ro = hostFile('ro.txt', 'original');
-    // The stock host frontend keeps a backend's `writable` to itself when the
-    // caller is unsandboxed, as our daemon is, so even a user who ticked
-    // "writable" gives the VM a read-only document (README: Limitations).
-    world.dialog.behave(() => ({ response: 0, uris: [url(ro)], writable: true }));
-    const reply = await world.fileDialog('work', 'OpenFile', 'Open');
-    expect(() => writeFileSync(local(urisOf(reply)[0]!), 'tampered')).toThrow(/EACCES|EPERM|EROFS/);
+    world.dialog.behave(() => ({ response: 0, uris: [url(ro)], writable: false }));
+    const readOnly = await world.fileDialog('work', 'OpenFile', 'Open');
+    expect(() => writeFileSync(local(urisOf(readOnly)[0]!), 'tampered')).toThrow(/EACCES|EPERM|EROFS/);
     expect(readFileSync(ro, 'utf8')).toBe('original');
+
+    // A backend that does not say is read-only.
+    const quiet = hostFile('quiet.txt', 'original');
+    world.dialog.behave(() => ({ response: 0, uris: [url(quiet)] }));
+    const unsaid = await world.fileDialog('work', 'OpenFile', 'Open');
+    expect(() => writeFileSync(local(urisOf(unsaid)[0]!), 'tampered')).toThrow(/EACCES|EPERM|EROFS/);
+    expect(readFileSync(quiet, 'utf8')).toBe('original');
   });
 
   it('returns every file with multiple', async () => {
