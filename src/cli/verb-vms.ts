@@ -17,6 +17,7 @@ interface VmRow {
   share: string;
   detail: string;
   portals: string[] | null;
+  vmm: { type: string; detail: string; capabilities: string[]; lacks: Record<string, string> } | null;
 }
 
 export const vmsVerb: Verb = {
@@ -26,7 +27,7 @@ export const vmsVerb: Verb = {
     const { values } = parse(argv, { config: { type: 'string' }, json: { type: 'boolean' } }, usage);
     if (values.help) return console.log(usage), 0;
     const config = loadConfig(values.config ?? defaultConfigPath());
-    const rows: VmRow[] = vmConfigs(config).map((vm) => ({ name: vm.name, label: vm.label, transport: vm.transport.type, connected: null, share: 'unknown', detail: '', portals: null }));
+    const rows: VmRow[] = vmConfigs(config).map((vm) => ({ name: vm.name, label: vm.label, transport: vm.transport.type, connected: null, share: 'unknown', detail: '', portals: null, vmm: null }));
     const bus = await Bus.connect(sessionBusAddress());
     try {
       const control = await daemonControl(bus);
@@ -39,6 +40,12 @@ export const vmsVerb: Verb = {
           row.share = props.share?.value as string;
           row.detail = props.share_detail?.value as string;
           row.portals = (props.portals?.value as string[] | undefined) ?? null;
+          row.vmm = {
+            type: (props.vmm?.value as string | undefined) ?? 'none',
+            detail: (props.vmm_detail?.value as string | undefined) ?? '',
+            capabilities: (props.capabilities?.value as string[] | undefined) ?? [],
+            lacks: (props.lacks?.value as Record<string, string> | undefined) ?? {},
+          };
         }
       }
       if (values.json) console.log(JSON.stringify({ daemon: !!control, vms: rows }, null, 2));
@@ -48,6 +55,7 @@ export const vmsVerb: Verb = {
         const portals = (r: VmRow) => (r.portals === null ? '?' : r.portals.join(',') || 'none');
         console.log(table(rows.map((r) => [r.name, r.label, r.transport, yes(r.connected), r.share, portals(r)]), ['VM', 'LABEL', 'TRANSPORT', 'CONNECTED', 'SHARE', 'PORTALS']));
         for (const r of rows.filter((r) => r.detail)) console.log(`\n${r.name}: ${r.detail}`);
+        for (const r of rows) for (const why of Object.values(r.vmm?.lacks ?? {})) console.log(`${r.name}: ${why}`);
       }
     } finally {
       bus.close();

@@ -1,4 +1,5 @@
 import { EventEmitter } from 'node:events';
+import { Backoff } from '../backoff.js';
 import type { Logger } from '../log.js';
 import { Connection, type AnyHandler } from '../protocol/connection.js';
 import { ProtocolError } from '../protocol/messages.js';
@@ -34,14 +35,13 @@ export class HostLink extends EventEmitter {
   private readonly notificationHandlers = new Map<string, NotificationHandler>();
   private servedPortals: string[] | undefined;
   private stopped = false;
-  private delay: number;
-  private timer: NodeJS.Timeout | undefined;
+  private readonly backoff: Backoff;
   private vmName: string | undefined;
   private lastProblem = '';
 
   constructor(private readonly opts: HostLinkOptions) {
     super();
-    this.delay = opts.minDelayMs ?? 200;
+    this.backoff = new Backoff(opts.minDelayMs ?? 200, opts.maxDelayMs ?? 5000);
     this.handlers = new Map(opts.handlers ?? []);
     this.onNotification(PortalsChanged.name, (params) => {
       this.servedPortals = (params as NotificationParams<typeof PortalsChanged>).portals;
@@ -77,7 +77,7 @@ export class HostLink extends EventEmitter {
 
   stop(): void {
     this.stopped = true;
-    clearTimeout(this.timer);
+    this.backoff.stop();
     this.conn?.close('guest backend stopping');
   }
 
@@ -118,7 +118,7 @@ export class HostLink extends EventEmitter {
       this.conn = conn;
       this.vmName = vm;
       this.servedPortals = portals;
-      this.delay = this.opts.minDelayMs ?? 200;
+      this.backoff.reset();
       log.info({ vm, version, portals: portals ?? 'all (a version-1 host)', link: describeGuestLink(this.opts.spec) }, 'connected to the host');
       this.emit('up', portals);
     } catch (err) {
@@ -131,11 +131,6 @@ export class HostLink extends EventEmitter {
   }
 
   private schedule(): void {
-    if (this.stopped || this.timer) return;
-    this.timer = setTimeout(() => {
-      this.timer = undefined;
-      void this.connect();
-    }, this.delay);
-    this.delay = Math.min(this.delay * 2, this.opts.maxDelayMs ?? 5000);
+    if (!this.stopped) this.backoff.schedule(() => void this.connect());
   }
 }

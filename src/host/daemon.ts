@@ -15,7 +15,6 @@ import { SerialConnector } from '../transport/virtio-serial.js';
 import { CONTROL_BUS_NAME, exportControl } from './control.js';
 import { DocumentStore } from './documents.js';
 import { FloodControl } from './flood.js';
-import { vmmConnector } from './vmm-connector.js';
 import { VmShare } from './vm-share.js';
 import { VmSession } from './vm-session.js';
 import { loadHostHalves } from '../../portals/host.js';
@@ -61,6 +60,7 @@ export async function startHostDaemon(opts: HostDaemonOptions): Promise<HostDaem
   const stoppers: (() => Promise<void> | void)[] = [];
   try {
     if (opts.shares !== false) stoppers.push(...(await startShares(opts.config, sessions, docs)));
+    stoppers.push(...(await startDevices(sessions)));
     retireLeftoverVirtiofsds(docs, new Set(sessions.keys()), log.child({ component: 'removed-vms' }));
     stoppers.push(...(await startTransports(sessions, log)));
     stoppers.push(exportControl(hostBus, sessions, docs));
@@ -110,13 +110,25 @@ async function startShares(config: Config, sessions: Map<string, VmSession>, doc
         logFile: path.join(stateHome(), 'xdp-vm', `virtiofsd-${s.vm.name}.log`),
       },
       log: s.log.child({ component: 'share' }),
-      connectVmm: vmmConnector(s),
+      ...(s.devices ? { devices: s.devices } : {}),
       hasGrants: async () => (await docs.list(s.vm.name)).length > 0,
       askGuestToUnmount: () => s.askGuestToUnmount(),
     });
     s.share = share;
     await share.start();
-    stoppers.push(() => share.close());
+    stoppers.push(async () => share.close());
+  }
+  return stoppers;
+}
+
+/** Each VM's one VMM connection, after its share listens for it. */
+async function startDevices(sessions: Map<string, VmSession>) {
+  const stoppers: (() => Promise<void>)[] = [];
+  for (const s of sessions.values()) {
+    const devices = s.devices;
+    if (!devices) continue;
+    await devices.start();
+    stoppers.push(() => devices.close());
   }
   return stoppers;
 }

@@ -7,6 +7,8 @@ import { Connection, type AnyHandler } from '../protocol/connection.js';
 import { methodTable, type NotificationHandler } from '../protocol/methods.js';
 import { Ping, PortalsChanged, ShareMount, ShareUnmount } from '../protocol/session.js';
 import type { VmShare } from './vm-share.js';
+import { VmDevices } from './vm-devices.js';
+import { vmmConnector } from './vmm-connector.js';
 import { hop } from '../trace.js';
 import { guestLogText } from '../guest-input.js';
 import { peerLogLimiter, type LimitedLevel } from '../protocol/log-limiter.js';
@@ -30,6 +32,8 @@ export class VmSession {
   private readonly halves: HostHalves;
   private readonly policy: VmSessionDeps['policy'];
   share: VmShare | undefined;
+  /** The VM's one VMM connection; undefined when its config names no VMM. */
+  readonly devices: VmDevices | undefined;
   private mountConfirmed: { conn: Connection; generation: number } | undefined;
   readonly log: Logger;
 
@@ -38,6 +42,8 @@ export class VmSession {
     deps: VmSessionDeps,
   ) {
     this.log = deps.log.child({ vm: vm.name });
+    const connector = vmmConnector(vm, this.log);
+    this.devices = connector ? new VmDevices(connector, this.log.child({ component: 'vmm' })) : undefined;
     const { halves, ...portalDeps } = deps;
     const handlers = hostHandlersFor(halves, { ...portalDeps, vm, log: this.log, ensureShare: () => this.ensureShare() });
     this.handlers = new Map<string, AnyHandler>([[Ping.name, async (params) => ({ seq: (params as { seq: number }).seq })], ...handlers.methods]);

@@ -1,12 +1,14 @@
 import { EventEmitter } from 'node:events';
 import type { VmConfig } from '../config/schema.js';
 import type { Logger } from '../log.js';
-import type { VmmAdapter } from '../vmm/adapter.js';
+import { lackOf, type ShareCapability, type VmmEvent } from '../vmm/adapter.js';
+import type { VmDevices } from './vm-devices.js';
 import { VirtiofsdSupervisor, type ShareState, type VirtiofsdOptions } from './virtiofsd.js';
 
 /**
  * A VM's document share, end to end on the host: the virtiofsd serving the
- * VM's view and, when the VM has a VMM control socket, the device in the VM.
+ * VM's view and, when the VM has a VMM control socket, the device in the VM,
+ * plugged through the VM's device layer (vm-devices.ts).
  *
  * virtiofsd is always listening (started again each time a VM lets go of
  * it), so a VM may be started with the share attached. When the VM has a VMM
@@ -21,8 +23,8 @@ export interface VmShareDeps {
   vm: VmConfig;
   virtiofsd: Omit<VirtiofsdOptions, 'stillAttached' | 'log'>;
   log: Logger;
-  /** Opens the VM's VMM adapter; undefined for VMs without one. */
-  connectVmm?: () => Promise<VmmAdapter>;
+  /** The VM's device layer; undefined for VMs without a VMM socket. */
+  devices?: VmDevices;
   /** Whether the VM has any documents (worth plugging the share in for). */
   hasGrants: () => Promise<boolean>;
   /** Ask the guest to unmount; resolves whatever the answer. */
@@ -31,12 +33,8 @@ export interface VmShareDeps {
 
 export class VmShare extends EventEmitter {
   readonly supervisor: VirtiofsdSupervisor;
-  private vmm: VmmAdapter | undefined;
-  private vmmProblem = '';
   private attached = false;
   private closed = false;
-  private retry: NodeJS.Timeout | undefined;
-  private retryDelay = 500;
   private attaching: Promise<void> | undefined;
   /** Bumped whenever the device may have come or gone, so a guest's "mounted" can be trusted until then. */
   generation = 0;
@@ -48,10 +46,18 @@ export class VmShare extends EventEmitter {
       log: deps.log.child({ component: 'virtiofsd' }),
       stillAttached: () => this.deviceIsPlugged(),
     });
+    deps.devices?.on('up', () => void this.onVmmUp());
+    deps.devices?.on('gone', (reason: string) => this.onVmmGone(reason));
+    deps.devices?.on('device-detached', (e: Extract<VmmEvent, { type: 'device-detached' }>) => this.onDetached(e));
   }
 
   get hotplug(): boolean {
-    return !!this.deps.connectVmm;
+    return !!this.deps.devices;
+  }
+
+  /** The VMM's share capability, while the VMM is reachable and has one. */
+  private get vmm(): ShareCapability | undefined {
+    return this.deps.devices?.vmm?.shares;
   }
 
   get state(): ShareState {
@@ -60,7 +66,9 @@ export class VmShare extends EventEmitter {
 
   get detail(): string {
     if (this.supervisor.state === 'failed') return this.supervisor.detail;
-    if (this.hotplug && !this.vmm) return this.vmmProblem ? `VMM not reachable: ${this.vmmProblem}` : 'VMM not connected yet';
+    const devices = this.deps.devices;
+    if (devices && !devices.vmm) return devices.detail;
+    if (devices?.vmm && !this.vmm) return lackOf(devices.vmm, 'shares')!;
     return this.supervisor.detail;
   }
 
@@ -72,7 +80,8 @@ export class VmShare extends EventEmitter {
       this.supervisor.failedToStart((err as Error).message);
       return;
     }
-    if (this.hotplug) await this.connectVmm();
+    // The device layer may have reached the VMM before virtiofsd was up.
+    if (this.deps.devices?.vmm) await this.onVmmUp();
   }
 
   /** Plug the share in if it is not: idempotent, and shared by concurrent callers. */
@@ -93,11 +102,9 @@ export class VmShare extends EventEmitter {
   }
 
   /** The daemon is going: the guest keeps its share and virtiofsd keeps serving it. */
-  async close(): Promise<void> {
+  close(): void {
     this.closed = true;
-    clearTimeout(this.retry);
     this.supervisor.release();
-    await this.vmm?.close();
   }
 
   private async attach(): Promise<void> {
@@ -126,41 +133,29 @@ export class VmShare extends EventEmitter {
     }
   }
 
-  private async connectVmm(): Promise<void> {
-    if (this.closed) return;
+  /** The VMM is reachable: plug the share in if the VM has it already (adopt it) or has documents waiting. */
+  private async onVmmUp(): Promise<void> {
+    if (this.closed || !this.vmm || this.supervisor.state === 'stopped' || this.supervisor.state === 'starting') return;
     try {
-      const vmm = await this.deps.connectVmm!();
-      this.vmm = vmm;
-      this.vmmProblem = '';
-      this.retryDelay = 500;
-      vmm.events.subscribe((e) => {
-        if (e.type === 'vmm-gone') this.onVmmGone(e.reason);
-        else if (!e.expected) {
-          this.attached = false;
-          this.generation++;
-          this.supervisor.markAttached(false);
-          this.deps.log.warn({ device: e.deviceId }, 'the VM removed its document share by itself');
-        }
-      });
-      this.deps.log.info('connected to the VMM');
       const plugged = await this.deviceIsPlugged();
       if (plugged || (await this.deps.hasGrants())) await this.ensureAttached();
-      this.emit('vmm-up');
     } catch (err) {
-      const problem = (err as Error).message;
-      if (problem !== this.vmmProblem) this.deps.log.info(`VMM not reachable (the VM may be off): ${problem}`);
-      this.vmmProblem = problem;
-      this.retry = setTimeout(() => void this.connectVmm(), this.retryDelay);
-      this.retryDelay = Math.min(this.retryDelay * 2, 5000);
+      this.deps.log.error({ err: (err as Error).message }, 'could not plug the share in');
     }
   }
 
-  private onVmmGone(reason: string): void {
-    this.vmm = undefined;
+  private onDetached(e: Extract<VmmEvent, { type: 'device-detached' }>): void {
+    if (e.kind !== 'share' || e.expected) return;
     this.attached = false;
     this.generation++;
-    this.vmmProblem = reason;
-    this.deps.log.info({ reason }, 'the VMM went away (the VM stopped); its virtiofsd follows');
+    this.supervisor.markAttached(false);
+    this.deps.log.warn({ device: e.deviceId }, 'the VM removed its document share by itself');
+  }
+
+  private onVmmGone(reason: string): void {
+    this.attached = false;
+    this.generation++;
+    this.deps.log.info({ reason }, 'the VM stopped; its virtiofsd follows');
     // A failed share died with that VM: the next boot gets a fresh virtiofsd.
     if (this.supervisor.state === 'failed') {
       void this.supervisor
@@ -168,7 +163,5 @@ export class VmShare extends EventEmitter {
         .then(() => (this.closed ? undefined : this.supervisor.start()))
         .catch((err: Error) => this.deps.log.error({ err: err.message }, 'could not start a fresh virtiofsd'));
     }
-    this.emit('vmm-gone');
-    if (!this.closed) this.retry = setTimeout(() => void this.connectVmm(), this.retryDelay);
   }
 }

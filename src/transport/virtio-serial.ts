@@ -1,5 +1,6 @@
 import net from 'node:net';
 import { EventEmitter } from 'node:events';
+import { Backoff } from '../backoff.js';
 
 /**
  * Host side of virtio-serial: QEMU's chardev is a Unix socket server behind
@@ -10,16 +11,15 @@ import { EventEmitter } from 'node:events';
 export class SerialConnector extends EventEmitter {
   private stopped = false;
   private current: net.Socket | undefined;
-  private timer: NodeJS.Timeout | undefined;
-  private delay: number;
+  private readonly backoff: Backoff;
 
   constructor(
     readonly socket: string,
-    private readonly minDelayMs = 200,
-    private readonly maxDelayMs = 5000,
+    minDelayMs = 200,
+    maxDelayMs = 5000,
   ) {
     super();
-    this.delay = minDelayMs;
+    this.backoff = new Backoff(minDelayMs, maxDelayMs);
   }
 
   start(): void {
@@ -30,7 +30,7 @@ export class SerialConnector extends EventEmitter {
     if (this.stopped) return;
     const s = net.connect(this.socket);
     s.once('connect', () => {
-      this.delay = this.minDelayMs;
+      this.backoff.reset();
       this.current = s;
       s.once('close', () => {
         this.current = undefined;
@@ -47,12 +47,7 @@ export class SerialConnector extends EventEmitter {
   }
 
   private schedule(): void {
-    if (this.stopped || this.timer) return;
-    this.timer = setTimeout(() => {
-      this.timer = undefined;
-      this.attempt();
-    }, this.delay);
-    this.delay = Math.min(this.delay * 2, this.maxDelayMs);
+    if (!this.stopped) this.backoff.schedule(() => this.attempt());
   }
 
   /** Drop the current link and reconnect, e.g. after the peer sent garbage. */
@@ -62,7 +57,7 @@ export class SerialConnector extends EventEmitter {
 
   stop(): void {
     this.stopped = true;
-    clearTimeout(this.timer);
+    this.backoff.stop();
     this.current?.destroy();
   }
 }

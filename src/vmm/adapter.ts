@@ -1,8 +1,12 @@
 /**
- * What the host daemon needs from any VMM (QEMU over QMP today; libvirt and
- * cloud-hypervisor later): put a share, a USB device or a NIC into one running VM
- * and take it out again, and hear when the VMM takes one out or goes away. The
- * daemon owns virtiofsd and the guest side; the adapter only talks to the VMM.
+ * What the host daemon needs from any VMM (QEMU over QMP, libvirt,
+ * cloud-hypervisor), as capabilities: `shares` (virtiofs devices), `usb` and
+ * `net`. Each attaches a device under the caller's id, detaches it, and
+ * lists what the VM has (so a restarted daemon adopts what it left), and
+ * every detach, asked for or not, is an event. A VMM that lacks a capability
+ * simply has none, and `lackOf` says so in words naming the VMM; there are no
+ * stubs. The daemon owns virtiofsd and the guest side; the adapter only
+ * talks to the VMM.
  */
 
 export interface ShareSpec {
@@ -69,9 +73,11 @@ export interface NetSpec {
   mac?: string;
 }
 
+export type DeviceKind = 'share' | 'usb' | 'net';
+
 export type VmmEvent =
   /** `expected` is false when the VMM or guest removed it without our asking. */
-  | { type: 'share-detached'; id: string; deviceId: string; expected: boolean }
+  | { type: 'device-detached'; kind: DeviceKind; id: string; deviceId: string; expected: boolean }
   | { type: 'vmm-gone'; reason: string };
 
 export interface VmmEvents {
@@ -80,26 +86,72 @@ export interface VmmEvents {
   iterate(opts?: { signal?: AbortSignal }): AsyncIterableIterator<VmmEvent>;
 }
 
-export interface VmmAdapter {
-  readonly kind: 'qemu' | 'cloud-hypervisor' | 'libvirt';
-  readonly events: VmmEvents;
+/** A device attached by us, as the VMM knows it. */
+export interface DeviceHandle {
+  kind: DeviceKind;
+  /** The caller's id. */
+  id: string;
+  /** The VMM's own device id, for logs and for matching VMM events. */
+  deviceId: string;
+  location: string | undefined;
+}
+
+/** A device the VM has: ours (`id` set, by our naming) or one it was started with. */
+export interface DeviceInfo {
+  kind: DeviceKind;
+  id: string | undefined;
+  deviceId: string | undefined;
+  location: string | undefined;
+}
+
+export interface ShareCapability {
   attachShare(spec: ShareSpec, opts?: AttachOptions): Promise<AttachedShare>;
   detachShare(id: string, opts?: DetachOptions): Promise<void>;
   /** Every virtiofs device the VM has, including ones it was started with. */
   listShares(): Promise<ShareInfo[]>;
-  attachUsb(spec: UsbSpec, opts?: AttachOptions): Promise<void>;
+}
+
+export interface UsbCapability {
+  attachUsb(spec: UsbSpec, opts?: AttachOptions): Promise<DeviceHandle>;
   detachUsb(id: string, opts?: DetachOptions): Promise<void>;
-  attachNet(spec: NetSpec, opts?: AttachOptions): Promise<void>;
+  listUsb(): Promise<DeviceInfo[]>;
+}
+
+export interface NetCapability {
+  attachNet(spec: NetSpec, opts?: AttachOptions): Promise<DeviceHandle>;
   detachNet(id: string, opts?: DetachOptions): Promise<void>;
+  listNet(): Promise<DeviceInfo[]>;
+}
+
+export interface VmmCapabilities {
+  shares?: ShareCapability;
+  usb?: UsbCapability;
+  net?: NetCapability;
+}
+
+export type CapabilityName = keyof VmmCapabilities;
+export const CAPABILITY_NAMES: readonly CapabilityName[] = ['shares', 'usb', 'net'];
+
+export type VmmKind = 'qemu' | 'cloud-hypervisor' | 'libvirt';
+
+export interface VmmAdapter extends VmmCapabilities {
+  readonly kind: VmmKind;
+  readonly events: VmmEvents;
   /** Stop talking to the VMM; the VM itself keeps running. */
   close(): Promise<void>;
 }
 
-export class NotImplementedError extends Error {
-  constructor(what: string, plan: string) {
-    super(`${what} is not implemented yet (planned: ${plan})`);
-    this.name = 'NotImplementedError';
-  }
+const VMM_NAMES: Record<VmmKind, string> = { qemu: 'QEMU (QMP)', libvirt: 'libvirt', 'cloud-hypervisor': 'cloud-hypervisor' };
+const CAPABILITY_WORDS: Record<CapabilityName, string> = { shares: 'hot-plug folder shares', usb: 'attach USB devices', net: 'hot-plug network cards' };
+
+/** The capabilities an adapter has. */
+export function capabilitiesOf(adapter: VmmCapabilities): CapabilityName[] {
+  return CAPABILITY_NAMES.filter((c) => adapter[c] !== undefined);
+}
+
+/** Why `adapter` cannot do `capability`, in words naming the VMM; undefined when it can. */
+export function lackOf(adapter: VmmAdapter, capability: CapabilityName): string | undefined {
+  return adapter[capability] ? undefined : `this VM's VMM, ${VMM_NAMES[adapter.kind]}, cannot ${CAPABILITY_WORDS[capability]} through xdp-vm`;
 }
 
 export class VmmError extends Error {

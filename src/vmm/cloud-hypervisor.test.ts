@@ -7,7 +7,7 @@ import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { requireProgram } from '../deps.js';
 import { runProgram } from '../exec.js';
 import { packageRoot } from '../paths.js';
-import { NotImplementedError, type VmmEvent } from './adapter.js';
+import { capabilitiesOf, lackOf, type VmmEvent } from './adapter.js';
 import { CloudHypervisorAdapter, fsConfigFor } from './cloud-hypervisor.js';
 
 /**
@@ -307,7 +307,7 @@ describe('cloud-hypervisor adapter against a spec-checked fake', () => {
     await adapter.attachShare(SHARE);
     fake.ejectDelayMs = 300;
     const order: string[] = [];
-    const detached = nextEvent(adapter, 'share-detached');
+    const detached = nextEvent(adapter, 'device-detached');
     const started = Date.now();
     await adapter.detachShare('xdpvm-doc', {
       beforeDetach: async () => {
@@ -317,7 +317,7 @@ describe('cloud-hypervisor adapter against a spec-checked fake', () => {
     expect(Date.now() - started).toBeGreaterThanOrEqual(290);
     expect(order).toEqual(['unmount (requests so far: 0)']);
     expect(fake.requests.filter((r) => r.path === '/vm.remove-device')).toEqual([{ method: 'PUT', path: '/vm.remove-device', body: { id: 'xdpvm-fs-xdpvm-doc' } }]);
-    expect(await detached).toEqual({ type: 'share-detached', id: 'xdpvm-doc', deviceId: 'xdpvm-fs-xdpvm-doc', expected: true });
+    expect(await detached).toEqual({ type: 'device-detached', kind: 'share', id: 'xdpvm-doc', deviceId: 'xdpvm-fs-xdpvm-doc', expected: true });
     expect((await adapter.listShares()).map((s) => s.deviceId)).toEqual(['_fs0']);
   });
 
@@ -346,9 +346,9 @@ describe('cloud-hypervisor adapter against a spec-checked fake', () => {
   it('a device the guest removed by itself is reported as an unexpected detach', async () => {
     const adapter = await connect();
     await adapter.attachShare(SHARE);
-    const detached = nextEvent(adapter, 'share-detached');
+    const detached = nextEvent(adapter, 'device-detached');
     fake.removeByGuest('xdpvm-fs-xdpvm-doc');
-    expect(await detached).toEqual({ type: 'share-detached', id: 'xdpvm-doc', deviceId: 'xdpvm-fs-xdpvm-doc', expected: false });
+    expect(await detached).toEqual({ type: 'device-detached', kind: 'share', id: 'xdpvm-doc', deviceId: 'xdpvm-fs-xdpvm-doc', expected: false });
   });
 
   it('refuses to plug a device id the VM already has', async () => {
@@ -390,9 +390,10 @@ describe('cloud-hypervisor adapter against a spec-checked fake', () => {
     await expect(CloudHypervisorAdapter.connect(path.join(dir, 'absent.sock'), { logger: quiet })).rejects.toThrow(/vmm.ping at .*absent.sock: .*ENOENT/);
   });
 
-  it('USB and NIC hot-plug say they are not implemented yet', async () => {
+  it('has the shares capability only, and says in words naming itself what it lacks', async () => {
     const adapter = await connect();
-    await expect(adapter.attachUsb({ id: 'key', vendorId: 0x1050, productId: 0x0407 })).rejects.toBeInstanceOf(NotImplementedError);
-    await expect(adapter.attachNet({ id: 'net0', tapName: 'tap0' })).rejects.toBeInstanceOf(NotImplementedError);
+    expect(capabilitiesOf(adapter)).toEqual(['shares']);
+    expect(lackOf(adapter, 'usb')).toBe("this VM's VMM, cloud-hypervisor, cannot attach USB devices through xdp-vm");
+    expect(lackOf(adapter, 'shares')).toBeUndefined();
   });
 });

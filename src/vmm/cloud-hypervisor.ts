@@ -3,15 +3,13 @@ import { z } from 'zod';
 import { childLogger, type Logger } from '../log.js';
 import {
   assertSafeId,
-  NotImplementedError,
   VmmError,
   type AttachedShare,
   type AttachOptions,
   type DetachOptions,
-  type NetSpec,
   type ShareInfo,
+  type ShareCapability,
   type ShareSpec,
-  type UsbSpec,
   type VmmAdapter,
 } from './adapter.js';
 import { AdapterBase, checkShareSpec } from './adapter-base.js';
@@ -150,7 +148,9 @@ interface Tracked {
 
 export class CloudHypervisorAdapter extends AdapterBase implements VmmAdapter {
   readonly kind = 'cloud-hypervisor' as const;
-  private readonly shares = new Map<string, Tracked>();
+  /** Virtiofs shares: the one capability this adapter has so far. */
+  readonly shares: ShareCapability = this;
+  private readonly ourShares = new Map<string, Tracked>();
   private readonly detaching = new Set<string>();
   protected readonly log: Logger;
   private poll: NodeJS.Timeout | undefined;
@@ -195,27 +195,12 @@ export class CloudHypervisorAdapter extends AdapterBase implements VmmAdapter {
     return (info.config.fs ?? []).map((fs) => {
       const deviceId = fs.id ?? undefined;
       const id = deviceId?.startsWith(prefix) ? deviceId.slice(prefix.length) : undefined;
-      const attachedHere = id !== undefined && this.shares.get(id)?.deviceId === deviceId;
+      const attachedHere = id !== undefined && this.ourShares.get(id)?.deviceId === deviceId;
       const location = deviceId ? (info.device_tree?.[deviceId]?.pci_bdf ?? undefined) : undefined;
       return { id, tag: fs.tag, deviceId, location, attachedHere };
     });
   }
 
-  attachUsb(_spec: UsbSpec): Promise<void> {
-    return Promise.reject(new NotImplementedError('cloud-hypervisor USB attach', 'cloud-hypervisor has no USB; VFIO passthrough of a whole controller with vm.add-device'));
-  }
-
-  detachUsb(_id: string): Promise<void> {
-    return Promise.reject(new NotImplementedError('cloud-hypervisor USB detach', 'vm.remove-device'));
-  }
-
-  attachNet(_spec: NetSpec): Promise<void> {
-    return Promise.reject(new NotImplementedError('cloud-hypervisor NIC attach', "vm.add-net with the helper's tap"));
-  }
-
-  detachNet(_id: string): Promise<void> {
-    return Promise.reject(new NotImplementedError('cloud-hypervisor NIC detach', 'vm.remove-device'));
-  }
 
   async close(): Promise<void> {
     this.closed = true;
@@ -224,7 +209,7 @@ export class CloudHypervisorAdapter extends AdapterBase implements VmmAdapter {
   }
 
   private async doAttachShare(spec: ShareSpec, opts: AttachOptions): Promise<AttachedShare> {
-    if (this.shares.has(spec.id)) throw new VmmError(`share ${spec.id} is already attached`);
+    if (this.ourShares.has(spec.id)) throw new VmmError(`share ${spec.id} is already attached`);
     const body = fsConfigFor(spec);
     const deviceId = shareDeviceId(spec.id);
     if ((await this.vmInfo()).config.fs?.some((fs) => fs.id === deviceId)) {
@@ -238,7 +223,7 @@ export class CloudHypervisorAdapter extends AdapterBase implements VmmAdapter {
       const hint = res.status === 500 ? ' (vhost-user devices need the VM started with --memory shared=on)' : '';
       throw new VmmError(`share ${spec.id}: vm.add-fs failed with HTTP ${res.status}: ${excerpt(res.body)}${hint}`);
     }
-    this.shares.set(spec.id, { id: spec.id, tag: spec.tag, deviceId });
+    this.ourShares.set(spec.id, { id: spec.id, tag: spec.tag, deviceId });
     this.log.info({ share: spec.id, tag: spec.tag, deviceId, location }, 'share attached');
     return { id: spec.id, tag: spec.tag, deviceId, location };
   }
@@ -246,7 +231,7 @@ export class CloudHypervisorAdapter extends AdapterBase implements VmmAdapter {
   private async doDetachShare(id: string, opts: DetachOptions): Promise<void> {
     const deviceId = shareDeviceId(id);
     const present = (await this.vmInfo()).config.fs?.some((fs) => fs.id === deviceId) ?? false;
-    if (!this.shares.has(id) && !present) throw new VmmError(`share ${id} is not attached to this VM`);
+    if (!this.ourShares.has(id) && !present) throw new VmmError(`share ${id} is not attached to this VM`);
     await opts.beforeDetach?.();
     const timeoutMs = opts.timeoutMs ?? 10_000;
     this.detaching.add(deviceId);
@@ -262,9 +247,9 @@ export class CloudHypervisorAdapter extends AdapterBase implements VmmAdapter {
     } finally {
       this.detaching.delete(deviceId);
     }
-    this.shares.delete(id);
+    this.ourShares.delete(id);
     this.log.info({ share: id, deviceId }, 'share detached');
-    this.emit({ type: 'share-detached', id, deviceId, expected: true });
+    this.emit({ type: 'device-detached', kind: 'share', id, deviceId, expected: true });
   }
 
   /** The guest's eject completes the removal; until then the device stays in `config.fs`. */
@@ -308,11 +293,11 @@ export class CloudHypervisorAdapter extends AdapterBase implements VmmAdapter {
     this.pollFailures = 0;
     if (!LIVE_STATES.has(info.state)) return this.markGone(`the VM is ${info.state}`);
     const present = new Set((info.config.fs ?? []).map((fs) => fs.id));
-    for (const [id, share] of this.shares) {
+    for (const [id, share] of this.ourShares) {
       if (present.has(share.deviceId) || this.detaching.has(share.deviceId)) continue;
-      this.shares.delete(id);
+      this.ourShares.delete(id);
       this.log.warn({ share: id, deviceId: share.deviceId }, 'share removed without our asking');
-      this.emit({ type: 'share-detached', id, deviceId: share.deviceId, expected: false });
+      this.emit({ type: 'device-detached', kind: 'share', id, deviceId: share.deviceId, expected: false });
     }
   }
 

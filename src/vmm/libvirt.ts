@@ -7,15 +7,13 @@ import { ExecError, runProgram, startService, type Service } from '../exec.js';
 import { childLogger, type Logger } from '../log.js';
 import {
   assertSafeId,
-  NotImplementedError,
   VmmError,
   type AttachedShare,
   type AttachOptions,
   type DetachOptions,
-  type NetSpec,
   type ShareInfo,
+  type ShareCapability,
   type ShareSpec,
-  type UsbSpec,
   type VmmAdapter,
 } from './adapter.js';
 import { AdapterBase, checkShareSpec } from './adapter-base.js';
@@ -53,7 +51,9 @@ interface Tracked {
 
 export class LibvirtAdapter extends AdapterBase implements VmmAdapter {
   readonly kind = 'libvirt' as const;
-  private readonly shares = new Map<string, Tracked>();
+  /** Virtiofs shares: the one capability this adapter has so far. */
+  readonly shares: ShareCapability = this;
+  private readonly ourShares = new Map<string, Tracked>();
   private readonly detaching = new Set<string>();
   private readonly removedWaiters = new Map<string, () => void>();
   protected readonly log: Logger;
@@ -97,26 +97,11 @@ export class LibvirtAdapter extends AdapterBase implements VmmAdapter {
   async listShares(): Promise<ShareInfo[]> {
     return (await this.filesystems()).map((fs) => {
       const id = fs.alias?.startsWith(ALIAS_PREFIX) ? fs.alias.slice(ALIAS_PREFIX.length) : undefined;
-      const attachedHere = id !== undefined && this.shares.get(id)?.alias === fs.alias;
+      const attachedHere = id !== undefined && this.ourShares.get(id)?.alias === fs.alias;
       return { id, tag: fs.tag, deviceId: fs.alias, location: fs.location, attachedHere };
     });
   }
 
-  attachUsb(_spec: UsbSpec): Promise<void> {
-    return Promise.reject(new NotImplementedError('libvirt USB attach', "virsh attach-device --live with a <hostdev mode='subsystem' type='usb'> by vendor/product"));
-  }
-
-  detachUsb(_id: string): Promise<void> {
-    return Promise.reject(new NotImplementedError('libvirt USB detach', 'virsh detach-device-alias --live'));
-  }
-
-  attachNet(_spec: NetSpec): Promise<void> {
-    return Promise.reject(new NotImplementedError('libvirt NIC attach', "virsh attach-device --live with an <interface type='ethernet'> on the helper's tap"));
-  }
-
-  detachNet(_id: string): Promise<void> {
-    return Promise.reject(new NotImplementedError('libvirt NIC detach', 'virsh detach-device-alias --live'));
-  }
 
   async close(): Promise<void> {
     this.closed = true;
@@ -126,7 +111,7 @@ export class LibvirtAdapter extends AdapterBase implements VmmAdapter {
   }
 
   private async doAttachShare(spec: ShareSpec, opts: AttachOptions): Promise<AttachedShare> {
-    if (this.shares.has(spec.id)) throw new VmmError(`share ${spec.id} is already attached`);
+    if (this.ourShares.has(spec.id)) throw new VmmError(`share ${spec.id} is already attached`);
     const alias = shareAlias(spec.id);
     const present = await this.filesystems();
     if (present.some((fs) => fs.alias === alias)) {
@@ -147,14 +132,14 @@ export class LibvirtAdapter extends AdapterBase implements VmmAdapter {
       rmSync(dir, { recursive: true, force: true });
     }
     const location = (await this.filesystems()).find((fs) => fs.alias === alias)?.location;
-    this.shares.set(spec.id, { id: spec.id, tag: spec.tag, alias });
+    this.ourShares.set(spec.id, { id: spec.id, tag: spec.tag, alias });
     this.log.info({ share: spec.id, tag: spec.tag, alias, location }, 'share attached');
     return { id: spec.id, tag: spec.tag, deviceId: alias, location };
   }
 
   private async doDetachShare(id: string, opts: DetachOptions): Promise<void> {
     const alias = shareAlias(id);
-    if (!this.shares.has(id) && !(await this.filesystems()).some((fs) => fs.alias === alias)) {
+    if (!this.ourShares.has(id) && !(await this.filesystems()).some((fs) => fs.alias === alias)) {
       throw new VmmError(`share ${id} is not attached to domain ${this.opts.domain}`);
     }
     await opts.beforeDetach?.();
@@ -183,9 +168,9 @@ export class LibvirtAdapter extends AdapterBase implements VmmAdapter {
     } finally {
       this.detaching.delete(alias);
     }
-    this.shares.delete(id);
+    this.ourShares.delete(id);
     this.log.info({ share: id, alias }, 'share detached');
-    this.emit({ type: 'share-detached', id, deviceId: alias, expected: true });
+    this.emit({ type: 'device-detached', kind: 'share', id, deviceId: alias, expected: true });
   }
 
   /** Resolves when the event stream reports the alias removed, or dumpxml no longer lists it. */
@@ -254,11 +239,11 @@ export class LibvirtAdapter extends AdapterBase implements VmmAdapter {
   private onDeviceRemoved(alias: string): void {
     this.removedWaiters.get(alias)?.();
     if (this.detaching.has(alias)) return;
-    for (const [id, share] of this.shares) {
+    for (const [id, share] of this.ourShares) {
       if (share.alias !== alias) continue;
-      this.shares.delete(id);
+      this.ourShares.delete(id);
       this.log.warn({ share: id, alias }, 'share removed without our asking');
-      this.emit({ type: 'share-detached', id, deviceId: alias, expected: false });
+      this.emit({ type: 'device-detached', kind: 'share', id, deviceId: alias, expected: false });
     }
   }
 

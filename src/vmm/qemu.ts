@@ -2,15 +2,13 @@ import { z } from 'zod';
 import { childLogger, type Logger } from '../log.js';
 import {
   assertSafeId,
-  NotImplementedError,
   VmmError,
   type AttachedShare,
   type AttachOptions,
   type DetachOptions,
-  type NetSpec,
   type ShareInfo,
+  type ShareCapability,
   type ShareSpec,
-  type UsbSpec,
   type VmmAdapter,
 } from './adapter.js';
 import { AdapterBase, checkShareSpec } from './adapter-base.js';
@@ -58,7 +56,9 @@ export function shareChardevId(id: string): string {
 
 export class QemuAdapter extends AdapterBase implements VmmAdapter {
   readonly kind = 'qemu' as const;
-  private readonly shares = new Map<string, Tracked>();
+  /** Virtiofs shares: the one capability this adapter has so far. */
+  readonly shares: ShareCapability = this;
+  private readonly ourShares = new Map<string, Tracked>();
   /** Device ids we asked QEMU to remove, so their DEVICE_DELETED is not "unexpected". */
   private readonly detaching = new Set<string>();
   private readonly offs: Array<() => void>;
@@ -100,7 +100,7 @@ export class QemuAdapter extends AdapterBase implements VmmAdapter {
         const id = deviceId?.startsWith(DEVICE_PREFIX) ? deviceId.slice(DEVICE_PREFIX.length) : undefined;
         const tag = await this.qomGetString(path, 'tag');
         const location = portOfBus(await this.qomGetString(path, 'parent_bus'));
-        const attachedHere = id !== undefined && this.shares.get(id)?.deviceId === deviceId;
+        const attachedHere = id !== undefined && this.ourShares.get(id)?.deviceId === deviceId;
         found.push({ id, tag, deviceId, location, attachedHere });
       }
     }
@@ -123,21 +123,6 @@ export class QemuAdapter extends AdapterBase implements VmmAdapter {
     return free;
   }
 
-  attachUsb(_spec: UsbSpec): Promise<void> {
-    return Promise.reject(new NotImplementedError('QEMU USB attach', "device_add usb-host on a qemu-xhci bus, removed with device_del"));
-  }
-
-  detachUsb(_id: string): Promise<void> {
-    return Promise.reject(new NotImplementedError('QEMU USB detach', 'device_del and wait for DEVICE_DELETED'));
-  }
-
-  attachNet(_spec: NetSpec): Promise<void> {
-    return Promise.reject(new NotImplementedError('QEMU NIC attach', 'netdev_add tap + device_add virtio-net-pci on a free root port'));
-  }
-
-  detachNet(_id: string): Promise<void> {
-    return Promise.reject(new NotImplementedError('QEMU NIC detach', 'device_del, DEVICE_DELETED, then netdev_del'));
-  }
 
   async close(): Promise<void> {
     for (const off of this.offs) off();
@@ -146,7 +131,7 @@ export class QemuAdapter extends AdapterBase implements VmmAdapter {
   }
 
   private async doAttachShare(spec: ShareSpec, opts: AttachOptions): Promise<AttachedShare> {
-    if (this.shares.has(spec.id)) throw new VmmError(`share ${spec.id} is already attached`);
+    if (this.ourShares.has(spec.id)) throw new VmmError(`share ${spec.id} is already attached`);
     const deviceId = shareDeviceId(spec.id);
     const chardevId = shareChardevId(spec.id);
     const present = await this.qomList(PERIPHERAL);
@@ -189,13 +174,13 @@ export class QemuAdapter extends AdapterBase implements VmmAdapter {
         .catch((err: unknown) => this.log.warn({ err }, 'rollback of chardev failed'));
       throw new VmmError(`share ${spec.id}: device_add on ${port} failed: ${describe(cause)}`, { cause });
     }
-    this.shares.set(spec.id, { spec, deviceId, chardevId, port });
+    this.ourShares.set(spec.id, { spec, deviceId, chardevId, port });
     this.log.info({ share: spec.id, tag: spec.tag, deviceId, port }, 'share attached');
     return { id: spec.id, tag: spec.tag, deviceId, location: port };
   }
 
   private async doDetachShare(id: string, opts: DetachOptions): Promise<void> {
-    const share = this.shares.get(id) ?? (await this.adopt(id));
+    const share = this.ourShares.get(id) ?? (await this.adopt(id));
     if (!share) throw new VmmError(`share ${id} is not attached to this VM`);
     await opts.beforeDetach?.();
     const timeoutMs = opts.timeoutMs ?? 10_000;
@@ -227,9 +212,9 @@ export class QemuAdapter extends AdapterBase implements VmmAdapter {
     } finally {
       this.detaching.delete(share.deviceId);
     }
-    this.shares.delete(id);
+    this.ourShares.delete(id);
     this.log.info({ share: id, deviceId: share.deviceId }, 'share detached');
-    this.emit({ type: 'share-detached', id, deviceId: share.deviceId, expected: true });
+    this.emit({ type: 'device-detached', kind: 'share', id, deviceId: share.deviceId, expected: true });
   }
 
   /** Ask QEMU to unplug; true when the device was already gone. */
@@ -261,14 +246,14 @@ export class QemuAdapter extends AdapterBase implements VmmAdapter {
     if (event.event !== 'DEVICE_DELETED' || typeof event.data.device !== 'string') return;
     const deviceId = event.data.device;
     if (this.detaching.has(deviceId)) return;
-    for (const [id, share] of this.shares) {
+    for (const [id, share] of this.ourShares) {
       if (share.deviceId !== deviceId) continue;
-      this.shares.delete(id);
+      this.ourShares.delete(id);
       this.log.warn({ share: id, deviceId }, 'share removed without our asking');
       void this.qmp
         .execute('chardev-remove', { id: share.chardevId })
         .catch((err: unknown) => this.log.warn({ err }, 'chardev-remove after unexpected unplug failed'));
-      this.emit({ type: 'share-detached', id, deviceId, expected: false });
+      this.emit({ type: 'device-detached', kind: 'share', id, deviceId, expected: false });
     }
   }
 

@@ -100,8 +100,8 @@ describe('libvirt adapter with a real libvirtd', () => {
       console.log(`libvirt round ${round}: attach → guest read ${readMs} ms, detach (incl. guest umount) ${unplugMs} ms`);
     }
     expect(seen).toEqual([
-      { type: 'share-detached', id: 'doc', deviceId: 'ua-xdpvm-fs-doc', expected: true },
-      { type: 'share-detached', id: 'doc', deviceId: 'ua-xdpvm-fs-doc', expected: true },
+      { type: 'device-detached', kind: 'share', id: 'doc', deviceId: 'ua-xdpvm-fs-doc', expected: true },
+      { type: 'device-detached', kind: 'share', id: 'doc', deviceId: 'ua-xdpvm-fs-doc', expected: true },
     ]);
   });
 
@@ -111,7 +111,7 @@ describe('libvirt adapter with a real libvirtd', () => {
     const before = (await guest.agent.check(virtiofsDevices)).split('\n').filter(Boolean);
     await adapter.attachShare({ id: 'eject-me', tag: 'xdpvm-eject', socketPath });
     expect(await guest.agent.check(mountAndRead('xdpvm-eject', '/run/eject') + ' && umount /run/eject')).toBe('soon gone');
-    const detached = new Promise<VmmEvent>((resolve) => adapter.events.subscribe((e) => e.type === 'share-detached' && resolve(e)));
+    const detached = new Promise<VmmEvent>((resolve) => adapter.events.subscribe((e) => e.type === 'device-detached' && resolve(e)));
     // ACPI eject from inside: power off the hot-plug slot the share's PCI device sits in.
     const ours = (await guest.agent.check(virtiofsDevices)).split('\n').filter((d) => d && !before.includes(d));
     expect(ours).toHaveLength(1);
@@ -124,7 +124,7 @@ describe('libvirt adapter with a real libvirtd', () => {
       ].join('\n'),
     );
     expect(ejected).toMatch(/^ejected 0000:\w+:00\.0\n$/);
-    expect(await detached).toEqual({ type: 'share-detached', id: 'eject-me', deviceId: 'ua-xdpvm-fs-eject-me', expected: false });
+    expect(await detached).toEqual({ type: 'device-detached', kind: 'share', id: 'eject-me', deviceId: 'ua-xdpvm-fs-eject-me', expected: false });
     expect((await adapter.listShares()).map((s) => s.tag)).toEqual(['hostroot']);
   });
 

@@ -9,6 +9,7 @@ import { baseMachineArgs, launchQemu, type LaunchedQemu } from '../e2e/harness/q
 import { startVirtiofsd } from '../e2e/harness/virtiofsd.js';
 import { ReadCapExceededError } from '../../src/vmm/json-lines.js';
 import type { VmmEvent } from '../../src/vmm/adapter.js';
+import { capabilitiesOf, lackOf } from '../../src/vmm/adapter.js';
 import { QemuAdapter } from '../../src/vmm/qemu.js';
 import { QmpClient, QmpError, type QmpEvent } from '../../src/vmm/qmp.js';
 
@@ -277,10 +278,11 @@ describe('QmpClient and QemuAdapter against a real QEMU (-S, no guest)', () => {
     await adapter.close();
   }, 30_000);
 
-  it('USB and NIC hot-plug say plainly that they are not implemented yet', async () => {
+  it('has no USB or NIC capability yet, and says so naming QEMU rather than failing later', async () => {
     const adapter = new QemuAdapter(vm.qmp);
-    await expect(adapter.attachUsb({ id: 'key', vendorId: 0x1050, productId: 0x0407 })).rejects.toThrow(/not implemented yet/);
-    await expect(adapter.attachNet({ id: 'nic', tapName: 'tap0' })).rejects.toThrow(/not implemented yet/);
+    expect(capabilitiesOf(adapter)).toEqual(['shares']);
+    expect(lackOf(adapter, 'usb')).toBe("this VM's VMM, QEMU (QMP), cannot attach USB devices through xdp-vm");
+    expect(lackOf(adapter, 'net')).toBe("this VM's VMM, QEMU (QMP), cannot hot-plug network cards through xdp-vm");
     await adapter.close();
   });
 });

@@ -152,8 +152,8 @@ describe('a guest booted with the host root', () => {
       );
     }
     expect(vmmEvents).toEqual([
-      { type: 'share-detached', id: 'docs', deviceId: 'xdpvm-fs-docs', expected: true },
-      { type: 'share-detached', id: 'docs', deviceId: 'xdpvm-fs-docs', expected: true },
+      { type: 'device-detached', kind: 'share', id: 'docs', deviceId: 'xdpvm-fs-docs', expected: true },
+      { type: 'device-detached', kind: 'share', id: 'docs', deviceId: 'xdpvm-fs-docs', expected: true },
     ]);
     await adapter.close();
   }, SLOW);
@@ -175,7 +175,7 @@ describe('a guest booted with the host root', () => {
       'done; sleep 0.05; done; exit 1',
     ].join('\n');
     expect(await guest.agent.check(ejectScript)).toMatch(/^ejected /);
-    expect(await detached).toEqual({ type: 'share-detached', id: 'eject', deviceId: 'xdpvm-fs-eject', expected: false });
+    expect(await detached).toEqual({ type: 'device-detached', kind: 'share', id: 'eject', deviceId: 'xdpvm-fs-eject', expected: false });
     expect(await daemon.exited).toEqual({ code: 0, signal: null });
     expect((await adapter.listShares()).map((s) => s.tag)).toEqual(['hostroot']);
     await adapter.close();
