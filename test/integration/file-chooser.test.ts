@@ -189,14 +189,16 @@ describe('Close while the dialog is up', () => {
 });
 
 describe('isolation, revocation, persistence', () => {
-  let uri: string;
-  let id: string;
+  /** Each test makes its own grant, so any one of them can run alone. */
+  async function grant(name: string, content: string): Promise<{ uri: string; id: string; hostPath: string }> {
+    const hostPath = hostFile(name, content);
+    world.dialog.behave(() => ({ response: 0, uris: [url(hostPath)] }));
+    const uri = urisOf(await world.fileDialog('work', 'OpenFile', 'Open'))[0]!;
+    return { uri, id: path.basename(path.dirname(local(uri))), hostPath };
+  }
 
   it('VM B cannot see VM A\'s grant', async () => {
-    const secret = hostFile('secret.txt', 'work only');
-    world.dialog.behave(() => ({ response: 0, uris: [url(secret)] }));
-    uri = urisOf(await world.fileDialog('work', 'OpenFile', 'Open'))[0]!;
-    id = path.basename(path.dirname(local(uri)));
+    const { uri, id } = await grant('secret.txt', 'work only');
     const shopView = world.guest('shop').mount;
     expect(readFileSync(local(uri), 'utf8')).toBe('work only');
     expect(readdirSync(shopView)).not.toContain(id);
@@ -204,14 +206,16 @@ describe('isolation, revocation, persistence', () => {
   });
 
   it('xdp-vm grants lists it, per VM', async () => {
+    const { id, hostPath } = await grant('listed.txt', 'listed');
     const { stdout } = await world.cli(['grants', 'work', '--json']);
-    expect(JSON.parse(stdout)).toEqual(expect.arrayContaining([expect.objectContaining({ vm: 'work', id, hostPath: path.join(files, 'secret.txt'), writable: false })]));
+    expect(JSON.parse(stdout)).toEqual(expect.arrayContaining([expect.objectContaining({ vm: 'work', id, hostPath, writable: false })]));
     expect((await world.cli(['grants', 'shop'])).stdout).not.toContain(id);
   });
 
   it('a daemon restart keeps it, and the guest reconnects by itself', async () => {
+    const { uri, id } = await grant('kept.txt', 'kept');
     await world.stopDaemon();
-    expect(readFileSync(local(uri), 'utf8')).toBe('work only');
+    expect(readFileSync(local(uri), 'utf8')).toBe('kept');
     await world.startDaemon();
     expect((await world.cli(['grants', 'work'])).stdout).toContain(id);
     const other = hostFile('after-restart.txt', 'still here');
@@ -221,6 +225,7 @@ describe('isolation, revocation, persistence', () => {
   });
 
   it('revoke makes the file vanish from the VM at once', async () => {
+    const { uri, id } = await grant('revoked.txt', 'soon gone');
     const { stdout } = await world.cli(['grants', 'revoke', 'work', id]);
     expect(stdout).toContain(`Revoked ${id} from work`);
     expect(() => readFileSync(local(uri))).toThrow(/ENOENT/);

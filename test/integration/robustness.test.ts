@@ -76,7 +76,12 @@ describe('a malformed frame from one VM', () => {
     link.destroy();
   });
 
-  it('the real guest of that VM reconnects by itself afterwards', async () => {
+  it('the real guest of a VM reconnects by itself after a hostile link took its place', async () => {
+    // A new link from a VM replaces its old one: the real guest's link is closed here.
+    const intruder = await RawLink.connect(world.guest('work').endpoint);
+    intruder.hello();
+    await expect.poll(() => intruder.frames.length).toBe(1);
+    intruder.destroy();
     world.dialog.behave(() => ({ response: 0, uris: [`file://${file}`] }));
     const reply = await world.fileDialog('work', 'OpenFile', 'Open');
     expect(reply.response).toBe(0);
