@@ -8,7 +8,8 @@ import { describeRow } from '../../src/policy/model.js';
 import type { PolicyDecider } from '../../src/policy/policy.js';
 import type { HandlerContext, Params, ResultOf } from '../../src/protocol/methods.js';
 import type { HostHalf } from '../portal.js';
-import { guestText } from '../../src/guest-input.js';
+import { guestLogText, guestText } from '../../src/guest-input.js';
+import { plantedLinkProblem, vmWritableFolders } from '../../src/host/planted-links.js';
 import { hop } from '../../src/trace.js';
 import { showHostFileDialog } from './host-dialog.js';
 import { dialogRequest } from './dialog-options.js';
@@ -98,7 +99,16 @@ export async function handleOpenDialog(params: Params<typeof OpenDialog>, ctx: H
   const title = dialogTitle(vm, params.kind, params.title);
   log.info({ kind: params.kind, title, dropped: Object.keys(params.options).filter((k) => !(k in request.options)) }, 'showing the host file dialog');
   hop(log, 'host.dialog-called');
-  const answer = await showHostFileDialog(deps.hostBus, params.kind, title, request.options, ctx.signal);
+  let answer: Awaited<ReturnType<typeof showHostFileDialog>>;
+  try {
+    answer = await showHostFileDialog(deps.hostBus, params.kind, title, request.options, ctx.signal);
+  } catch (err) {
+    // The dialog refused the options (the frontend's own checks) or could not be shown: the app gets 2, the audit says why.
+    const why = guestLogText((err as Error).message, 300);
+    log.warn({ why }, 'the host file dialog could not be shown');
+    audit({ vm: vm.name, portal: 'FileChooser', request: requestId, decision: 'error', reason: 'failure', grant: null, asked: { ...asked, refused: why } });
+    return { response: 2, results: {} };
+  }
   hop(log, 'host.dialog-answered', { response: answer.response });
   if (answer.response !== 0 || ctx.signal.aborted) {
     const reason = ctx.signal.aborted ? 'closed' : answer.response === 1 ? 'user' : 'failure';
@@ -115,6 +125,9 @@ export async function handleOpenDialog(params: Params<typeof OpenDialog>, ctx: H
   if (typeof paths === 'string') return refuse(paths);
   const ungrantable = paths.map(whyNotGrantable).find((why) => why !== undefined);
   if (ungrantable) return refuse(ungrantable);
+  const writable = await vmWritableFolders(docs, []);
+  const planted = paths.map((p) => plantedLinkProblem(p, writable)).find((why) => why !== undefined);
+  if (planted) return refuse(planted);
   let grants: Grant[];
   try {
     grants = await grantChosen(paths, write, deps);
