@@ -2,8 +2,8 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { Bus } from '../src/dbus/bus.js';
 import { now } from '../src/trace.js';
-import { fileChooserHops, lastMarks } from '../test/helpers/hops.js';
-import { fileDialogOn, World } from '../test/helpers/world.js';
+import { fileChooserHops, lastMarks } from '../src/testbed/hops.js';
+import { fileDialogOn, World } from '../src/testbed/world.js';
 import { BENCH_CONFIG, summarize, type Summary } from './stats.js';
 
 /** Where a forwarded OpenFile spends its time: per-hop medians from the processes' own hop marks. */

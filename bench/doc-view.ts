@@ -6,7 +6,7 @@ import { requireProgram } from '../src/deps.js';
 import { runProgram } from '../src/exec.js';
 import { DocumentStore } from '../src/host/documents.js';
 import { now } from '../src/trace.js';
-import { startPrivateBus, type PrivateBus } from '../test/helpers/private-bus.js';
+import { startPrivateBus, type PrivateBus } from '../src/testbed/private-bus.js';
 import { summarize } from './stats.js';
 
 /**

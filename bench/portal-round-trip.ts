@@ -1,7 +1,7 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { Bus } from '../src/dbus/bus.js';
-import { fileDialogOn, World } from '../test/helpers/world.js';
+import { fileDialogOn, World } from '../src/testbed/world.js';
 import { BENCH_CONFIG, summarize, timeEach, type Summary } from './stats.js';
 
 /**

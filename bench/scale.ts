@@ -5,7 +5,7 @@ import { Connection } from '../src/protocol/connection.js';
 import { methodTable } from '../src/protocol/methods.js';
 import { Ping, SESSION_METHODS } from '../src/protocol/session.js';
 import { BENCH_CONFIG } from './stats.js';
-import { World } from '../test/helpers/world.js';
+import { World } from '../src/testbed/world.js';
 
 /**
  * The host daemon with many VMs connected at once: its resident memory, and

@@ -1,10 +1,10 @@
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { QemuAdapter } from '../src/vmm/qemu.js';
-import { startVirtiofsd } from '../test/e2e/harness/virtiofsd.js';
-import { bootPortalVm, type AppResult, type PortalVm } from '../test/e2e/helpers/portal-vm.js';
-import { lastMarks } from '../test/helpers/hops.js';
-import { World } from '../test/helpers/world.js';
+import { startVirtiofsd } from '../src/testbed/qemu/virtiofsd.js';
+import { bootPortalVm, type AppResult, type PortalVm } from '../src/testbed/qemu/portal-vm.js';
+import { lastMarks } from '../src/testbed/hops.js';
+import { World } from '../src/testbed/world.js';
 import { BENCH_CONFIG, summarize, type Summary } from './stats.js';
 
 /**

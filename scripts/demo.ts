@@ -3,10 +3,10 @@ import path from 'node:path';
 import { pino } from 'pino';
 import { Bus } from '../src/dbus/bus.js';
 import { setRootLogger } from '../src/log.js';
-import { lastMarks, vmFileChooserHops, type HopRow } from '../test/helpers/hops.js';
-import { processesMatching } from '../test/helpers/processes.js';
-import { World } from '../test/helpers/world.js';
-import { bootPortalVm, type AppResult, type PortalVm } from '../test/e2e/helpers/portal-vm.js';
+import { lastMarks, vmFileChooserHops, type HopRow } from '../src/testbed/hops.js';
+import { processesMatching } from '../src/testbed/processes.js';
+import { World } from '../src/testbed/world.js';
+import { bootPortalVm, type AppResult, type PortalVm } from '../src/testbed/qemu/portal-vm.js';
 
 /**
  * `npm run demo`: an app in a micro-VM asks for a file; the host dialog

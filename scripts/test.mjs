@@ -42,6 +42,12 @@ if (!args.includes('--no-setup')) {
 
 const results = [];
 mkdirSync(path.join(root, 'test-results'), { recursive: true });
+// Tests are not compiled into dist/ (only the code and the test bed are), so they are type-checked here.
+if (tiers.includes('unit')) {
+  console.log('\n=== type-checking the tests');
+  const tsc = run(process.execPath, [path.join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.test.json']);
+  if (tsc.status !== 0) results.push({ tier: 'typecheck', state: 'FAILED', detail: 'tsc -p tsconfig.test.json reported errors above' });
+}
 for (const tier of tiers) {
   const why = missingHardware(tier);
   if (why) {

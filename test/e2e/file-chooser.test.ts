@@ -1,9 +1,9 @@
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { QEMU_GUEST_MOUNT, World } from '../helpers/world.js';
+import { QEMU_GUEST_MOUNT, World } from '../../src/testbed/world.js';
 import { packageRoot } from '../../src/paths.js';
-import { bootPortalVm, GUEST_APP, type PortalVm } from './helpers/portal-vm.js';
+import { bootPortalVm, GUEST_APP, type PortalVm } from '../../src/testbed/qemu/portal-vm.js';
 
 /**
  * The FileChooser chain where users run it: apps in two real QEMU guests at

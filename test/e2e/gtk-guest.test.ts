@@ -2,8 +2,8 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { packageRoot } from '../../src/paths.js';
-import { QEMU_GUEST_MOUNT, World } from '../helpers/world.js';
-import { bootPortalVm, type PortalVm } from './helpers/portal-vm.js';
+import { QEMU_GUEST_MOUNT, World } from '../../src/testbed/world.js';
+import { bootPortalVm, type PortalVm } from '../../src/testbed/qemu/portal-vm.js';
 
 /**
  * A real app in a real guest: GTK 3's Gtk.FileChooserNative in gjs, on an

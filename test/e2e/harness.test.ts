@@ -5,13 +5,13 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { Service } from '../../../src/exec.js';
-import type { VmmEvent } from '../../../src/vmm/adapter.js';
-import { QemuAdapter } from '../../../src/vmm/qemu.js';
-import type { QmpEvent } from '../../../src/vmm/qmp.js';
-import { processesMatching } from '../../helpers/processes.js';
-import { startVirtiofsd } from './virtiofsd.js';
-import { bootGuest, chooseAccel, type Guest } from './vm.js';
+import type { Service } from '../../src/exec.js';
+import type { VmmEvent } from '../../src/vmm/adapter.js';
+import { QemuAdapter } from '../../src/vmm/qemu.js';
+import type { QmpEvent } from '../../src/vmm/qmp.js';
+import { processesMatching } from '../../src/testbed/processes.js';
+import { startVirtiofsd } from '../../src/testbed/qemu/virtiofsd.js';
+import { bootGuest, chooseAccel, type Guest } from '../../src/testbed/qemu/vm.js';
 
 const SLOW = 120_000;
 

@@ -5,10 +5,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Service } from '../../src/exec.js';
 import type { VmmEvent } from '../../src/vmm/adapter.js';
 import { LibvirtAdapter } from '../../src/vmm/libvirt.js';
-import { QEMU_GUEST_MOUNT, World } from '../helpers/world.js';
-import { startVirtiofsd } from './harness/virtiofsd.js';
-import { bootLibvirtGuest, startPrivateLibvirtd, type LibvirtGuest, type PrivateLibvirtd } from './helpers/libvirt-guest.js';
-import { GUEST_APP, GUEST_ENV, guestSetupScript, PORTAL_PORT, type AppResult } from './helpers/portal-vm.js';
+import { QEMU_GUEST_MOUNT, World } from '../../src/testbed/world.js';
+import { startVirtiofsd } from '../../src/testbed/qemu/virtiofsd.js';
+import { bootLibvirtGuest, startPrivateLibvirtd, type LibvirtGuest, type PrivateLibvirtd } from '../../src/testbed/qemu/libvirt-guest.js';
+import { GUEST_APP, GUEST_ENV, guestSetupScript, PORTAL_PORT, type AppResult } from '../../src/testbed/qemu/portal-vm.js';
 
 /**
  * The libvirt adapter against a real libvirtd (9.0 in Debian 12), private to

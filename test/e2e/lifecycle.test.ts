@@ -3,9 +3,9 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { findVirtiofsd } from '../../src/host/virtiofsd.js';
 import { QemuAdapter } from '../../src/vmm/qemu.js';
-import { processesMatching } from '../helpers/processes.js';
-import { QEMU_GUEST_MOUNT, World } from '../helpers/world.js';
-import { bootPortalVm, type PortalVm } from './helpers/portal-vm.js';
+import { processesMatching } from '../../src/testbed/processes.js';
+import { QEMU_GUEST_MOUNT, World } from '../../src/testbed/world.js';
+import { bootPortalVm, type PortalVm } from '../../src/testbed/qemu/portal-vm.js';
 
 /**
  * What happens to a VM's share when the VM reboots, when QEMU dies, when

@@ -6,8 +6,8 @@ import { stringToBytes, typed } from '../../src/dbus/values.js';
 import { parseAuditLines } from '../../src/host/audit.js';
 import { DocStore } from '../helpers/doc-store.js';
 import { RawLink } from '../helpers/raw-link.js';
-import type { DialogCall, UserAction } from '../helpers/scripted-dialog.js';
-import { World, type DialogReply } from '../helpers/world.js';
+import type { DialogCall, UserAction } from '../../src/testbed/scripted-dialog.js';
+import { World, type DialogReply } from '../../src/testbed/world.js';
 
 /**
  * Names and links a hostile guest uses to reach files the user never chose.

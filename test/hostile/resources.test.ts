@@ -3,7 +3,7 @@ import type net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { encodeFrame } from '../../src/protocol/framing.js';
 import { RawLink } from '../helpers/raw-link.js';
-import { World } from '../helpers/world.js';
+import { World } from '../../src/testbed/world.js';
 
 /**
  * One VM cannot take the daemon's memory or flood its log. A compromised

@@ -3,8 +3,8 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Bus } from '../../src/dbus/bus.js';
 import { CONTROL_BUS_NAME } from '../../src/host/control.js';
-import { processesMatching } from '../helpers/processes.js';
-import { World } from '../helpers/world.js';
+import { processesMatching } from '../../src/testbed/processes.js';
+import { World } from '../../src/testbed/world.js';
 
 /**
  * The daemon can always be restarted: killed with SIGKILL, its children keep

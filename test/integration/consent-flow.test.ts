@@ -12,7 +12,7 @@ import { configureAudit } from '../../src/host/audit.js';
 import { requestConsent, type ConsentDeps } from '../../src/host/consent.js';
 import { Policy } from '../../src/policy/policy.js';
 import { PermissionTables } from '../../src/policy/store.js';
-import { startPrivateBus, type PrivateBus } from '../helpers/private-bus.js';
+import { startPrivateBus, type PrivateBus } from '../../src/testbed/private-bus.js';
 import { pressKeys, waitForWindow } from '../helpers/x11.js';
 import { startXvfb, type Xvfb } from '../helpers/xvfb.js';
 

@@ -3,8 +3,8 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { typed } from '../../src/dbus/values.js';
-import type { DialogReply } from '../helpers/world.js';
-import { World } from '../helpers/world.js';
+import type { DialogReply } from '../../src/testbed/world.js';
+import { World } from '../../src/testbed/world.js';
 
 /**
  * FileChooser from a guest session to the host dialog and back, through the
@@ -107,7 +107,7 @@ describe('OpenFile', () => {
     const choices = [['enc', 'Encoding', [['utf8', 'UTF-8'], ['latin1', 'Latin-1']], 'utf8'], ['ro', 'Read only', [], 'false']];
     // The user picks from what the dialog shows: the second encoding, the box ticked, the second filter.
     world.dialog.behave((call) => {
-      const [[encId, , encValues], [roId]] = call.options.choices as [string, string, [string, string][], string][];
+      const [[encId, , encValues], [roId]] = call.options.choices as [[string, string, [string, string][], string], [string, string, [string, string][], string]];
       const shown = call.options.filters as [string, [number, string][]][];
       return { response: 0, uris: [url(f)], choices: [[encId!, encValues![1]![0]], [roId!, 'true']], current_filter: shown[1]! };
     });

@@ -3,7 +3,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseAuditLines } from '../../src/host/audit.js';
 import { RawLink } from '../helpers/raw-link.js';
-import { World } from '../helpers/world.js';
+import { World } from '../../src/testbed/world.js';
 
 /**
  * A VM that fires requests as fast as it can: past its limit each one is

@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { requireProgram } from '../../src/deps.js';
 import { runProgram } from '../../src/exec.js';
 import { packageRoot } from '../../src/paths.js';
-import { World } from '../helpers/world.js';
+import { World } from '../../src/testbed/world.js';
 import { startXvfb, type Xvfb } from '../helpers/xvfb.js';
 
 /**

@@ -3,8 +3,8 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { typed } from '../../src/dbus/values.js';
 import { bytesOfFileUri, fileUriOfBytes } from '../../src/file-uri.js';
-import type { DialogReply } from '../helpers/world.js';
-import { World } from '../helpers/world.js';
+import type { DialogReply } from '../../src/testbed/world.js';
+import { World } from '../../src/testbed/world.js';
 
 /**
  * Names and paths that a real desktop produces, through the whole chain:

@@ -6,8 +6,8 @@ import { requireProgram } from '../../src/deps.js';
 import { ExecError, runProgram } from '../../src/exec.js';
 import { parseAuditLines } from '../../src/host/audit.js';
 import { cliEntry } from '../../src/paths.js';
-import { startPrivateBus, type PrivateBus } from '../helpers/private-bus.js';
-import { World } from '../helpers/world.js';
+import { startPrivateBus, type PrivateBus } from '../../src/testbed/private-bus.js';
+import { World } from '../../src/testbed/world.js';
 
 /**
  * Policy rows through the real xdg-permission-store: written by `xdp-vm

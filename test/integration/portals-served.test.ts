@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Bus } from '../../src/dbus/bus.js';
-import { World } from '../helpers/world.js';
+import { World } from '../../src/testbed/world.js';
 
 /**
  * The host tells each guest which portals it serves it, from its policy, and

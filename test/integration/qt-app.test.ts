@@ -5,8 +5,8 @@ import { Bus } from '../../src/dbus/bus.js';
 import { requireProgram } from '../../src/deps.js';
 import { runProgram } from '../../src/exec.js';
 import { packageRoot } from '../../src/paths.js';
-import type { DialogCall, User } from '../helpers/scripted-dialog.js';
-import { World } from '../helpers/world.js';
+import type { DialogCall, User } from '../../src/testbed/scripted-dialog.js';
+import { World } from '../../src/testbed/world.js';
 import { startXvfb, type Xvfb } from '../helpers/xvfb.js';
 
 /**

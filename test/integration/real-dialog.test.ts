@@ -7,7 +7,7 @@ import { requireProgram } from '../../src/deps.js';
 import { runProgram } from '../../src/exec.js';
 import { packageRoot } from '../../src/paths.js';
 import { Screen } from '../helpers/screen.js';
-import { World, type DialogReply } from '../helpers/world.js';
+import { World, type DialogReply } from '../../src/testbed/world.js';
 import { waitForWindow } from '../helpers/x11.js';
 import { startXvfb, type Xvfb } from '../helpers/xvfb.js';
 

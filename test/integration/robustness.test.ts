@@ -2,9 +2,9 @@ import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { processesMatching } from '../helpers/processes.js';
+import { processesMatching } from '../../src/testbed/processes.js';
 import { RawLink } from '../helpers/raw-link.js';
-import { World } from '../helpers/world.js';
+import { World } from '../../src/testbed/world.js';
 
 /**
  * A hostile or broken guest gets a precise error and loses its own link;

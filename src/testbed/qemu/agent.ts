@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { childLogger, type Logger } from '../../../src/log.js';
+import { childLogger, type Logger } from '../../log.js';
 
 /**
  * Host side of the guest command agent (guest-agent.sh) on a dedicated

@@ -1,8 +1,8 @@
 import { closeSync, openSync, readSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { Bus, type Vardict } from '../../../src/dbus/bus.js';
-import { callPortalRequest } from '../../../src/dbus/portal-request.js';
-import { typed } from '../../../src/dbus/values.js';
+import { Bus, type Vardict } from '../../dbus/bus.js';
+import { callPortalRequest } from '../../dbus/portal-request.js';
+import { typed } from '../../dbus/values.js';
 
 /**
  * Runs inside a guest: what an app does with the file chooser portal, as a

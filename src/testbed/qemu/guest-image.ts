@@ -1,10 +1,10 @@
 import { createHash } from 'node:crypto';
 import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { requireProgram } from '../../../src/deps.js';
-import { runProgram } from '../../../src/exec.js';
-import { packageRoot } from '../../../src/paths.js';
-import { childLogger } from '../../../src/log.js';
+import { requireProgram } from '../../deps.js';
+import { runProgram } from '../../exec.js';
+import { packageRoot } from '../../paths.js';
+import { childLogger } from '../../log.js';
 import { currentKernelPackage, ensureKernel, extractVmlinux, isStaticElf, moduleInfo } from './kernel.js';
 
 /**
@@ -36,7 +36,7 @@ export const MODULE_GROUPS: Readonly<Record<string, readonly string[]>> = {
 };
 
 // The scripts stay in the source tree; this module may run from dist/.
-const HARNESS_DIR = path.join(packageRoot(), 'test', 'e2e', 'harness');
+const HARNESS_DIR = path.join(packageRoot(), 'src', 'testbed', 'qemu');
 export const INIT_SCRIPT = path.join(HARNESS_DIR, 'guest-init.sh');
 export const AGENT_SCRIPT = path.join(HARNESS_DIR, 'guest-agent.sh');
 /** Bump when the initramfs layout changes in a way the inputs' hash cannot see. */

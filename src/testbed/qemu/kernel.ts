@@ -1,7 +1,7 @@
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { requireProgram } from '../../../src/deps.js';
-import { runProgram } from '../../../src/exec.js';
+import { requireProgram } from '../../deps.js';
+import { runProgram } from '../../exec.js';
 
 /**
  * The guest kernel: Debian's own, unpacked from its .deb without running its

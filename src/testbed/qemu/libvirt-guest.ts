@@ -3,16 +3,16 @@ import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, wr
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { requireProgram } from '../../../src/deps.js';
-import { runProgram, startService, type Service } from '../../../src/exec.js';
-import { xmlAttr, xmlElement } from '../../../src/vmm/libvirt-xml.js';
-import { GuestAgent } from '../harness/agent.js';
-import { defaultCacheDir, prepareGuestImage } from '../harness/guest-image.js';
-import { removeOnExit } from '../harness/reaper.js';
-import { processesMatching } from '../../helpers/processes.js';
-import { startRootShare, waitForSocket } from '../harness/virtiofsd.js';
-import { checkoutPath, KERNEL_CMDLINE } from '../harness/vm.js';
-import type { SerialPortSpec } from '../harness/vm.js';
+import { requireProgram } from '../../deps.js';
+import { runProgram, startService, type Service } from '../../exec.js';
+import { xmlAttr, xmlElement } from '../../vmm/libvirt-xml.js';
+import { GuestAgent } from './agent.js';
+import { defaultCacheDir, prepareGuestImage } from './guest-image.js';
+import { removeOnExit } from './reaper.js';
+import { processesMatching } from '../processes.js';
+import { startRootShare, waitForSocket } from './virtiofsd.js';
+import { checkoutPath, KERNEL_CMDLINE } from './vm.js';
+import type { SerialPortSpec } from './vm.js';
 
 /**
  * libvirt for the e2e tier: a private, privileged libvirtd of our own and

@@ -1,7 +1,7 @@
 import path from 'node:path';
-import { cliEntry, packageRoot } from '../../../src/paths.js';
-import type { World } from '../../helpers/world.js';
-import { bootGuest, type BootGuestOptions, type Guest } from '../harness/vm.js';
+import { cliEntry, packageRoot } from '../../paths.js';
+import type { World } from '../world.js';
+import { bootGuest, type BootGuestOptions, type Guest } from './vm.js';
 
 /**
  * A QEMU guest set up the way a user's VM would be, from the guest's own
@@ -13,7 +13,7 @@ import { bootGuest, type BootGuestOptions, type Guest } from '../harness/vm.js';
 export const PORTAL_PORT = 'io.github.xdp_vm.portal';
 const NODE = process.execPath;
 const CLI = cliEntry();
-export const GUEST_APP = path.join(packageRoot(), 'dist', 'test', 'e2e', 'guest', 'app.js');
+export const GUEST_APP = path.join(packageRoot(), 'dist', 'src', 'testbed', 'qemu', 'guest-app.js');
 
 export const GUEST_ENV = [
   'export HOME=/run/home XDG_RUNTIME_DIR=/run/user/0 DBUS_SESSION_BUS_ADDRESS=unix:path=/run/user/0/bus',
@@ -44,7 +44,7 @@ export interface PortalVm {
   guest: Guest;
   /** A shell script in the guest session's environment; throws on non-zero status. */
   sh(script: string, timeoutMs?: number): Promise<string>;
-  /** Run the guest app (test/e2e/guest/app.ts). */
+  /** Run the guest app (guest-app.ts). */
   app(args: string[]): Promise<AppResult>;
   shutdown(): Promise<void>;
 }

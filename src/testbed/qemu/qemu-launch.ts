@@ -1,7 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import { requireProgram } from '../../../src/deps.js';
-import { startService, type Exit, type Service } from '../../../src/exec.js';
-import { QmpClient, QmpError } from '../../../src/vmm/qmp.js';
+import { requireProgram } from '../../deps.js';
+import { startService, type Exit, type Service } from '../../exec.js';
+import { QmpClient, QmpError } from '../../vmm/qmp.js';
 import { diesWithParent, reapOnExit } from './reaper.js';
 import { waitForSocket } from './virtiofsd.js';
 

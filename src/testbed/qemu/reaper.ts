@@ -1,5 +1,5 @@
 import { existsSync, rmSync } from 'node:fs';
-import type { Service } from '../../../src/exec.js';
+import type { Service } from '../../exec.js';
 
 /**
  * Last lines of defence for the e2e tier, so one failing test cannot leave QEMU

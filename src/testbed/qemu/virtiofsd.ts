@@ -1,7 +1,7 @@
 import { statSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { requireProgram } from '../../../src/deps.js';
-import { startService, type Service } from '../../../src/exec.js';
+import { requireProgram } from '../../deps.js';
+import { startService, type Service } from '../../exec.js';
 import { diesWithParent, reapOnExit } from './reaper.js';
 
 export interface VirtiofsdOptions {

@@ -2,15 +2,15 @@ import { accessSync, constants, createWriteStream, existsSync, mkdirSync, mkdtem
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { Exit, Service } from '../../../src/exec.js';
-import { childLogger } from '../../../src/log.js';
-import { packageRoot } from '../../../src/paths.js';
-import type { QmpClient } from '../../../src/vmm/qmp.js';
+import type { Exit, Service } from '../../exec.js';
+import { childLogger } from '../../log.js';
+import { packageRoot } from '../../paths.js';
+import type { QmpClient } from '../../vmm/qmp.js';
 import { GuestAgent } from './agent.js';
 import { defaultCacheDir, prepareGuestImage } from './guest-image.js';
 import { baseMachineArgs, launchQemu } from './qemu-launch.js';
 import { removeOnExit } from './reaper.js';
-import { processesMatching } from '../../helpers/processes.js';
+import { processesMatching } from '../processes.js';
 import { startRootShare } from './virtiofsd.js';
 
 /**

@@ -1,8 +1,8 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { Bus } from '../../src/dbus/bus.js';
-import { requireProgram } from '../../src/deps.js';
-import { startService, type Service } from '../../src/exec.js';
+import { Bus } from '../dbus/bus.js';
+import { requireProgram } from '../deps.js';
+import { startService, type Service } from '../exec.js';
 
 /**
  * A private dbus-daemon for one side of a test (a "host" or a "guest"

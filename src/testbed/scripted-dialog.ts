@@ -1,6 +1,6 @@
-import { Bus, type MethodImpl } from '../../src/dbus/bus.js';
-import { loadInterface } from '../../src/dbus/interfaces.js';
-import { asVardict, bytesToString, typed } from '../../src/dbus/values.js';
+import { Bus, type MethodImpl } from '../dbus/bus.js';
+import { loadInterface } from '../dbus/interfaces.js';
+import { asVardict, bytesToString, typed } from '../dbus/values.js';
 
 /**
  * The only fake in the integration tier: the human. A FileChooser backend on

@@ -1,4 +1,4 @@
-import { listProcesses } from '../../src/proc.js';
+import { listProcesses } from '../proc.js';
 
 /** Live processes (other than this one) whose command line contains `needle`. */
 export function processesMatching(needle: string): { pid: number; cmdline: string }[] {
