@@ -20,3 +20,14 @@ export function listProcesses(): ProcessInfo[] {
   }
   return out;
 }
+
+/** Whether a process with this pid exists (and may be signalled by us). */
+export function isAlive(pid: number | undefined): boolean {
+  if (pid === undefined) return false;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}

@@ -3,6 +3,7 @@ import path from 'node:path';
 import { Bus } from '../dbus/bus.js';
 import { requireProgram } from '../deps.js';
 import { startService, type Service } from '../exec.js';
+import { isAlive } from '../proc.js';
 
 /**
  * A private dbus-daemon for one side of a test (a "host" or a "guest"
@@ -82,8 +83,8 @@ async function stopBus(address: string, daemon: Service): Promise<void> {
   const pids = await busPids(address).catch(() => []);
   for (const pid of pids) signal(pid, 'SIGTERM');
   const deadline = Date.now() + 3000;
-  while (pids.some(alive) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-  for (const pid of pids.filter(alive)) signal(pid, 'SIGKILL');
+  while (pids.some(isAlive) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  for (const pid of pids.filter(isAlive)) signal(pid, 'SIGKILL');
   await daemon.stop();
 }
 
@@ -104,14 +105,6 @@ async function busPids(address: string): Promise<number[]> {
   }
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 function signal(pid: number, sig: NodeJS.Signals): void {
   try {

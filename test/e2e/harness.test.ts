@@ -12,18 +12,10 @@ import type { QmpEvent } from '../../src/vmm/qmp.js';
 import { processesMatching } from '../../src/testbed/processes.js';
 import { startVirtiofsd } from '../../src/testbed/qemu/virtiofsd.js';
 import { bootGuest, chooseAccel, type Guest } from '../../src/testbed/qemu/vm.js';
+import { isAlive } from '../../src/proc.js';
 
 const SLOW = 120_000;
 
-function alive(pid: number | undefined): boolean {
-  if (pid === undefined) return false;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 describe('chooseAccel', () => {
   it('picks TCG on a PVM host even though /dev/kvm exists', () => {
@@ -187,7 +179,7 @@ describe('a guest booted with the host root', () => {
     const report = await guest.shutdown();
     console.info(`[timing] shutdown: ${report.ms} ms (graceful: ${report.graceful})`);
     expect(report).toMatchObject({ graceful: true, qemuExit: { code: 0 } });
-    expect(pids.filter(alive)).toEqual([]);
+    expect(pids.filter(isAlive)).toEqual([]);
     expect(processesMatching(guest.workDir)).toEqual([]);
     expect(processesMatching(dir)).toEqual([]);
     expect(existsSync(guest.workDir)).toBe(false);
@@ -203,7 +195,7 @@ describe('a guest without the host root', () => {
       expect(await guest.agent.check('readlink -f /bin/sh')).toMatch(/busybox/);
       console.info(`[timing] initramfs-only boot, no USB modules: agent ready ${guest.timings.agentReadyMs} ms`);
       expect((await guest.shutdown()).graceful).toBe(true);
-      expect(alive(guest.pids.qemu)).toBe(false);
+      expect(isAlive(guest.pids.qemu)).toBe(false);
     } finally {
       await guest.cleanup();
     }

@@ -5,6 +5,7 @@ import { Bus } from '../../src/dbus/bus.js';
 import { CONTROL_BUS_NAME } from '../../src/host/control.js';
 import { processesMatching } from '../../src/testbed/processes.js';
 import { World } from '../../src/testbed/world.js';
+import { isAlive } from '../../src/proc.js';
 
 /**
  * The daemon can always be restarted: killed with SIGKILL, its children keep
@@ -30,14 +31,6 @@ function descriptorsOf(pid: number): Map<number, string> {
 /** Sockets and pipes are the same object exactly when these names are equal. */
 const shareable = (target: string) => /^(socket|pipe):\[\d+\]$/.test(target);
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 describe('kill -9 of the daemon', () => {
   let world: World;
@@ -97,7 +90,7 @@ describe('the session bus', () => {
       expect(exit).not.toBe('still running');
       expect(exit).toMatchObject({ code: 1, signal: null });
       expect(world.daemonLog.slice(before).some((l) => l.includes('the session bus connection is gone'))).toBe(true);
-      expect(alive(virtiofsd!.pid)).toBe(true);
+      expect(isAlive(virtiofsd!.pid)).toBe(true);
     } finally {
       await world.stop();
     }
