@@ -53,23 +53,34 @@ function quote(a: string): string {
   return `'${a.replace(/'/g, `'\\''`)}'`;
 }
 
-/** Install the guest side, start the session bus and the mount agent. */
-export function guestSetupScript(): string {
+/**
+ * Install the guest side, start the session bus and the mount agent, all with
+ * `node` (a path in the guest; default the host's own node).
+ */
+export function guestSetupScript(node: string = NODE): string {
   return [
     'set -e',
     'mkdir -p /run/home /run/user/0 /run/xdp-vm && chmod 700 /run/user/0',
     "version=$(/usr/libexec/xdg-desktop-portal --version | sed 's/[^0-9.]//g')",
-    `${NODE} ${CLI} install-guest --root /run/gi --portal-version "$version" --command ${quote(`${NODE} ${CLI}`)} --mount-point /run/xdp-vm/doc > /run/install-guest.log`,
+    `${node} ${CLI} install-guest --root /run/gi --portal-version "$version" --command ${quote(`${node} ${CLI}`)} --mount-point /run/xdp-vm/doc > /run/install-guest.log`,
     `printf '%s\\n' ${quote(BUS_CONF)} > /run/bus.conf`,
     // The session's activation environment, as the install's systemd drop-in and environment.d give it.
     'XDG_DESKTOP_PORTAL_DIR=/run/gi/usr/local/share/xdp-vm/portals XDG_CURRENT_DESKTOP=guest GTK_USE_PORTAL=1 \\',
     '  dbus-daemon --config-file=/run/bus.conf --nofork --nopidfile > /run/session.log 2>&1 &',
     'for i in $(seq 100); do [ -S /run/user/0/bus ] && break; sleep 0.05; done',
-    `${NODE} ${CLI} mount-agent --config /run/gi/etc/xdp-vm/guest.json > /run/mount-agent.log 2>&1 &`,
+    `${node} ${CLI} mount-agent --config /run/gi/etc/xdp-vm/guest.json > /run/mount-agent.log 2>&1 &`,
   ].join('\n');
 }
 
-export async function bootPortalVm(world: World, name: string, opts: Partial<BootGuestOptions> = {}): Promise<PortalVm> {
+export interface PortalVmOptions extends Partial<BootGuestOptions> {
+  /** The node the guest runs install-guest, the backend, the mount agent and the app with (a guest path); default the host's. */
+  node?: string;
+  /** Guest shell run as root before the guest side is set up (e.g. to put another node in place). */
+  prepare?: string;
+}
+
+export async function bootPortalVm(world: World, name: string, options: PortalVmOptions = {}): Promise<PortalVm> {
+  const { node = NODE, prepare, ...opts } = options;
   const paths = world.vmPaths(name);
   const guest = await bootGuest({
     name,
@@ -84,7 +95,8 @@ export async function bootPortalVm(world: World, name: string, opts: Partial<Boo
     return r.stdout;
   };
   try {
-    await sh(guestSetupScript());
+    if (prepare) await sh(prepare);
+    await sh(guestSetupScript(node));
   } catch (err) {
     await guest.cleanup();
     throw err;
@@ -94,7 +106,7 @@ export async function bootPortalVm(world: World, name: string, opts: Partial<Boo
     guest,
     sh,
     async app(args) {
-      const out = await sh(`${NODE} ${GUEST_APP} ${args.map(quote).join(' ')}`, 90_000);
+      const out = await sh(`${node} ${GUEST_APP} ${args.map(quote).join(' ')}`, 90_000);
       return JSON.parse(out.trim().split('\n').at(-1)!) as AppResult;
     },
     async shutdown() {
