@@ -18,10 +18,12 @@ export function summarize(samples: number[]): Summary {
   return { n: s.length, p50: quantile(s, 0.5), p99: quantile(s, 0.99), min: s[0] ?? NaN, max: s.at(-1) ?? NaN };
 }
 
-export async function timeEach(n: number, fn: (i: number) => Promise<void>, warmup = Math.min(20, n)): Promise<number[]> {
+/** `between`, if given, runs untimed before each call (a pause, say). */
+export async function timeEach(n: number, fn: (i: number) => Promise<void>, warmup = Math.min(20, n), between?: () => Promise<unknown> | undefined): Promise<number[]> {
   for (let i = 0; i < warmup; i++) await fn(-1 - i);
   const samples: number[] = [];
   for (let i = 0; i < n; i++) {
+    await between?.();
     const t0 = process.hrtime.bigint();
     await fn(i);
     samples.push(Number(process.hrtime.bigint() - t0) / 1e6);

@@ -125,9 +125,12 @@ export async function handleOpenDialog(params: Params<typeof OpenDialog>, ctx: H
   if (typeof paths === 'string') return refuse(paths);
   const ungrantable = paths.map(whyNotGrantable).find((why) => why !== undefined);
   if (ungrantable) return refuse(ungrantable);
-  const writable = await vmWritableFolders(docs, []);
-  const planted = paths.map((p) => plantedLinkProblem(p, writable)).find((why) => why !== undefined);
-  if (planted) return refuse(planted);
+  let writable: Promise<{ vm: string; path: string }[]> | undefined;
+  const writableFolders = () => (writable ??= vmWritableFolders(docs, []));
+  for (const p of paths) {
+    const planted = await plantedLinkProblem(p, writableFolders);
+    if (planted) return refuse(planted);
+  }
   let grants: Grant[];
   try {
     grants = await grantChosen(paths, write, deps);

@@ -14,21 +14,30 @@ for (const d of [shared, elsewhere, data]) mkdirSync(d, { recursive: true });
 symlinkSync(elsewhere, path.join(shared, 'Reports'));
 symlinkSync(data, path.join(root, 'Downloads'));
 symlinkSync(shared, path.join(root, 'ShortcutToShared'));
-const writable = [{ vm: 'work', path: shared }];
+const writable = async () => [{ vm: 'work', path: shared }];
+const none = async () => [];
 const at = (...p: string[]) => Buffer.from(path.join(root, ...p));
 
 describe('links a VM could have planted', () => {
-  it('refuses a path through a link inside a folder a VM can write, naming the VM', () => {
-    expect(plantedLinkProblem(at('Shared', 'Reports', 'new.txt'), writable)).toMatch(/Reports is a symbolic link inside a folder VM "work" can write/);
+  it('refuses a path through a link inside a folder a VM can write, naming the VM', async () => {
+    expect(await plantedLinkProblem(at('Shared', 'Reports', 'new.txt'), writable)).toMatch(/Reports is a symbolic link inside a folder VM "work" can write/);
   });
 
-  it('judges a link by the real folder that holds it, however the path reached it', () => {
-    expect(plantedLinkProblem(at('ShortcutToShared', 'Reports', 'new.txt'), writable)).toMatch(/VM "work" can write/);
+  it('judges a link by the real folder that holds it, however the path reached it', async () => {
+    expect(await plantedLinkProblem(at('ShortcutToShared', 'Reports', 'new.txt'), writable)).toMatch(/VM "work" can write/);
   });
 
-  it("follows the user's own links where no VM can write", () => {
-    expect(plantedLinkProblem(at('Downloads', 'file.iso'), writable)).toBeUndefined();
-    expect(plantedLinkProblem(at('Shared', 'plain.txt'), writable)).toBeUndefined();
-    expect(plantedLinkProblem(at('Shared', 'Reports', 'new.txt'), [])).toBeUndefined();
+  it("follows the user's own links where no VM can write", async () => {
+    expect(await plantedLinkProblem(at('Downloads', 'file.iso'), writable)).toBeUndefined();
+    expect(await plantedLinkProblem(at('Shared', 'plain.txt'), writable)).toBeUndefined();
+    expect(await plantedLinkProblem(at('Shared', 'Reports', 'new.txt'), none)).toBeUndefined();
+  });
+
+  it('asks which folders VMs can write only when the path meets a link', async () => {
+    let asked = 0;
+    await plantedLinkProblem(at('Shared', 'plain.txt'), async () => (asked++, []));
+    expect(asked).toBe(0);
+    await plantedLinkProblem(at('Downloads', 'file.iso'), async () => (asked++, []));
+    expect(asked).toBe(1);
   });
 });

@@ -43,9 +43,11 @@ const inside = (real: string, folder: string) => real === folder || real.startsW
  * undefined. Walks the path one component at a time from `/`, keeping the
  * real folder it has reached, so a link is judged by the real folder that
  * holds it. A component that does not exist (a file about to be saved) ends
- * the walk.
+ * the walk. `writableFolders` is asked only when the walk meets a link.
  */
-export function plantedLinkProblem(chosen: Buffer, writable: readonly { vm: string; path: string }[]): string | undefined {
+export async function plantedLinkProblem(chosen: Buffer, writableFolders: () => Promise<readonly { vm: string; path: string }[]>): Promise<string | undefined> {
+  // Listing every VM's documents costs D-Bus calls: only a path that meets a link needs it.
+  let writable: readonly { vm: string; path: string }[] | undefined;
   let real = '/';
   for (const part of s(chosen).split('/').filter(Boolean)) {
     if (part === '.') continue;
@@ -64,6 +66,7 @@ export function plantedLinkProblem(chosen: Buffer, writable: readonly { vm: stri
       real = next;
       continue;
     }
+    writable ??= await writableFolders();
     const planter = writable.find((w) => inside(real, w.path));
     if (planter) {
       return `${displayBytes(b(next))} is a symbolic link inside a folder VM "${planter.vm}" can write; a grant through it could reach a file the user never saw`;
