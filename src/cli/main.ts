@@ -20,8 +20,11 @@ const VERBS: VerbEntry[] = [
   { name: 'permissions', summary: 'allow, deny or ask: what each VM may request', load: async () => (await import('./verb-permissions.js')).permissionsVerb },
   { name: 'log', summary: 'show the audit trail of decisions, grants and revokes', load: async () => (await import('./verb-log.js')).logVerb },
   { name: 'doctor', summary: 'check runtime dependencies', load: async () => (await import('./verb-doctor.js')).doctorVerb },
+  { name: 'install-host', summary: 'install the host daemon\'s user unit, D-Bus activation and a config skeleton', load: async () => (await import('./verb-install-host.js')).installHostVerb },
+  { name: 'uninstall-host', summary: 'remove what install-host installed', load: async () => (await import('./verb-install-host.js')).uninstallHostVerb },
   { name: 'install-guest', summary: 'install the guest side into this VM', load: async () => (await import('./verb-install-guest.js')).installGuestVerb },
   { name: 'uninstall-guest', summary: 'remove what install-guest installed', load: async () => (await import('./verb-install-guest.js')).uninstallGuestVerb },
+  { name: 'helper', summary: 'the privileged helper (root, system bus): taps on allowed bridges, allowed USB devices', load: async () => (await import('./verb-helper.js')).helperVerb },
   { name: 'mount-agent', summary: 'mount the document share in a VM (root service)', load: async () => (await import('./verb-mount-agent.js')).mountAgentVerb },
 ];
 

@@ -3,6 +3,7 @@ import path from 'node:path';
 import type { z } from 'zod';
 import { configHome } from '../paths.js';
 import { Config } from './schema.js';
+import { stripJsonComments } from './jsonc.js';
 
 export class ConfigError extends Error {
   constructor(
@@ -31,7 +32,7 @@ export function describeConfigIssues(error: z.ZodError): string[] {
 export function parseConfig(text: string, file: string): Config {
   let raw: unknown;
   try {
-    raw = JSON.parse(text);
+    raw = JSON.parse(stripJsonComments(text)); // comments allowed: the skeleton install-host writes has them
   } catch (err) {
     throw new ConfigError(file, [`not valid JSON: ${(err as Error).message}`]);
   }
