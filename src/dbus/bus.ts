@@ -1,5 +1,6 @@
 import dbus from 'dbus-next';
 import type { EventEmitter } from 'node:events';
+import { closeSync } from 'node:fs';
 import { childLogger } from '../log.js';
 import { setCloseOnExec } from '../native/addon.js';
 import { introspectionXml, type InterfaceDef } from './interfaces.js';
@@ -62,6 +63,8 @@ export function isTypedValue(v: unknown): v is TypedValue {
 export interface MethodContext {
   sender: string;
   path: string;
+  /** Run `cb` once the reply (or error) has been written, e.g. to close a descriptor the reply carries. */
+  afterReply?: (cb: () => void) => void;
 }
 export type MethodImpl = (args: unknown[], ctx: MethodContext) => Promise<unknown[]> | unknown[];
 
@@ -87,7 +90,7 @@ const DISCONNECTED = 'org.freedesktop.DBus.Error.Disconnected';
 
 /** dbus-next's connection and the socket under it (a usocket USocket, or a net.Socket). */
 interface RawConnection extends EventEmitter {
-  stream: EventEmitter & { fd?: number; destroy?: () => void };
+  stream: EventEmitter & { fd?: number; destroy?: () => void; supportsUnixFd?: boolean; writableLength?: number; destroyed?: boolean };
 }
 
 interface Exported {
@@ -119,7 +122,12 @@ export class Bus {
     return (this.raw as unknown as { _connection: RawConnection })._connection;
   }
 
-  static async connect(address: string, opts: { unixFds?: boolean } = {}): Promise<Bus> {
+  /**
+   * `dropReceivedFds`: close every descriptor that arrives. dbus-next never
+   * closes the ones a message carries, so a service that takes none would
+   * otherwise let any caller fill its descriptor table.
+   */
+  static async connect(address: string, opts: { unixFds?: boolean; dropReceivedFds?: boolean } = {}): Promise<Bus> {
     const raw = dbus.sessionBus({ busAddress: address, negotiateUnixFd: opts.unixFds ?? false } as never);
     const bus = new Bus(raw);
     await new Promise<void>((resolve, reject) => {
@@ -131,10 +139,16 @@ export class Bus {
         const fd = bus.connection.stream.fd;
         if (typeof fd === 'number') setCloseOnExec(fd);
         raw.on('error', (err: Error) => log.warn({ err: err.message }, 'D-Bus connection error'));
+        if (opts.dropReceivedFds) bus.connection.stream.on('fds', (fds: number[]) => fds.forEach((fd) => closeQuietly(fd)));
         resolve();
       });
     });
     return bus;
+  }
+
+  /** Whether descriptors can be sent: asked for with `unixFds`, agreed by the bus, and a socket (usocket) that carries them. */
+  get unixFds(): boolean {
+    return this.connection.stream.supportsUnixFd === true;
   }
 
   get uniqueName(): string {
@@ -304,13 +318,28 @@ export class Bus {
   }
 
   private async invoke(msg: DBusMessage, outSignature: string, fn: MethodImpl, ctx: MethodContext): Promise<void> {
+    const after: (() => void)[] = [];
+    ctx.afterReply = (cb) => after.push(cb);
     try {
       const out = await fn(msg.body ?? [], ctx);
       this.send(Message.newMethodReturn(msg, outSignature, out));
     } catch (err) {
       if (!(err instanceof PortalError)) log.error({ err, member: msg.member, path: ctx.path }, 'D-Bus method handler failed');
       this.replyError(msg, err instanceof PortalError ? err : new PortalError('Failed', `${msg.member} failed`));
+    } finally {
+      if (after.length) this.whenWritten(() => after.forEach((cb) => cb()));
     }
+  }
+
+  /**
+   * A descriptor in a reply is sent by sendmsg when the socket takes the
+   * message: at once, unless earlier messages are still queued. Closing it
+   * before then would send whatever reuses its number.
+   */
+  private whenWritten(cb: () => void): void {
+    const stream = this.connection.stream;
+    if (!stream.writableLength || stream.destroyed || this.gone) cb();
+    else setTimeout(() => this.whenWritten(cb), 10);
   }
 
   private replyError(msg: DBusMessage, err: PortalError): void {
@@ -340,5 +369,13 @@ export class Bus {
     const names = new Set<string>();
     for (const p of this.objects.keys()) if (p.startsWith(prefix)) names.add(p.slice(prefix.length).split('/')[0]!);
     return [...names].filter(Boolean);
+  }
+}
+
+function closeQuietly(fd: number): void {
+  try {
+    closeSync(fd);
+  } catch {
+    /* already closed */
   }
 }

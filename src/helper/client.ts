@@ -1,0 +1,57 @@
+import { Bus } from '../dbus/bus.js';
+import { COMMANDS, HELPER_BUS_NAME, HELPER_INTERFACE, HELPER_PATH, systemBusAddress, type CommandName } from './commands.js';
+
+/**
+ * What the user's side calls: the host daemon (for a VM's tap or USB device)
+ * and `xdp-vm helper COMMAND ARG`. The helper is D-Bus activated, so the
+ * first call starts it. A refusal arrives as a BusCallError whose message is
+ * the helper's sentence.
+ */
+export class HelperClient {
+  private constructor(private readonly bus: Bus) {}
+
+  static async connect(address = systemBusAddress()): Promise<HelperClient> {
+    return new HelperClient(await Bus.connect(address, { unixFds: true }));
+  }
+
+  /** Run one command; `tap-create` answers the tap's name, `usb-open` a descriptor the caller must close. */
+  async run(name: CommandName, arg: string): Promise<string | number | undefined> {
+    const [out] = await this.bus.call({
+      destination: HELPER_BUS_NAME,
+      path: HELPER_PATH,
+      interface: HELPER_INTERFACE,
+      member: COMMANDS[name].method,
+      signature: 's',
+      body: [arg],
+      timeoutMs: 30_000,
+    });
+    return out as string | number | undefined;
+  }
+
+  async tapCreate(bridge: string): Promise<string> {
+    return String(await this.run('tap-create', bridge));
+  }
+
+  async tapDelete(tap: string): Promise<void> {
+    await this.run('tap-delete', tap);
+  }
+
+  async usbBind(busid: string): Promise<void> {
+    await this.run('usb-bind', busid);
+  }
+
+  async usbUnbind(busid: string): Promise<void> {
+    await this.run('usb-unbind', busid);
+  }
+
+  async usbOpen(busid: string): Promise<number> {
+    if (!this.bus.unixFds) throw new Error('this D-Bus connection cannot receive descriptors (no unix fd passing)');
+    const fd = await this.run('usb-open', busid);
+    if (typeof fd !== 'number') throw new Error('the helper sent no descriptor');
+    return fd;
+  }
+
+  close(): void {
+    this.bus.close();
+  }
+}

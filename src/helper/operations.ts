@@ -1,0 +1,220 @@
+import { closeSync, constants, existsSync, fstatSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import path from 'node:path';
+import { requireProgram } from '../deps.js';
+import { ExecError, runProgram } from '../exec.js';
+import { readAllowList, type AllowList } from './allow-list.js';
+import { HelperError, MAX_TAP_NUMBER, TAP_PREFIX, tapNameProblem, type Command } from './commands.js';
+import { decideBridge, decideUsb, describeCaller, describeDevice, type Caller, type Decision, type UsbDevice } from './decide.js';
+
+/**
+ * The operations, each after its decision. Where the system is read from is a
+ * parameter, so the tests can put the helper in a private network namespace
+ * and point the USB commands at a fake sysfs.
+ */
+export interface HelperPaths {
+  allowList: string;
+  /** /sys/class/net of the namespace the helper runs in. */
+  netSysfs: string;
+  /** /sys/bus/usb. */
+  usbSysfs: string;
+  /** /dev/bus/usb. */
+  devUsb: string;
+  /** Which uid bound which device to usbip-host: /run/xdp-vm-helper (systemd's RuntimeDirectory). */
+  stateDir: string;
+}
+
+export const DEFAULT_PATHS: HelperPaths = {
+  allowList: '/etc/xdp-vm/helper.conf',
+  netSysfs: '/sys/class/net',
+  usbSysfs: '/sys/bus/usb',
+  devUsb: '/dev/bus/usb',
+  stateDir: '/run/xdp-vm-helper',
+};
+
+export const MAX_TAPS_PER_USER = 32;
+
+export interface Outcome {
+  /** The rule that allowed it, or why undoing needs none. */
+  rule: string;
+  /** tap-create: the tap's name. */
+  tap?: string;
+  /** usb-open: the open device node; the caller of execute() closes it once sent. */
+  fd?: number;
+}
+
+function allowed(d: Decision): string {
+  if (!d.allowed) throw new HelperError('refused', d.reason);
+  return d.rule;
+}
+
+function allowList(paths: HelperPaths): AllowList {
+  try {
+    return readAllowList(paths.allowList);
+  } catch (err) {
+    const e = err as Error & { problems?: string[] };
+    throw new HelperError('refused', `the allow list ${paths.allowList} is not usable: ${(e.problems ?? [e.message]).join('; ')}`);
+  }
+}
+
+async function ip(args: string[]): Promise<void> {
+  try {
+    await runProgram(requireProgram('ip'), args, { timeoutMs: 10_000 });
+  } catch (err) {
+    throw new HelperError('failed', err instanceof ExecError ? `ip ${args.join(' ')}: ${err.message.replace(/^\S+ /, '')}` : (err as Error).message);
+  }
+}
+
+const readAttr = (file: string): string | undefined => {
+  try {
+    return readFileSync(file, 'utf8').trim();
+  } catch {
+    return undefined;
+  }
+};
+
+export async function execute(cmd: Command, caller: Caller, paths: HelperPaths): Promise<Outcome> {
+  switch (cmd.name) {
+    case 'tap-create':
+      return tapCreate(cmd.arg, caller, paths);
+    case 'tap-delete':
+      return tapDelete(cmd.arg, caller, paths);
+    case 'usb-bind':
+      return usbBind(cmd.arg, caller, paths);
+    case 'usb-unbind':
+      return usbUnbind(cmd.arg, caller, paths);
+    case 'usb-open':
+      return usbOpen(cmd.arg, caller, paths);
+  }
+}
+
+/** The helper's taps that `uid` owns. tun's sysfs `owner` is the kernel's own record, so no state file can drift from it. */
+function tapsOf(uid: number, paths: HelperPaths): string[] {
+  return readdirSync(paths.netSysfs).filter((n) => !tapNameProblem(n) && readAttr(path.join(paths.netSysfs, n, 'owner')) === String(uid));
+}
+
+async function tapCreate(bridge: string, caller: Caller, paths: HelperPaths): Promise<Outcome> {
+  const rule = allowed(decideBridge(allowList(paths), caller, bridge));
+  if (!existsSync(path.join(paths.netSysfs, bridge))) throw new HelperError('not-found', `no network interface ${bridge} on this host`);
+  if (!existsSync(path.join(paths.netSysfs, bridge, 'bridge'))) throw new HelperError('refused', `${bridge} is not a bridge`);
+  if (tapsOf(caller.uid, paths).length >= MAX_TAPS_PER_USER) {
+    throw new HelperError('refused', `${describeCaller(caller)} already has ${MAX_TAPS_PER_USER} taps from this helper, the most it makes for one user: delete one with tap-delete`);
+  }
+  let n = 0;
+  while (n <= MAX_TAP_NUMBER && existsSync(path.join(paths.netSysfs, `${TAP_PREFIX}${n}`))) n++;
+  if (n > MAX_TAP_NUMBER) throw new HelperError('failed', `every name from ${TAP_PREFIX}0 to ${TAP_PREFIX}${MAX_TAP_NUMBER} is taken`);
+  const tap = `${TAP_PREFIX}${n}`;
+  await ip(['tuntap', 'add', 'dev', tap, 'mode', 'tap', 'user', String(caller.uid)]);
+  try {
+    await ip(['link', 'set', 'dev', tap, 'master', bridge]);
+    await ip(['link', 'set', 'dev', tap, 'up']);
+  } catch (err) {
+    await ip(['tuntap', 'del', 'dev', tap, 'mode', 'tap']).catch(() => undefined);
+    throw err;
+  }
+  return { rule, tap };
+}
+
+async function tapDelete(tap: string, caller: Caller, paths: HelperPaths): Promise<Outcome> {
+  const dir = path.join(paths.netSysfs, tap);
+  if (!existsSync(dir)) throw new HelperError('not-found', `no tap ${tap} on this host`);
+  const owner = readAttr(path.join(dir, 'owner'));
+  if (owner === undefined) throw new HelperError('refused', `${tap} is not a tap`);
+  if (owner !== String(caller.uid)) throw new HelperError('refused', `${tap} belongs to ${owner === '-1' ? 'no user' : `uid ${owner}`}, not to ${describeCaller(caller)}`);
+  await ip(['tuntap', 'del', 'dev', tap, 'mode', 'tap']);
+  return { rule: `${tap} is owned by the caller` };
+}
+
+function usbDevice(busid: string, paths: HelperPaths): UsbDevice {
+  if (!existsSync(paths.usbSysfs)) throw new HelperError('not-found', `no USB device ${busid}: this host has no USB bus (${paths.usbSysfs} is absent)`);
+  const dir = path.join(paths.usbSysfs, 'devices', busid);
+  if (!existsSync(dir)) throw new HelperError('not-found', `no USB device ${busid} (no ${dir})`);
+  const attr = (name: string) => {
+    const v = readAttr(path.join(dir, name))?.toLowerCase();
+    if (v === undefined || !/^[0-9a-f]{2,4}$/.test(v)) throw new HelperError('failed', `${dir}/${name} is missing or unreadable`);
+    return v;
+  };
+  const interfaceClasses = readdirSync(dir)
+    .filter((n) => n.startsWith(`${busid}:`))
+    .map((n) => readAttr(path.join(dir, n, 'bInterfaceClass'))?.toLowerCase())
+    .filter((c): c is string => c !== undefined);
+  return { busid, vendor: attr('idVendor'), product: attr('idProduct'), deviceClass: attr('bDeviceClass'), interfaceClasses };
+}
+
+function driverOf(busid: string, paths: HelperPaths): string | undefined {
+  try {
+    return path.basename(readlinkSync(path.join(paths.usbSysfs, 'devices', busid, 'driver')));
+  } catch {
+    return undefined;
+  }
+}
+
+/** One write to a sysfs attribute, without O_CREAT: a missing attribute is an error, not a new file. */
+function writeAttr(file: string, value: string): void {
+  try {
+    const fd = openSync(file, constants.O_WRONLY | constants.O_TRUNC);
+    try {
+      writeSync(fd, value);
+    } finally {
+      closeSync(fd);
+    }
+  } catch (err) {
+    throw new HelperError('failed', `writing "${value}" to ${file}: ${(err as Error).message}`);
+  }
+}
+
+const record = (busid: string, paths: HelperPaths) => path.join(paths.stateDir, `usbip-${busid}`);
+
+/** The usbip tool's own sequence (tools/usb/usbip/src/usbip_bind.c). */
+function usbBind(busid: string, caller: Caller, paths: HelperPaths): Outcome {
+  const dev = usbDevice(busid, paths);
+  const rule = allowed(decideUsb(allowList(paths), caller, dev));
+  const host = path.join(paths.usbSysfs, 'drivers', 'usbip-host');
+  if (driverOf(busid, paths) === 'usbip-host') throw new HelperError('refused', `${busid} is already bound to usbip-host`);
+  if (!existsSync(host)) throw new HelperError('failed', 'the usbip-host driver is not loaded: run "modprobe usbip-host" as root, or list it in /etc/modules-load.d/');
+  mkdirSync(paths.stateDir, { recursive: true, mode: 0o700 });
+  if (driverOf(busid, paths) !== undefined) writeAttr(path.join(paths.usbSysfs, 'devices', busid, 'driver', 'unbind'), busid);
+  writeAttr(path.join(host, 'match_busid'), `add ${busid}`);
+  writeAttr(path.join(host, 'bind'), busid);
+  writeFileSync(record(busid, paths), `${caller.uid}\n`, { mode: 0o600 });
+  return { rule: `${rule} (${describeDevice(dev)})` };
+}
+
+/** tools/usb/usbip/src/usbip_unbind.c, then the device's own driver back. */
+function usbUnbind(busid: string, caller: Caller, paths: HelperPaths): Outcome {
+  usbDevice(busid, paths);
+  if (driverOf(busid, paths) !== 'usbip-host') throw new HelperError('refused', `${busid} is not bound to usbip-host`);
+  const boundBy = readAttr(record(busid, paths));
+  if (boundBy === undefined) throw new HelperError('refused', `${busid} was not bound to usbip-host by this helper`);
+  if (boundBy !== String(caller.uid)) throw new HelperError('refused', `${busid} was bound to usbip-host for uid ${boundBy}, not for ${describeCaller(caller)}`);
+  const host = path.join(paths.usbSysfs, 'drivers', 'usbip-host');
+  writeAttr(path.join(host, 'unbind'), busid);
+  writeAttr(path.join(host, 'match_busid'), `del ${busid}`);
+  writeAttr(existsSync(path.join(host, 'rebind')) ? path.join(host, 'rebind') : path.join(paths.usbSysfs, 'drivers_probe'), busid);
+  rmSync(record(busid, paths), { force: true });
+  return { rule: `${busid} was bound for the caller` };
+}
+
+/** Opened read-write for passthrough, and only if the node is the device sysfs names (its `dev`), not whatever took its number. */
+function usbOpen(busid: string, caller: Caller, paths: HelperPaths): Outcome {
+  const dev = usbDevice(busid, paths);
+  const rule = allowed(decideUsb(allowList(paths), caller, dev));
+  const sys = path.join(paths.usbSysfs, 'devices', busid);
+  const [busnum, devnum, majmin] = ['busnum', 'devnum', 'dev'].map((a) => readAttr(path.join(sys, a)));
+  const want = /^(\d+):(\d+)$/.exec(majmin ?? '');
+  if (!busnum || !devnum || !/^\d{1,3}$/.test(busnum) || !/^\d{1,3}$/.test(devnum) || !want) throw new HelperError('failed', `${sys} has no usable busnum, devnum and dev`);
+  const node = path.join(paths.devUsb, busnum.padStart(3, '0'), devnum.padStart(3, '0'));
+  let fd: number;
+  try {
+    fd = openSync(node, constants.O_RDWR | constants.O_NOFOLLOW | constants.O_NOCTTY);
+  } catch (err) {
+    throw new HelperError('not-found', `cannot open ${node} for ${busid}: ${(err as Error).message}`);
+  }
+  const st = fstatSync(fd, { bigint: true });
+  const major = Number(((st.rdev >> 8n) & 0xfffn) | ((st.rdev >> 32n) & ~0xfffn));
+  const minor = Number((st.rdev & 0xffn) | ((st.rdev >> 12n) & ~0xffn));
+  if (!st.isCharacterDevice() || major !== Number(want[1]) || minor !== Number(want[2])) {
+    closeSync(fd);
+    throw new HelperError('refused', `${node} is not the device node of ${busid} (${want[0]})`);
+  }
+  return { rule: `${rule} (${describeDevice(dev)})`, fd };
+}
