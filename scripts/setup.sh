@@ -26,10 +26,13 @@ tests=(
   gjs gir1.2-gtk-3.0 gir1.2-gtk-4.0 gir1.2-adw-1  # the GTK app test and the consent dialog
   xvfb xauth xdotool x11-utils imagemagick tesseract-ocr  # dialogs under a private X server
   flatpak                 # `flatpak permission-show` reads our permission rows
+  bubblewrap              # bwrap: the bench's sandboxed-local baseline, a host app the portal takes for a Flatpak app
   libvirt-clients libxml2-utils  # virsh, and libvirt's domain schema checked with xmllint
   libvirt-daemon-system libvirt-daemon-driver-qemu  # a private libvirtd for the libvirt e2e tests
   python3-yaml            # reads cloud-hypervisor's OpenAPI file in its adapter's tests
+  lintian                 # checks the .deb files npm run package builds (dpkg-deb is in dpkg)
   util-linux              # setpriv and unshare for the e2e guests' root share
+  iproute2                # ip: the privileged helper's taps, and its test's bridges in a private network namespace
   xdg-desktop-portal-gtk  # the real host file dialog, driven by keystrokes in one test
   python3-pyqt5 qt5-xdgdesktopportal-platformtheme  # a real Qt app asking the portal for files
 )
