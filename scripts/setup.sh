@@ -17,6 +17,7 @@ runtime=(
   xdg-desktop-portal      # the stock frontend, document store and permission store
   fuse3                   # the document store's FUSE mount
   qemu-system-common      # virtiofsd (/usr/lib/qemu/virtiofsd)
+  uidmap                  # newuidmap/newgidmap: virtiofsd in a user namespace when the daemon is not root
   build-essential python3 # the AF_VSOCK addon, built at npm install
 )
 tests=(
@@ -62,6 +63,27 @@ if ((${#missing[@]})); then
   "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
 else
   say "Debian packages for '$purpose': all present"
+fi
+
+if [ "$purpose" = tests ] && [ "$(id -u)" -eq 0 ]; then
+  # The unprivileged-session tests (test/*/unprivileged*.test.ts) run the host
+  # session as an ordinary user, as a desktop does, from a test process that
+  # is root: that user, with subordinate ids for virtiofsd's user namespace.
+  test_user=${XDP_VM_TEST_USER:-xdpvm-test}
+  if ! id "$test_user" >/dev/null 2>&1; then
+    say "creating the test user $test_user (useradd; the unprivileged-session tests run the host session as it)"
+    useradd --create-home --shell /usr/sbin/nologin --comment 'xdg-desktop-portal-vm tests' "$test_user"
+  fi
+  if ! grep -q "^$test_user:" /etc/subuid 2>/dev/null || ! grep -q "^$test_user:" /etc/subgid 2>/dev/null; then
+    start=$(cat /etc/subuid /etc/subgid 2>/dev/null | awk -F: 'BEGIN { m = 100000 } NF >= 3 && $2 + $3 > m { m = $2 + $3 } END { print m }')
+    say "giving $test_user subordinate uids and gids $start-$((start + 65535)) (usermod; for virtiofsd's user namespace)"
+    usermod --add-subuids "$start-$((start + 65535))" --add-subgids "$start-$((start + 65535))" "$test_user"
+  fi
+  # design.md §6: no udev runs here, and Debian's udev would make /dev/fuse 0666.
+  if [ -c /dev/fuse ] && [ "$(stat -c %a /dev/fuse)" != 666 ]; then
+    say "making /dev/fuse 0666, as Debian's udev does (no udev runs here), so $test_user's document store can mount"
+    chmod 0666 /dev/fuse
+  fi
 fi
 
 node_ok=$(node -e 'const [a,b]=process.versions.node.split(".").map(Number);console.log(a>20||(a===20&&b>=19)?1:0)')

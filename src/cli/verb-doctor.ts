@@ -1,18 +1,17 @@
 import { existsSync } from 'node:fs';
+import { userInfo } from 'node:os';
 import { DEPENDENCIES, whichProgram } from '../deps.js';
+import { readUsernsFacts, usernsChecks, type Check } from '../host/userns.js';
 import { parse, type Verb } from './common.js';
 
 const usage = `Usage: xdp-vm doctor [--side host|guest|all] [--json]
 
 Check every runtime dependency and print the exact command that installs
-each missing one. Exits 1 when something is missing.`;
+each missing one. Exits 1 when something is missing.
 
-interface Check {
-  what: string;
-  ok: boolean;
-  found?: string;
-  fix?: string;
-}
+Run it as the user the host daemon runs as: not as root, the daemon starts
+virtiofsd in a user namespace, and the host checks then include what that
+needs (subordinate uids and gids, user namespaces, /dev/fuse for the user).`;
 
 function nodeCheck(): Check {
   const [maj, min] = process.versions.node.split('.').map(Number) as [number, number];
@@ -43,7 +42,12 @@ export const doctorVerb: Verb = {
       const found = whichProgram(dep.candidates);
       checks.push({ what: `${dep.what} (${dep.id})`, ok: !!found, found, fix: found ? undefined : `sudo apt-get install ${dep.debianPackage}` });
     }
-    if (side !== 'guest') checks.push({ what: 'FUSE device /dev/fuse (document store)', ok: existsSync('/dev/fuse'), fix: 'sudo apt-get install fuse3, and load the fuse module' });
+    if (side !== 'guest') {
+      const uid = process.getuid?.() ?? 0;
+      // As root virtiofsd needs no namespace; as a user it needs these (see src/host/userns.ts).
+      if (uid === 0) checks.push({ what: 'FUSE device /dev/fuse (document store)', ok: existsSync('/dev/fuse'), fix: 'sudo apt-get install fuse3, and load the fuse module' });
+      else checks.push(...usernsChecks(readUsernsFacts({ name: userInfo().username, uid, gid: process.getgid?.() ?? 0 })));
+    }
     checks.push(await vsockCheck());
     if (values.json) console.log(JSON.stringify(checks, null, 2));
     else

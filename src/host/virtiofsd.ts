@@ -1,9 +1,12 @@
 import { EventEmitter } from 'node:events';
 import { closeSync, existsSync, lstatSync, mkdirSync, openSync, readSync, rmSync, statSync } from 'node:fs';
 import path from 'node:path';
-import { startService, type Exit, type Service } from '../exec.js';
+import { userInfo } from 'node:os';
+import { requireProgram } from '../deps.js';
+import { runProgram, startService, type Exit, type Service } from '../exec.js';
 import type { Logger } from '../log.js';
 import { listProcesses } from '../proc.js';
+import { mapArgs, namespaceMaps, readSubIds, type NamespaceMaps, type UserIds } from './userns.js';
 
 /**
  * One virtiofsd per VM share, watched.
@@ -17,6 +20,18 @@ import { listProcesses } from '../proc.js';
  * virtiofsd outlives the daemon: stopping or restarting the daemon must not
  * pull a mounted share from under a guest. A new daemon adopts the virtiofsd
  * still serving the socket.
+ *
+ * The daemon normally runs as an ordinary user (its systemd user unit). The C
+ * virtiofsd of Debian 12 cannot run as one: it drops supplementary groups
+ * (setgroups), sets up its own mount, pid and network namespaces, and writes
+ * a pid file under /var/run/virtiofsd. So a daemon that is not root starts it
+ * in a user namespace of its own (see unprivilegedCommand and userns.ts):
+ * the user's own uid and gid kept, the user's subordinate ids for the rest,
+ * the namespace's capabilities kept as ambient ones, and a folder of the
+ * user's bind-mounted over /var so the pid file has somewhere to go. Nothing
+ * else moves: the socket and the source are at the paths the VMM and the
+ * document store know, and the process, once started, is virtiofsd itself
+ * with its usual command line, found and adopted as before.
  */
 export type ShareState = 'stopped' | 'starting' | 'ready' | 'attached' | 'failed';
 
@@ -33,6 +48,8 @@ export interface VirtiofsdOptions {
 }
 
 const SOCKET_WAIT_MS = 5000;
+/** How long the namespace's shell waits for its id maps before it gives up (in 10 ms steps). */
+const MAP_WAIT_STEPS = 500;
 const FAST_EXIT_MS = 200;
 const MAX_FAST_EXITS = 3;
 const ADOPTED_POLL_MS = 500;
@@ -56,6 +73,72 @@ function tail(file: string, from: number, bytes = 2048): string {
   } catch {
     return '';
   }
+}
+
+/**
+ * The shell that runs inside the new user and mount namespaces, as the user
+ * with the namespace's capabilities (unshare --keep-caps), before virtiofsd.
+ * Its values come as positional parameters, never spliced in:
+ *   $1 the folder mounted over /var   $2 setpriv   $3 mount   $4… virtiofsd and its arguments
+ * 1. Wait for the daemon to write the id maps (newuidmap and newgidmap run
+ *    outside the namespace, on this process); gid_map is written last.
+ * 2. Mount the folder over /var, so /var/run/virtiofsd is the user's. mount(8)
+ *    refuses to mount for a non-root uid, so that one command runs as the
+ *    namespace's root (one of the user's subordinate uids).
+ * 3. exec virtiofsd through setpriv with SECBIT_NO_SETUID_FIXUP, which
+ *    survives exec. virtiofsd switches its effective uid to the guest's for
+ *    every create; without the bit, switching back from the namespace's uid 0
+ *    (a create by the guest's root) to the user's uid would strip that
+ *    worker thread of its capabilities for good, and its next write from an
+ *    ordinary guest user fail with EPERM ("drop:capng_apply() failed").
+ * unshare without --fork execs in place, so the pid the daemon started is
+ * this shell's, then virtiofsd's.
+ */
+export const UNPRIVILEGED_SCRIPT = [
+  'i=0',
+  'until read -r line < /proc/self/gid_map 2>/dev/null && [ -n "$line" ]; do',
+  `  i=$((i + 1)); [ "$i" -le ${MAP_WAIT_STEPS} ] || { echo 'xdp-vm: no uid and gid maps were written for this user namespace within 5 s' >&2; exit 125; }`,
+  '  sleep 0.01',
+  'done',
+  'mkdir -p "$1/run" || exit 126',
+  '"$2" --reuid=0 --regid=0 --clear-groups -- "$3" -n --bind "$1" /var || { echo "xdp-vm: could not mount $1 over /var in virtiofsd\'s mount namespace" >&2; exit 126; }',
+  'setpriv=$2',
+  'shift 3',
+  'exec "$setpriv" --securebits=+no_setuid_fixup -- "$@"',
+].join('\n');
+
+/** A tag in the shell's argv, so `ps` says what the waiting shell is. */
+const SCRIPT_NAME = 'xdp-vm-virtiofsd-userns';
+
+export interface UnprivilegedPrograms {
+  unshare: string;
+  setpriv: string;
+  mount: string;
+}
+
+/**
+ * unshare's command line for virtiofsd in a user namespace; the maps are
+ * written afterwards, on the started pid (writeIdMaps).
+ * `varDir` is the user's folder that stands in for /var inside the namespace.
+ */
+export function unprivilegedCommand(programs: UnprivilegedPrograms, varDir: string, binary: string, args: readonly string[]): [string, string[]] {
+  return [programs.unshare, ['--user', '--mount', '--propagation', 'private', '--keep-caps', '--', '/bin/sh', '-c', UNPRIVILEGED_SCRIPT, SCRIPT_NAME, varDir, programs.setpriv, programs.mount, binary, ...args]];
+}
+
+/** Write `maps` into the user namespace of `pid` with the setuid helpers from Debian's uidmap. */
+export async function writeIdMaps(pid: number, maps: NamespaceMaps): Promise<void> {
+  await runProgram(requireProgram('newuidmap'), [String(pid), ...mapArgs(maps.uid)], { timeoutMs: 5000 });
+  await runProgram(requireProgram('newgidmap'), [String(pid), ...mapArgs(maps.gid)], { timeoutMs: 5000 });
+}
+
+/** This process's user, for its subordinate ids. */
+function currentUser(): UserIds {
+  return { name: userInfo().username, uid: process.getuid!(), gid: process.getgid!() };
+}
+
+/** Paths virtiofsd must see where they are; inside its namespace /var is the user's folder. */
+function underVar(p: string): boolean {
+  return p === '/var' || p.startsWith('/var/');
 }
 
 export class VirtiofsdSupervisor extends EventEmitter {
@@ -99,10 +182,44 @@ export class VirtiofsdSupervisor extends EventEmitter {
     mkdirSync(path.dirname(this.opts.logFile), { recursive: true, mode: 0o700 });
     this.logFrom = existsSync(this.opts.logFile) ? statSync(this.opts.logFile).size : 0;
     const started = Date.now();
-    const service = startService(`virtiofsd[${this.opts.vm}]`, this.opts.binary, this.args(), { outliveParent: { logFile: this.opts.logFile } });
+    const unprivileged = this.unprivileged ? this.prepareUnprivileged() : undefined;
+    const [file, args] = unprivileged ? unprivileged.command : [this.opts.binary, this.args()];
+    const service = startService(`virtiofsd[${this.opts.vm}]`, file, args, { outliveParent: { logFile: this.opts.logFile } });
     this.service = service;
     void service.exited.then((exit) => this.onExit(exit, Date.now() - started, service));
+    if (unprivileged) {
+      try {
+        await writeIdMaps(service.pid!, unprivileged.maps);
+      } catch (err) {
+        await service.stop();
+        throw new Error(`could not map ids into virtiofsd's user namespace: ${(err as Error).message}`, { cause: err });
+      }
+    }
     await this.waitForSocket(service);
+  }
+
+  /** Not root: virtiofsd goes into a user namespace (see the top of this file). */
+  get unprivileged(): boolean {
+    return (process.getuid?.() ?? 0) !== 0;
+  }
+
+  /** The folder mounted over /var in virtiofsd's namespace; its pid file lands in run/virtiofsd/ there. */
+  get varDir(): string {
+    return path.join(path.dirname(this.opts.socket), 'virtiofsd-var');
+  }
+
+  /** Everything that can fail before anything starts, so a missing piece fails closed and says what to do. */
+  private prepareUnprivileged(): { command: [string, string[]]; maps: NamespaceMaps } {
+    const programs = { unshare: requireProgram('unshare'), setpriv: requireProgram('setpriv'), mount: requireProgram('mount') };
+    requireProgram('newuidmap');
+    requireProgram('newgidmap');
+    for (const [what, p] of [['socket', this.opts.socket], ['source', this.opts.source]] as const) {
+      if (underVar(path.resolve(p))) throw new Error(`the share's ${what} ${p} is under /var, which an unprivileged virtiofsd's namespace replaces with ${this.varDir}; put it elsewhere (the default is under $XDG_RUNTIME_DIR)`);
+    }
+    const { subuid, subgid } = readSubIds();
+    const maps = namespaceMaps(currentUser(), subuid, subgid);
+    mkdirSync(path.join(this.varDir, 'run'), { recursive: true, mode: 0o700 });
+    return { command: unprivilegedCommand(programs, this.varDir, this.opts.binary, this.args()), maps };
   }
 
   /** Stop it: only when its VM is gone or unplugged, never under a mounted share. */

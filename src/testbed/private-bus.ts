@@ -3,6 +3,7 @@ import path from 'node:path';
 import { Bus } from '../dbus/bus.js';
 import { requireProgram } from '../deps.js';
 import { startService, type Service } from '../exec.js';
+import { asUser, type SessionUser } from './as-user.js';
 import { isAlive } from '../proc.js';
 
 /**
@@ -27,7 +28,8 @@ export interface PrivateBus {
   stop(): Promise<void>;
 }
 
-export async function startPrivateBus(opts: { dir: string; env: Record<string, string>; services: ActivatableService[] }): Promise<PrivateBus> {
+/** `asUser`: the bus and what it activates run as that user, and this (root) process may still connect. */
+export async function startPrivateBus(opts: { dir: string; env: Record<string, string>; services: ActivatableService[]; asUser?: SessionUser }): Promise<PrivateBus> {
   const servicesDir = path.join(opts.dir, 'services');
   mkdirSync(servicesDir, { recursive: true });
   for (const s of opts.services) writeFileSync(path.join(servicesDir, `${s.name}.service`), `[D-BUS Service]\nName=${s.name}\nExec=${s.exec}\n`);
@@ -46,14 +48,14 @@ export async function startPrivateBus(opts: { dir: string; env: Record<string, s
   <policy context="default">
     <allow send_destination="*" eavesdrop="true"/>
     <allow eavesdrop="true"/>
-    <allow own="*"/>
+    <allow own="*"/>${opts.asUser ? '\n    <allow user="root"/>' : ''}
   </policy>
 </busconfig>
 `,
   );
   const env = { ...opts.env, DBUS_SESSION_BUS_ADDRESS: address };
   const log: string[] = [];
-  const daemon = startService('dbus-daemon', requireProgram('dbus-daemon'), ['--config-file', config, '--nofork', '--nopidfile'], {
+  const daemon = startService('dbus-daemon', ...asUser(opts.asUser, requireProgram('dbus-daemon'), ['--config-file', config, '--nofork', '--nopidfile']), {
     env,
     inheritEnv: false,
     onStderrLine: (line) => {

@@ -11,6 +11,7 @@ import { CONTROL_BUS_NAME } from '../host/control.js';
 import { appIdOf } from '../host/documents.js';
 import { cliEntry, NODE_FLAGS } from '../paths.js';
 import { startPrivateBus, type PrivateBus } from './private-bus.js';
+import { asUser, chownTree, lookupUser, type SessionUser } from './as-user.js';
 import { processesMatching } from './processes.js';
 import { gtkHostBackend, type GtkDialogSpec } from './gtk-portal.js';
 import { SCRIPTED_PORTAL_FILE, ScriptedDialog } from './scripted-dialog.js';
@@ -98,18 +99,26 @@ export class World {
    * `gtkDialog`: the host's FileChooser backend is the real xdg-desktop-portal-gtk
    * on that display instead of the scripted user (`dialog` is then unset).
    * `daemonEnv`: extra environment for the host daemon only.
+   * `asUser`: the whole host session (bus, portals, document store, the daemon
+   * and its virtiofsds) runs as that ordinary user, as on a desktop; the
+   * world's files are the user's (as-user.ts). The test process stays root.
    */
   static async start(
     vms: WorldVmSpec[],
-    opts: { shares?: boolean; guests?: boolean; config?: Record<string, unknown>; userSession?: boolean; gtkDialog?: GtkDialogSpec; daemonEnv?: Record<string, string> } = {},
+    opts: { shares?: boolean; guests?: boolean; config?: Record<string, unknown>; userSession?: boolean; gtkDialog?: GtkDialogSpec; daemonEnv?: Record<string, string>; asUser?: string } = {},
   ): Promise<World> {
     const world = new World(mkdtempSync(path.join(tmpdir(), 'xdp-vm-world-')), vms);
     world.extraConfig = opts.config ?? {};
     world.daemonEnv = opts.daemonEnv ?? {};
     try {
+      if (opts.asUser) {
+        world.user = lookupUser(opts.asUser);
+        chownTree(world.root, world.user);
+      }
       if (opts.userSession) world.useUserSession();
       else await world.startHost(opts.gtkDialog);
       world.writeConfig();
+      if (world.user) chownTree(world.root, world.user);
       await world.startDaemon(opts);
       if (opts.guests !== false) for (const vm of vms.filter((v) => !v.qemu)) await world.startGuest(vm);
     } catch (err) {
@@ -121,6 +130,8 @@ export class World {
 
   /** Top-level config keys besides `vms` (e.g. `flood`), from World.start's `config`. */
   private extraConfig: Record<string, unknown> = {};
+  /** The ordinary user the host session runs as (World.start's `asUser`). */
+  user: SessionUser | undefined;
   private daemonEnv: Record<string, string> = {};
 
   /** Where the daemon (not under systemd here) appends its audit lines. */
@@ -160,6 +171,7 @@ export class World {
         { name: 'org.freedesktop.impl.portal.PermissionStore', exec: requireProgram('xdg-permission-store') },
         ...(backend ? [backend.service] : []),
       ],
+      ...(this.user ? { asUser: this.user } : {}),
     });
     if (!backend) this.dialog = await ScriptedDialog.start(this.hostBus.address);
   }
@@ -192,7 +204,7 @@ export class World {
   async startDaemon(opts: { shares?: boolean } = {}): Promise<void> {
     const args = [cliEntry(), 'host', '--config', this.configPath, ...(opts.shares === false ? ['--no-shares'] : [])];
     // Started as its #! line would start it.
-    this.daemon = startService('xdp-vm host', process.execPath, [...NODE_FLAGS, ...args], {
+    this.daemon = startService('xdp-vm host', ...asUser(this.user, process.execPath, [...NODE_FLAGS, ...args]), {
       env: { ...this.hostBus.env, ...this.daemonEnv },
       onStderrLine: (l) => this.daemonLog.push(l),
     });
@@ -264,7 +276,7 @@ export class World {
 
   /** Run `xdp-vm` against this world's host session. */
   cli(args: string[]) {
-    return runProgram(process.execPath, [cliEntry(), ...args], {
+    return runProgram(...asUser(this.user, process.execPath, [cliEntry(), ...args]), {
       env: { ...this.hostBus.env, XDP_VM_CONFIG: this.configPath },
       timeoutMs: 20_000,
     });
@@ -283,7 +295,8 @@ export class World {
         /* gone */
       }
     }
-    if (!this.userSession && existsSync(this.docMount) && readFileSync('/proc/self/mounts', 'utf8').includes(` ${this.docMount} `)) {
+    // The test process is root, and a user's FUSE mount refuses it even a stat.
+    if (!this.userSession && (this.user || existsSync(this.docMount)) && readFileSync('/proc/self/mounts', 'utf8').includes(` ${this.docMount} `)) {
       await runProgram(requireProgram('fusermount3'), ['-u', '-z', this.docMount]).catch(() => undefined);
     }
     rmSync(this.root, { recursive: true, force: true });

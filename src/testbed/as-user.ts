@@ -1,0 +1,64 @@
+import { chownSync, lstatSync, readdirSync, readFileSync } from 'node:fs';
+import path from 'node:path';
+import { requireProgram } from '../deps.js';
+
+/**
+ * A host session run as an ordinary user, as it runs on a desktop, from a
+ * test process that is root (CI): the user, and a command line that drops to
+ * it. scripts/setup.sh creates the user, with a subordinate id range.
+ */
+export interface SessionUser {
+  name: string;
+  uid: number;
+  gid: number;
+}
+
+/** The ordinary user the tests run host sessions as (scripts/setup.sh creates it). */
+export const TEST_USER = process.env.XDP_VM_TEST_USER ?? 'xdpvm-test';
+
+/** `name` from /etc/passwd, or why it cannot be used. */
+export function lookupUser(name: string, passwd = readFileSync('/etc/passwd', 'utf8')): SessionUser {
+  for (const line of passwd.split('\n')) {
+    const [user, , uid, gid] = line.split(':');
+    if (user === name) return { name, uid: Number(uid), gid: Number(gid) };
+  }
+  throw new Error(`no user ${name} in /etc/passwd; scripts/setup.sh tests creates it (run it as root)`);
+}
+
+/** Why host sessions cannot run as `name` here, or undefined when they can. */
+export function cannotRunAs(name = TEST_USER): string | undefined {
+  if (process.getuid?.() !== 0) return 'the tests are not root, so they cannot start a session as another user';
+  try {
+    lookupUser(name);
+  } catch (err) {
+    return (err as Error).message;
+  }
+  return undefined;
+}
+
+/**
+ * `file args` run as `user` (its uid, its gid and its groups) through
+ * setpriv, which execs the program, so the pid stays the program's. With no
+ * user, the command is unchanged.
+ */
+export function asUser(user: SessionUser | undefined, file: string, args: readonly string[]): [string, string[]] {
+  if (!user) return [file, [...args]];
+  return [requireProgram('setpriv'), ['--reuid', String(user.uid), '--regid', String(user.gid), '--init-groups', '--', file, ...args]];
+}
+
+/** Give `dir` and everything under it to `user` (not following links, not entering other mounts). */
+export function chownTree(dir: string, user: SessionUser): void {
+  const dev = lstatSync(dir).dev;
+  const walk = (p: string) => {
+    let st;
+    try {
+      st = lstatSync(p);
+    } catch {
+      return; // a user's FUSE mount refuses root even a stat
+    }
+    if (st.dev !== dev) return;
+    chownSync(p, user.uid, user.gid);
+    if (st.isDirectory()) for (const e of readdirSync(p)) walk(path.join(p, e));
+  };
+  walk(dir);
+}
