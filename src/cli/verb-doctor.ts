@@ -13,10 +13,15 @@ Run it as the user the host daemon runs as: not as root, the daemon starts
 virtiofsd in a user namespace, and the host checks then include what that
 needs (subordinate uids and gids, user namespaces, /dev/fuse for the user).`;
 
-function nodeCheck(): Check {
-  const [maj, min] = process.versions.node.split('.').map(Number) as [number, number];
-  const ok = maj > 20 || (maj === 20 && min >= 19);
-  return { what: `Node.js ${process.versions.node} (need 20.19 or newer)`, ok, found: process.execPath, fix: ok ? undefined : 'sudo apt-get install nodejs  # Debian 13 ships Node 20.19' };
+/** The guest half runs on Debian 12's nodejs 18.20 too; the host half needs 20.19 (README: "Which Node.js each half needs"). */
+export function nodeCheck(side: string, version = process.versions.node): Check {
+  const [maj = 0, min = 0] = version.split('.').map(Number);
+  const host = maj > 20 || (maj === 20 && min >= 19);
+  const guest = host || (maj === 18 && min >= 20);
+  const ok = side === 'guest' ? guest : host;
+  const need = side === 'guest' ? '18.20, or 20.19 or newer' : '20.19 or newer';
+  const fix = side === 'guest' ? "sudo apt-get install nodejs  # Debian 12's 18.20 will do" : 'sudo apt-get install nodejs  # Debian 13 ships Node 20.19';
+  return { what: `Node.js ${version} (need ${need})`, ok, found: process.execPath, fix: ok ? undefined : fix };
 }
 
 async function vsockCheck(): Promise<Check> {
@@ -36,7 +41,7 @@ export const doctorVerb: Verb = {
     const { values } = parse(argv, { side: { type: 'string', default: 'all' }, json: { type: 'boolean' } }, usage);
     if (values.help) return console.log(usage), 0;
     const side = values.side as string;
-    const checks: Check[] = [nodeCheck()];
+    const checks: Check[] = [nodeCheck(side)];
     for (const dep of DEPENDENCIES) {
       if (dep.side === 'test' || (side !== 'all' && dep.side !== 'both' && dep.side !== side)) continue;
       const found = whichProgram(dep.candidates);

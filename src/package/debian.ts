@@ -17,7 +17,7 @@ import { COMMAND, GENERATED_LIST, GUEST_PACKAGE, INSTALL_GUEST_MANIFEST, PACKAGE
  *
  * - xdg-desktop-portal-vm-common (the CPU's architecture): the xdp-vm CLI
  *   bundle, the AF_VSOCK addon, the data files, the D-Bus interface XML and
- *   the man pages; it runs on Node.js 18.19+ (Debian 12's nodejs);
+ *   the man pages; it runs on Node.js 18.20+ (Debian 12's nodejs);
  * - xdg-desktop-portal-vm-host (all): the daemon's user unit and D-Bus
  *   activation, the GJS consent dialog, the config skeleton; Node.js 20.19+;
  * - xdg-desktop-portal-vm-guest (all): the guest side install-guest writes,
@@ -36,7 +36,7 @@ export const LIB_DIR = `/usr/lib/${SOURCE}`;
 export const GUEST_HELPER = `${LIB_DIR}/dist/package/guest-maintscript.mjs`;
 
 /** Node.js each half needs: the guest half runs on Debian 12's 18.20; the host half needs 20.19. */
-export const NODE_GUEST = '18.19';
+export const NODE_GUEST = '18.20';
 export const NODE_HOST = '20.19';
 
 /** The consent dialog: without it the daemon asks on its terminal, or denies; so recommended, not required. */

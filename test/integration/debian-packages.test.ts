@@ -40,7 +40,7 @@ describe('the packages', () => {
     ]);
   });
 
-  it('depend on what each half runs: Node.js 18.19 for the guest, 20.19 for the host', async () => {
+  it('depend on what each half runs: Node.js 18.20 for the guest, 20.19 for the host', async () => {
     expect(await field(COMMON_PACKAGE, 'Depends')).toMatch(/^nodejs \(>= 18\.19\), libc6 \(>= [\d.]+\)$/);
     const host = (await field(HOST_PACKAGE, 'Depends')).split(', ');
     expect(host.slice(0, 2)).toEqual([`${COMMON_PACKAGE} (= ${VERSION})`, 'nodejs (>= 20.19)']);
@@ -53,7 +53,7 @@ describe('the packages', () => {
     }
     for (const p of essential) expect(host).not.toContain(p);
     expect(await field(HOST_PACKAGE, 'Recommends')).toBe('gjs, gir1.2-gtk-4.0, gir1.2-adw-1');
-    expect(await field(GUEST_PACKAGE, 'Depends')).toBe(`${COMMON_PACKAGE} (= ${VERSION}), nodejs (>= 18.19), xdg-desktop-portal (>= 1.16), default-dbus-session-bus | dbus-session-bus`);
+    expect(await field(GUEST_PACKAGE, 'Depends')).toBe(`${COMMON_PACKAGE} (= ${VERSION}), nodejs (>= 18.20), xdg-desktop-portal (>= 1.16), default-dbus-session-bus | dbus-session-bus`);
   });
 
   it('lintian reports no errors and no warnings', async () => {

@@ -134,3 +134,15 @@ describe('doctor\'s checks for an unprivileged virtiofsd', () => {
     expect(failing({ fuseUsable: false, fuseExists: false })).toEqual([expect.objectContaining({ fix: expect.stringMatching(/apt-get install fuse3.*modprobe fuse/) })]);
   });
 });
+
+describe('the Node.js each side of doctor asks for', () => {
+  it('admits Debian 12 nodejs 18.20 in a guest, and needs 20.19 on the host', async () => {
+    const { nodeCheck } = await import('../../src/cli/verb-doctor.js');
+    expect(nodeCheck('guest', '18.20.4').ok).toBe(true);
+    expect(nodeCheck('guest', '18.19.1').ok).toBe(false);
+    expect(nodeCheck('guest', '20.18.0').ok).toBe(false);
+    expect(nodeCheck('host', '18.20.4').ok).toBe(false);
+    expect(nodeCheck('host', '20.19.0').ok).toBe(true);
+    expect(nodeCheck('all', '22.1.0').ok).toBe(true);
+  });
+});
