@@ -8,6 +8,8 @@ import { methodTable, type NotificationHandler } from '../protocol/methods.js';
 import { Ping, PortalsChanged, ShareMount, ShareUnmount } from '../protocol/session.js';
 import type { VmShare } from './vm-share.js';
 import { VmDevices } from './vm-devices.js';
+import { audit } from './audit.js';
+import { describeRow } from '../policy/model.js';
 import { vmmConnector } from './vmm-connector.js';
 import { hop } from '../trace.js';
 import { guestLogText } from '../guest-input.js';
@@ -31,6 +33,9 @@ export class VmSession {
   private served: string[];
   private readonly halves: HostHalves;
   private readonly policy: VmSessionDeps['policy'];
+  /** Portals whose serving state has been decided (and audited when shut) at least once. */
+  private readonly announced = new Set<string>();
+  private auditedServed = false;
   share: VmShare | undefined;
   /** The VM's one VMM connection; undefined when its config names no VMM. */
   readonly devices: VmDevices | undefined;
@@ -68,10 +73,25 @@ export class VmSession {
    */
   async refreshServed(): Promise<void> {
     const served: string[] = [];
-    for (const name of this.halves.keys()) if ((await this.policy.decision(name, undefined, this.vm)).verdict !== 'deny') served.push(name);
-    if (served.join() === this.served.join()) return;
+    const shut: { portal: string; rule: string | undefined; failure: boolean }[] = [];
+    for (const name of this.halves.keys()) {
+      const d = await this.policy.decision(name, undefined, this.vm);
+      if (d.verdict !== 'deny') served.push(name);
+      else shut.push({ portal: name, rule: d.row ? describeRow(d.row) : undefined, failure: !!d.error });
+    }
+    if (served.join() === this.served.join() && this.auditedServed) return;
+    const wasServed = new Set(this.served);
     this.served = served;
-    this.log.info({ portals: served }, 'the portals this VM is served changed');
+    this.auditedServed = true;
+    // Not serving a portal is a decision too: one audit line when a row shuts one (or the policy cannot be read), and when it opens again.
+    for (const s of shut.filter((x) => wasServed.has(x.portal) || !this.announced.has(x.portal))) {
+      audit({ vm: this.vm.name, portal: s.portal, request: 'served portals', decision: 'deny', reason: s.failure ? 'failure' : 'policy', grant: null, asked: { served: false }, ...(s.rule ? { rule: s.rule } : {}) });
+    }
+    for (const p of served.filter((x) => !wasServed.has(x) && this.announced.has(x))) {
+      audit({ vm: this.vm.name, portal: p, request: 'served portals', decision: 'allow', reason: 'policy', grant: null, asked: { served: true } });
+    }
+    for (const p of this.halves.keys()) this.announced.add(p);
+    this.log.info({ portals: served }, 'the portals this VM is served');
     this.conn?.notify(PortalsChanged, { portals: served });
   }
 

@@ -274,6 +274,21 @@ export class World {
     }
   }
 
+  /**
+   * The interfaces the guest backend of `vm` exports now (its Introspect
+   * XML). The host tells the guest which portals it serves; after a policy
+   * change that shuts or opens one, a test waits here until the guest follows.
+   */
+  async guestExports(vm: string): Promise<string> {
+    const bus = await Bus.connect(this.guest(vm).bus.address);
+    try {
+      const [xml] = await bus.call({ destination: 'org.freedesktop.impl.portal.desktop.vm', path: '/org/freedesktop/portal/desktop', interface: 'org.freedesktop.DBus.Introspectable', member: 'Introspect', timeoutMs: 20_000 });
+      return xml as string;
+    } finally {
+      bus.close();
+    }
+  }
+
   /** Run `xdp-vm` against this world's host session. */
   cli(args: string[]) {
     return runProgram(...asUser(this.user, process.execPath, [cliEntry(), ...args]), {

@@ -136,8 +136,9 @@ describe('a guest flooding the daemon with mistakes', () => {
       await expect.poll(() => again.closed, { timeout: 5000 }).toBe(true);
       expect(again.frames.at(-1)).toMatchObject({ t: 'err', id: null, code: 'bad-frame' });
     }
-    // Each burst ends with a count of what it did not write.
+    // Each burst ends with a count of what it did not write, once it has been quiet for a while.
     await expect.poll(() => world.daemonLog.slice(before).filter((l) => l.includes('more like this')).length, { timeout: 20_000 }).toBeGreaterThanOrEqual(3);
+    await expect.poll(() => world.daemonLog.slice(before).filter((l) => l.includes('closing link')).length, { timeout: 20_000 }).toBe(2);
 
     const lines = world.daemonLog.slice(before);
     // ~35,000 mistakes; a line each would be 35,000 lines. What is left is a few per kind, plus a few per link.

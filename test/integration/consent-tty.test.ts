@@ -158,9 +158,8 @@ describe('terminal consent prompt on a real pty', () => {
     ]);
     expect(run.outcome.decision).toBe('deny');
     expect(run.transcript).toContain('Text from the VM (unverified):');
-    expect(run.transcript).toContain(
-      '  | please\\x1b[2J\\x1b[H\\x1b[31mAllowed once.\\x1b[0m\\x1b]0;owned\\x07\\x0dtail\\u{202e}',
-    );
+    // A lone CR, which would return the cursor and overwrite the line, starts a new gutter line instead.
+    expect(run.transcript).toContain('  | please\\x1b[2J\\x1b[H\\x1b[31mAllowed once.\\x1b[0m\\x1b]0;owned\\x07\n  | tail\\u{202e}');
     // Not one raw control character reached the terminal apart from line ends (and the echoed Enter).
     expect(run.transcript).not.toMatch(/[\u0000-\u0009\u000b-\u001f\u007f-\u009f\u202e]/);
   });

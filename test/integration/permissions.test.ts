@@ -144,6 +144,8 @@ describe('xdp-vm permissions, without a daemon', () => {
   });
 });
 
+const FILE_CHOOSER_IFACE = 'org.freedesktop.impl.portal.FileChooser';
+
 describe('the daemon obeys the rows', () => {
   let world: World;
   let file: string;
@@ -182,6 +184,8 @@ describe('the daemon obeys the rows', () => {
 
   it('a change made with flatpak permission-set applies to the next request, without a restart', async () => {
     await flatpak(['permission-set', 'xdp-vm-filechooser', '*', 'work', 'yes']);
+    // The VM-wide deny of the test before had shut the portal in the guest: it opens again as soon as the guest hears.
+    await expect.poll(() => world.guestExports('work'), { timeout: 10_000 }).toContain(FILE_CHOOSER_IFACE);
     const before = dialogsOf('work');
     expect((await world.fileDialog('work', 'OpenFile', 'Open')).response).toBe(0);
     expect(dialogsOf('work')).toBe(before + 1);
@@ -199,6 +203,7 @@ describe('the daemon obeys the rows', () => {
     expect((await world.fileDialog('work', 'OpenFile', 'Open')).response).toBe(2);
     expect((await world.fileDialog('shop', 'OpenFile', 'Open')).response).toBe(2);
     await xdpVm(['permissions', 'reset', '--all']);
+    await expect.poll(() => world.guestExports('shop'), { timeout: 10_000 }).toContain(FILE_CHOOSER_IFACE);
     expect((await world.fileDialog('shop', 'OpenFile', 'Open')).response).toBe(0);
   });
 

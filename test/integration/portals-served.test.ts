@@ -1,5 +1,4 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Bus } from '../../src/dbus/bus.js';
 import { World } from '../../src/testbed/world.js';
 
 /**
@@ -17,17 +16,7 @@ afterAll(async () => {
   await world?.stop();
 });
 
-const BACKEND = 'org.freedesktop.impl.portal.desktop.vm';
-
-async function guestInterfaces(vm: string): Promise<string> {
-  const bus = await Bus.connect(world.guest(vm).bus.address);
-  try {
-    const [xml] = await bus.call({ destination: BACKEND, path: '/org/freedesktop/portal/desktop', interface: 'org.freedesktop.DBus.Introspectable', member: 'Introspect', timeoutMs: 20_000 });
-    return xml as string;
-  } finally {
-    bus.close();
-  }
-}
+const guestInterfaces = (vm: string) => world.guestExports(vm);
 
 const served = async (vm: string) => (JSON.parse((await world.cli(['vms', '--json'])).stdout) as { vms: { name: string; portals: string[] }[] }).vms.find((v) => v.name === vm)!.portals;
 
