@@ -31,22 +31,8 @@ export interface HopRow {
   ms: number;
 }
 
-/** The forwarded FileChooser round trip, hop by hop. */
-export function fileChooserHops(start: number, end: number, marks: Map<string, number>): HopRow[] {
-  const m = (k: string) => need(marks, k, 'processes');
-  return [
-    { hop: 'app → guest xdg-desktop-portal → guest backend', ms: m('guest.received') - start },
-    { hop: 'guest backend → host daemon (link)', ms: m('host.received') - m('guest.received') },
-    { hop: 'host daemon: checks and path translation', ms: m('host.dialog-called') - m('host.received') },
-    { hop: 'host xdg-desktop-portal → dialog → answer', ms: m('host.dialog-answered') - m('host.dialog-called') },
-    { hop: 'document store grant', ms: m('host.granted') - m('host.dialog-answered') },
-    { hop: 'host daemon → guest backend (link)', ms: m('guest.answered') - m('host.granted') },
-    { hop: 'guest backend → guest xdg-desktop-portal → app', ms: end - m('guest.answered') },
-  ];
-}
-
 /**
- * The same round trip when the app runs in a VM: guest marks are on the
+ * The forwarded FileChooser round trip when the app runs in a VM: guest marks are on the
  * guest's clock and host marks on the host's, so each row subtracts marks of
  * one clock only; the link row is what the guest waited minus what the host spent.
  */
@@ -58,8 +44,8 @@ export function vmFileChooserHops(app: { t0: number; t1: number; readMs?: number
     { hop: 'app → guest xdg-desktop-portal → guest backend', ms: g('guest.received') - app.t0 },
     { hop: 'guest backend ↔ host daemon, both ways (link)', ms: g('guest.answered') - g('guest.received') - hostSpent },
     { hop: 'host daemon: checks and path translation', ms: h('host.dialog-called') - h('host.received') },
-    { hop: 'host xdg-desktop-portal → dialog → answer', ms: h('host.dialog-answered') - h('host.dialog-called') },
-    { hop: 'document store grant', ms: h('host.granted') - h('host.dialog-answered') },
+    { hop: "host dialog (the desktop's FileChooser backend for OpenFile, xdg-desktop-portal for saves) → answer", ms: h('host.dialog-answered') - h('host.dialog-called') },
+    { hop: 'path checks, planted-link guard, document store grant, audit', ms: h('host.granted') - h('host.dialog-answered') },
     { hop: 'share ready in the guest (plugged in, mounted)', ms: h('host.share-ready') - h('host.granted') },
     { hop: 'guest backend → guest xdg-desktop-portal → app', ms: app.t1 - g('guest.answered') },
   ];
