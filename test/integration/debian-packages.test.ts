@@ -41,7 +41,7 @@ describe('the packages', () => {
   });
 
   it('depend on what each half runs: Node.js 18.20 for the guest, 20.19 for the host', async () => {
-    expect(await field(COMMON_PACKAGE, 'Depends')).toMatch(/^nodejs \(>= 18\.19\), libc6 \(>= [\d.]+\)$/);
+    expect(await field(COMMON_PACKAGE, 'Depends')).toMatch(/^nodejs \(>= 18\.20\), libc6 \(>= [\d.]+\)$/);
     const host = (await field(HOST_PACKAGE, 'Depends')).split(', ');
     expect(host.slice(0, 2)).toEqual([`${COMMON_PACKAGE} (= ${VERSION})`, 'nodejs (>= 20.19)']);
     expect(host).toEqual(expect.arrayContaining(['xdg-desktop-portal', 'fuse3', 'qemu-system-common', 'default-dbus-session-bus | dbus-session-bus']));
