@@ -1,7 +1,7 @@
 import { readFileSync, readlinkSync, readdirSync } from 'node:fs';
 import type { Logger } from '../log.js';
-import { listProcesses } from '../proc.js';
 import { appIdOf, type DocumentStore } from './documents.js';
+import { virtiofsdProcesses } from './virtiofsd.js';
 
 /**
  * VMs that were removed from the config but left something behind: documents
@@ -30,8 +30,7 @@ export interface LeftoverVirtiofsd {
 export function leftoverVirtiofsds(docs: Pick<DocumentStore, 'mountPoint'>, configured: ReadonlySet<string>): LeftoverVirtiofsd[] {
   const prefix = `source=${docs.mountPoint}/by-app/${appIdOf('')}`;
   const out: LeftoverVirtiofsd[] = [];
-  for (const p of listProcesses()) {
-    if (!(p.argv[0] ?? '').includes('virtiofsd')) continue;
+  for (const p of virtiofsdProcesses()) {
     const source = p.argv.find((a) => a.startsWith(prefix));
     const vm = source?.slice(prefix.length).replace(/\/+$/, '');
     const socket = p.argv.find((a) => a.startsWith('--socket-path='))?.slice('--socket-path='.length) ?? '';

@@ -5,7 +5,7 @@ import { userInfo } from 'node:os';
 import { requireProgram } from '../deps.js';
 import { runProgram, startService, type Exit, type Service } from '../exec.js';
 import type { Logger } from '../log.js';
-import { listProcesses } from '../proc.js';
+import { listProcesses, type ProcessInfo } from '../proc.js';
 import { mapArgs, namespaceMaps, readSubIds, type NamespaceMaps, type UserIds } from './userns.js';
 
 /**
@@ -56,7 +56,12 @@ const ADOPTED_POLL_MS = 500;
 
 /** The virtiofsd process serving `socket`, found by its command line. */
 export function findVirtiofsd(socket: string): number | undefined {
-  return listProcesses().find((p) => p.argv.includes(`--socket-path=${socket}`) && path.basename(p.argv[0] ?? '').includes('virtiofsd'))?.pid;
+  return virtiofsdProcesses().find((p) => p.argv.includes(`--socket-path=${socket}`))?.pid;
+}
+
+/** Every running virtiofsd, ours or left by an earlier daemon, with its command line. */
+export function virtiofsdProcesses(): ProcessInfo[] {
+  return listProcesses().filter((p) => path.basename(p.argv[0] ?? '').includes('virtiofsd'));
 }
 
 /** The last lines virtiofsd wrote since `from` (its log is shared by every run). */

@@ -33,9 +33,8 @@ export class VmSession {
   private served: string[];
   private readonly halves: HostHalves;
   private readonly policy: VmSessionDeps['policy'];
-  /** Portals whose serving state has been decided (and audited when shut) at least once. */
-  private readonly announced = new Set<string>();
-  private auditedServed = false;
+  /** Whether each portal is served, as last decided (and audited when it shut or opened). */
+  private readonly decided = new Map<string, boolean>();
   share: VmShare | undefined;
   /** The VM's one VMM connection; undefined when its config names no VMM. */
   readonly devices: VmDevices | undefined;
@@ -72,28 +71,27 @@ export class VmSession {
    * refused); one denied only for some arguments still is.
    */
   async refreshServed(): Promise<void> {
-    const served: string[] = [];
-    const shut: { portal: string; rule: string | undefined; failure: boolean }[] = [];
+    let changed = false;
     for (const name of this.halves.keys()) {
       const d = await this.policy.decision(name, undefined, this.vm);
-      if (d.verdict !== 'deny') served.push(name);
-      else shut.push({ portal: name, rule: d.row ? describeRow(d.row) : undefined, failure: !!d.error });
+      const now = d.verdict !== 'deny';
+      const before = this.decided.get(name);
+      if (before === now) continue;
+      this.decided.set(name, now);
+      changed = true;
+      // Not serving a portal is a decision too: one audit line when a row shuts it (or the policy cannot be read), one when it opens again.
+      if (!now) {
+        audit({ vm: this.vm.name, portal: name, request: 'served portals', decision: 'deny', reason: d.error ? 'failure' : 'policy', grant: null, asked: { served: false }, ...(d.row ? { rule: describeRow(d.row) } : {}) });
+      } else if (before === false) {
+        audit({ vm: this.vm.name, portal: name, request: 'served portals', decision: 'allow', reason: 'policy', grant: null, asked: { served: true } });
+      }
     }
-    if (served.join() === this.served.join() && this.auditedServed) return;
-    const wasServed = new Set(this.served);
-    this.served = served;
-    this.auditedServed = true;
-    // Not serving a portal is a decision too: one audit line when a row shuts one (or the policy cannot be read), and when it opens again.
-    for (const s of shut.filter((x) => wasServed.has(x.portal) || !this.announced.has(x.portal))) {
-      audit({ vm: this.vm.name, portal: s.portal, request: 'served portals', decision: 'deny', reason: s.failure ? 'failure' : 'policy', grant: null, asked: { served: false }, ...(s.rule ? { rule: s.rule } : {}) });
-    }
-    for (const p of served.filter((x) => !wasServed.has(x) && this.announced.has(x))) {
-      audit({ vm: this.vm.name, portal: p, request: 'served portals', decision: 'allow', reason: 'policy', grant: null, asked: { served: true } });
-    }
-    for (const p of this.halves.keys()) this.announced.add(p);
-    this.log.info({ portals: served }, 'the portals this VM is served');
-    this.conn?.notify(PortalsChanged, { portals: served });
+    if (!changed) return;
+    this.served = [...this.halves.keys()].filter((p) => this.decided.get(p));
+    this.log.info({ portals: this.served }, 'the portals this VM is served');
+    this.conn?.notify(PortalsChanged, { portals: this.served });
   }
+
 
   get connected(): boolean {
     return !!this.conn && !this.conn.isClosed && this.conn.negotiatedVersion !== undefined;
