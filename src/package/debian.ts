@@ -285,7 +285,8 @@ const gz = (data: string | Buffer) => gzipSync(data, { level: 9 });
 
 async function git(args: string[]): Promise<string | undefined> {
   try {
-    return (await runProgram('git', ['-C', ROOT(), ...args])).stdout.trim() || undefined;
+    // Only reading the checkout's history: git's ownership check would refuse a checkout another user owns (a user building from root's clone).
+    return (await runProgram('git', ['-c', `safe.directory=${ROOT()}`, '-C', ROOT(), ...args])).stdout.trim() || undefined;
   } catch {
     return undefined;
   }

@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Bus, type Vardict } from '../dbus/bus.js';
@@ -11,7 +11,7 @@ import { CONTROL_BUS_NAME } from '../host/control.js';
 import { appIdOf } from '../host/documents.js';
 import { cliEntry, NODE_FLAGS } from '../paths.js';
 import { startPrivateBus, type PrivateBus } from './private-bus.js';
-import { asUser, chownTree, lookupUser, type SessionUser } from './as-user.js';
+import { asUser, chownTree, handSocketsTo, lookupUser, sessionUser, type SessionUser } from './as-user.js';
 import { processesMatching } from './processes.js';
 import { gtkHostBackend, type GtkDialogSpec } from './gtk-portal.js';
 import { SCRIPTED_PORTAL_FILE, ScriptedDialog } from './scripted-dialog.js';
@@ -99,9 +99,12 @@ export class World {
    * `gtkDialog`: the host's FileChooser backend is the real xdg-desktop-portal-gtk
    * on that display instead of the scripted user (`dialog` is then unset).
    * `daemonEnv`: extra environment for the host daemon only.
-   * `asUser`: the whole host session (bus, portals, document store, the daemon
-   * and its virtiofsds) runs as that ordinary user, as on a desktop; the
-   * world's files are the user's (as-user.ts). The test process stays root.
+   * `asUser`: who the whole host session (bus, portals, document store, the
+   * daemon and its virtiofsds) runs as. By default the user running the tests,
+   * or, when that is root, the test user (as-user.ts sessionUser): the host
+   * daemon never runs as root here, as on a desktop. A root test process
+   * keeps its root (QEMU's machinery needs it) and the world's files are
+   * given to the user (`own`, `hostFile`).
    */
   static async start(
     vms: WorldVmSpec[],
@@ -111,14 +114,12 @@ export class World {
     world.extraConfig = opts.config ?? {};
     world.daemonEnv = opts.daemonEnv ?? {};
     try {
-      if (opts.asUser) {
-        world.user = lookupUser(opts.asUser);
-        chownTree(world.root, world.user);
-      }
+      if (!opts.userSession) world.user = opts.asUser ? lookupUser(opts.asUser) : sessionUser();
+      world.own(world.root);
       if (opts.userSession) world.useUserSession();
       else await world.startHost(opts.gtkDialog);
       world.writeConfig();
-      if (world.user) chownTree(world.root, world.user);
+      world.own(world.root);
       await world.startDaemon(opts);
       if (opts.guests !== false) for (const vm of vms.filter((v) => !v.qemu)) await world.startGuest(vm);
     } catch (err) {
@@ -130,8 +131,31 @@ export class World {
 
   /** Top-level config keys besides `vms` (e.g. `flood`), from World.start's `config`. */
   private extraConfig: Record<string, unknown> = {};
-  /** The ordinary user the host session runs as (World.start's `asUser`). */
+  /** The ordinary user the host session runs as (World.start's `asUser`); unset only for `userSession`. */
   user: SessionUser | undefined;
+
+  /** Whether the host session runs as another user than this process. */
+  private get otherUser(): SessionUser | undefined {
+    return this.user && this.user.uid !== process.getuid?.() ? this.user : undefined;
+  }
+
+  /** Give `p` (and what is under it) to the session's user, as if the user had made it. */
+  own(p: string): string {
+    if (this.otherUser) chownTree(p, this.otherUser);
+    return p;
+  }
+
+  /** A folder of the user's at `p`. */
+  hostDir(p: string): string {
+    mkdirSync(p, { recursive: true });
+    return this.own(p);
+  }
+
+  /** A file of the user's at `p`, as the user would have written it. */
+  hostFile(p: string, content: string | Uint8Array): string {
+    writeFileSync(p, content);
+    return this.own(p);
+  }
   private daemonEnv: Record<string, string> = {};
 
   /** Where the daemon (not under systemd here) appends its audit lines. */
@@ -171,7 +195,7 @@ export class World {
         { name: 'org.freedesktop.impl.portal.PermissionStore', exec: requireProgram('xdg-permission-store') },
         ...(backend ? [backend.service] : []),
       ],
-      ...(this.user ? { asUser: this.user } : {}),
+      ...(this.otherUser ? { asUser: this.otherUser } : {}),
     });
     if (!backend) this.dialog = await ScriptedDialog.start(this.hostBus.address);
   }
@@ -253,6 +277,16 @@ export class World {
     return { portal: path.join(dir, `${vm}-portal.sock`), qmp: path.join(dir, `${vm}-qmp.sock`), share: path.join(dir, `${vm}-doc.sock`) };
   }
 
+  /**
+   * Hand the sockets a root-run VMM makes for `vm` (its portal chardev, its
+   * QMP monitor) to the session's user as they appear, so the daemon reaches
+   * them as it would a VM the user started. Returns the stop.
+   */
+  handVmSockets(vm: string): () => void {
+    const p = this.vmPaths(vm);
+    return this.user ? handSocketsTo(this.user, [p.portal, p.qmp]) : () => undefined;
+  }
+
   /** The hybrid-vsock endpoint of a VM, where its guest connects. */
   endpointOf(vm: string): string {
     return `${path.join(this.root, 'vms', `${vm}.vsock`)}_${PORT}`;
@@ -310,8 +344,8 @@ export class World {
         /* gone */
       }
     }
-    // The test process is root, and a user's FUSE mount refuses it even a stat.
-    if (!this.userSession && (this.user || existsSync(this.docMount)) && readFileSync('/proc/self/mounts', 'utf8').includes(` ${this.docMount} `)) {
+    // Not existsSync: a user's FUSE mount refuses a root test process even a stat.
+    if (!this.userSession && readFileSync('/proc/self/mounts', 'utf8').includes(` ${this.docMount} `)) {
       await runProgram(requireProgram('fusermount3'), ['-u', '-z', this.docMount]).catch(() => undefined);
     }
     rmSync(this.root, { recursive: true, force: true });

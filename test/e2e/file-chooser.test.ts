@@ -1,4 +1,4 @@
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { QEMU_GUEST_MOUNT, World } from '../../src/testbed/world.js';
@@ -22,7 +22,7 @@ beforeAll(async () => {
     { name: 'shop', label: 'Shopping', qemu: true },
   ]);
   files = path.join(world.root, 'alice');
-  mkdirSync(files);
+  world.hostDir(files);
   [work, shop] = await Promise.all([bootPortalVm(world, 'work'), bootPortalVm(world, 'shop')]);
 });
 afterAll(async () => {
@@ -31,9 +31,7 @@ afterAll(async () => {
 });
 
 function hostFile(name: string, content: string): string {
-  const p = path.join(files, name);
-  writeFileSync(p, content);
-  return p;
+  return world.hostFile(path.join(files, name), content);
 }
 
 const docIdOf = (guestPath: string) => path.basename(path.dirname(guestPath));

@@ -1,4 +1,3 @@
-import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { packageRoot } from '../../src/paths.js';
@@ -23,8 +22,8 @@ afterAll(async () => {
 
 it('GTK\'s native file chooser in the guest opens a host file through the host dialog', async () => {
   const dir = path.join(world.root, 'alice');
-  mkdirSync(dir);
-  writeFileSync(path.join(dir, 'report.txt'), 'numbers for the GTK app');
+  world.hostDir(dir);
+  world.hostFile(path.join(dir, 'report.txt'), 'numbers for the GTK app');
   world.dialog.behave(() => ({ response: 0, uris: [`file://${dir}/report.txt`] }));
   const fixture = path.join(packageRoot(), 'test', 'fixtures', 'gtk3-file-chooser.js');
   const out = await vm.sh(

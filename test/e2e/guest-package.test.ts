@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildDebianPackages, COMMON_PACKAGE, GUEST_PACKAGE, type BuiltPackage } from '../../src/package/debian.js';
@@ -65,14 +65,15 @@ beforeAll(async () => {
   debs = await buildDebianPackages({ outDir: path.join(outDir, 'deb'), workDir: path.join(outDir, 'work'), log: () => undefined });
   world = await World.start([{ name: 'work', label: 'Work', qemu: true }]);
   files = path.join(world.root, 'alice');
-  mkdirSync(files);
+  world.hostDir(files);
   const paths = world.vmPaths('work');
+  const handed = world.handVmSockets('work');
   guest = await bootGuest({
     name: 'work',
     rootPorts: 2,
     serialPorts: [{ name: PORTAL_PORT, socketPath: paths.portal }],
     extraQemuArgs: ['-qmp', `unix:${paths.qmp},server=on,wait=off`],
-  });
+  }).finally(handed);
   const checkout = checkoutPath();
   await guest.agent.check(
     [
@@ -143,7 +144,7 @@ describe('the guest package in a QEMU guest', () => {
 
   it('OpenFile: the app in the guest reads the chosen host file, answered by the installed backend', async () => {
     const chosen = path.join(files, 'q3.txt');
-    writeFileSync(chosen, 'Q3 numbers, through the packaged guest');
+    world.hostFile(chosen, 'Q3 numbers, through the packaged guest');
     world.dialog.behave(() => ({ response: 0, uris: [`file://${chosen}`] }));
     const r = await app(['open', 'Open Report']);
     expect(r.response).toBe(0);

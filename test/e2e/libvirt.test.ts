@@ -6,6 +6,7 @@ import type { Service } from '../../src/exec.js';
 import type { VmmEvent } from '../../src/vmm/adapter.js';
 import { LibvirtAdapter } from '../../src/vmm/libvirt.js';
 import { QEMU_GUEST_MOUNT, World } from '../../src/testbed/world.js';
+import { sessionUser } from '../../src/testbed/as-user.js';
 import { startVirtiofsd } from '../../src/testbed/qemu/virtiofsd.js';
 import { bootLibvirtGuest, startPrivateLibvirtd, type LibvirtGuest, type PrivateLibvirtd } from '../../src/testbed/qemu/libvirt-guest.js';
 import { GUEST_APP, GUEST_ENV, guestSetupScript, PORTAL_PORT, type AppResult } from '../../src/testbed/qemu/portal-vm.js';
@@ -23,7 +24,7 @@ const cleanups: Array<() => Promise<unknown>> = [];
 
 beforeAll(async () => {
   const t0 = Date.now();
-  lv = await startPrivateLibvirtd();
+  lv = await startPrivateLibvirtd({ client: sessionUser() });
   console.log(`libvirt: private libvirtd answering after ${Date.now() - t0} ms`);
   scratch = mkdtempSync(path.join(tmpdir(), 'xdpvm-libvirt-e2e-'));
 });
@@ -157,7 +158,8 @@ describe('the host daemon with vmm type "libvirt"', () => {
     config.vms.work!.vmm = { type: 'libvirt', domain, uri: lv.uri };
     writeFileSync(world.configPath, JSON.stringify(config, null, 2));
     await world.startDaemon();
-    guest = await bootLibvirtGuest(lv, { name: 'work', domain, rootPorts: 2, channels: [{ name: PORTAL_PORT, socketPath: world.vmPaths('work').portal }] });
+    const handed = world.handVmSockets('work');
+    guest = await bootLibvirtGuest(lv, { name: 'work', domain, rootPorts: 2, channels: [{ name: PORTAL_PORT, socketPath: world.vmPaths('work').portal }] }).finally(handed);
     cleanups.push(() => guest.cleanup());
     await sh(guestSetupScript());
   });
@@ -175,7 +177,7 @@ describe('the host daemon with vmm type "libvirt"', () => {
 
   it('OpenFile: the daemon hot-plugs the share through libvirt on the first grant, and the app reads the host bytes', async () => {
     const chosen = path.join(world.root, 'q4.txt');
-    writeFileSync(chosen, 'Q4 numbers, via libvirt');
+    world.hostFile(chosen, 'Q4 numbers, via libvirt');
     world.dialog.behave(() => ({ response: 0, uris: [`file://${chosen}`] }));
     expect(await lv.virsh(['dumpxml', '--domain', domain])).not.toContain('ua-xdpvm-fs-xdpvm-doc');
     const r = await app(['open', 'Open Report']);

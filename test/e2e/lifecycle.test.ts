@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { findVirtiofsd } from '../../src/host/virtiofsd.js';
@@ -21,7 +21,7 @@ beforeAll(async () => {
     { name: 'lab', label: 'Lab', qemu: true },
   ]);
   files = path.join(world.root, 'alice');
-  mkdirSync(files);
+  world.hostDir(files);
 });
 afterAll(async () => {
   await Promise.allSettled(booted.map((vm) => vm.guest.cleanup()));
@@ -35,8 +35,7 @@ async function boot(name: string, extraQemuArgs: string[] = []): Promise<PortalV
 }
 
 function grantFile(name: string, content: string): string {
-  const p = path.join(files, name);
-  writeFileSync(p, content);
+  const p = world.hostFile(path.join(files, name), content);
   world.dialog.behave(() => ({ response: 0, uris: [`file://${p}`] }));
   return p;
 }

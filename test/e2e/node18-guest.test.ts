@@ -1,4 +1,4 @@
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cliEntry, packageRoot } from '../../src/paths.js';
@@ -44,7 +44,7 @@ beforeAll(async () => {
   const modules = await overlayModules();
   world = await World.start([{ name: 'work', label: 'Work', qemu: true }]);
   files = path.join(world.root, 'alice');
-  mkdirSync(files);
+  world.hostDir(files);
   vm = await bootPortalVm(world, 'work', { node: GUEST_NODE, prepare: node18GuestScript(n18, modules) });
 });
 afterAll(async () => {
@@ -75,9 +75,7 @@ async function guestProcess(pattern: string): Promise<GuestProcess> {
 }
 
 function hostFile(name: string, content: string): string {
-  const p = path.join(files, name);
-  writeFileSync(p, content);
-  return p;
+  return world.hostFile(path.join(files, name), content);
 }
 
 describe.skipIf(why !== undefined)('the guest half on Debian 12\'s nodejs 18', () => {

@@ -34,20 +34,6 @@ let vm: PortalVm;
 let files: string;
 let plain: string;
 
-/** What a QEMU run by the user would have: its QMP and chardev sockets the user's, so the daemon reaches them. */
-function giveSocketsTo(who: SessionUser, sockets: string[]): () => void {
-  const timer = setInterval(() => {
-    for (const s of sockets) {
-      try {
-        if (statSync(s).uid !== who.uid) chownSync(s, who.uid, who.gid);
-      } catch {
-        /* not there yet */
-      }
-    }
-  }, 20);
-  return () => clearInterval(timer);
-}
-
 beforeAll(async () => {
   world = await World.start([{ name: 'work', label: 'Work', qemu: true }], { asUser: TEST_USER });
   user = world.user!;
@@ -68,14 +54,9 @@ beforeAll(async () => {
     timeoutMs: 20_000,
   });
   expect(JSON.parse(stdout.trim().split('\n').at(-1)!)).toMatchObject({ state: 'ready', unprivileged: true });
-  const stop = giveSocketsTo(user, [world.vmPaths('work').qmp, world.vmPaths('work').portal]);
-  try {
-    vm = await bootPortalVm(world, 'work', {
-      extraQemuArgs: ['-chardev', `socket,id=plain,path=${plainSocket}`, '-device', 'vhost-user-fs-pci,chardev=plain,tag=plain,queue-size=1024'],
-    });
-  } finally {
-    stop();
-  }
+  vm = await bootPortalVm(world, 'work', {
+    extraQemuArgs: ['-chardev', `socket,id=plain,path=${plainSocket}`, '-device', 'vhost-user-fs-pci,chardev=plain,tag=plain,queue-size=1024'],
+  });
   await vmmReachable(15_000);
 });
 

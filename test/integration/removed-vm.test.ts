@@ -6,7 +6,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { processesMatching } from '../../src/testbed/processes.js';
 import { World } from '../../src/testbed/world.js';
 import { requireProgram } from '../../src/deps.js';
-import { startService } from '../../src/exec.js';
+import { VirtiofsdSupervisor } from '../../src/host/virtiofsd.js';
+import { pino } from 'pino';
 import { hasVmmConnected } from '../../src/host/removed-vms.js';
 
 /**
@@ -15,6 +16,7 @@ import { hasVmmConnected } from '../../src/host/removed-vms.js';
  * serving it, its idle virtiofsd included.
  */
 let world: World;
+const silent = pino({ level: 'silent' });
 let file: string;
 
 beforeAll(async () => {
@@ -75,7 +77,9 @@ describe('telling an idle virtiofsd from one that serves a VM', () => {
     const dir = mkdtempSync(path.join(tmpdir(), 'xdp-vm-vfsd-'));
     mkdirSync(path.join(dir, 'src'));
     const sock = path.join(dir, 'vfs.sock');
-    const vfsd = startService('virtiofsd', requireProgram('virtiofsd'), [`--socket-path=${sock}`, '-o', `source=${path.join(dir, 'src')}`]);
+    // Started as the daemon starts one: unprivileged, in its user namespace, when the tests are not root.
+    const vfsd = new VirtiofsdSupervisor({ vm: 'idle', binary: requireProgram('virtiofsd'), source: path.join(dir, 'src'), socket: sock, cache: 'auto', logFile: path.join(dir, 'vfs.log'), log: silent });
+    await vfsd.start();
     try {
       await expect.poll(() => existsSync(sock)).toBe(true);
       const pids = () => processesMatching(`--socket-path=${sock}`).map((p) => p.pid);
@@ -83,9 +87,10 @@ describe('telling an idle virtiofsd from one that serves a VM', () => {
       const vmm = net.connect(sock);
       await new Promise((r) => vmm.once('connect', r));
       await expect.poll(() => pids().some((pid) => hasVmmConnected(pid, sock))).toBe(true);
+      // virtiofsd serves one VMM and exits when it lets go (and no supervisor starts it again).
+      vfsd.release();
       vmm.destroy();
-      // virtiofsd serves one VMM and exits when it lets go.
-      await expect.poll(() => vfsd.running, { timeout: 5000 }).toBe(false);
+      await expect.poll(() => pids().length, { timeout: 5000 }).toBe(0);
     } finally {
       await vfsd.stop();
       rmSync(dir, { recursive: true, force: true });

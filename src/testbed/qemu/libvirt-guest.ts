@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -10,6 +10,7 @@ import { GuestAgent } from './agent.js';
 import { defaultCacheDir, prepareGuestImage } from './guest-image.js';
 import { removeOnExit } from './reaper.js';
 import { processesMatching } from '../processes.js';
+import type { SessionUser } from '../as-user.js';
 import { startRootShare, waitForSocket } from './virtiofsd.js';
 import { checkoutPath, KERNEL_CMDLINE } from './vm.js';
 import type { SerialPortSpec } from './vm.js';
@@ -57,7 +58,17 @@ export interface PrivateLibvirtd {
   stop(): Promise<void>;
 }
 
-const LIBVIRTD_CONF = ['unix_sock_group = "root"', 'unix_sock_rw_perms = "0700"', 'auth_unix_rw = "none"', 'auth_unix_ro = "none"', 'log_outputs = "3:stderr"', ''].join('\n');
+/** Only root, or root and `client`'s group: a test's host daemon runs as an ordinary user and drives libvirt as one. */
+function libvirtdConf(client?: SessionUser): string {
+  const group = client ? groupName(client.gid) : 'root';
+  return [`unix_sock_group = "${group}"`, `unix_sock_rw_perms = "${client ? '0770' : '0700'}"`, 'auth_unix_rw = "none"', 'auth_unix_ro = "none"', 'log_outputs = "3:stderr"', ''].join('\n');
+}
+
+function groupName(gid: number): string {
+  const line = readFileSync('/etc/group', 'utf8').split('\n').find((l) => l.split(':')[2] === String(gid));
+  if (!line) throw new Error(`no group with gid ${gid} in /etc/group`);
+  return line.split(':')[0]!;
+}
 const QEMU_CONF = [
   'user = "root"', 'group = "root"', 'dynamic_ownership = 0', 'remember_owner = 0', 'security_driver = "none"',
   'stdio_handler = "file"', 'cgroup_controllers = [ ]', 'namespaces = [ ]', '',
@@ -93,14 +104,16 @@ trap stop TERM INT HUP
 wait "$daemon"
 `;
 
-export async function startPrivateLibvirtd(): Promise<PrivateLibvirtd> {
+/** `client`: an ordinary user who may connect too (its group gets the socket; the daemon's dir lets it through). */
+export async function startPrivateLibvirtd(opts: { client?: SessionUser } = {}): Promise<PrivateLibvirtd> {
   const libvirtd = requireProgram('libvirtd');
   const virsh = requireProgram('virsh');
   sweepStaleDirs();
   const dir = mkdtempSync(path.join(tmpdir(), DAEMON_DIR_PREFIX));
   const forgetDir = removeOnExit(dir);
   for (const d of ['etc/qemu', 'run', 'lib', 'log']) mkdirSync(path.join(dir, d), { recursive: true });
-  writeFileSync(path.join(dir, 'etc', 'libvirtd.conf'), LIBVIRTD_CONF);
+  writeFileSync(path.join(dir, 'etc', 'libvirtd.conf'), libvirtdConf(opts.client));
+  if (opts.client && opts.client.uid !== process.getuid?.()) for (const d of [dir, path.join(dir, 'run')]) chmodSync(d, 0o711);
   writeFileSync(path.join(dir, 'etc', 'qemu.conf'), QEMU_CONF);
   // Kept between runs: libvirt probes QEMU's capabilities once (~7 s) and revalidates the cache itself.
   const cache = path.resolve(defaultCacheDir(), '..', 'libvirt-cache');

@@ -82,13 +82,14 @@ export interface PortalVmOptions extends Partial<BootGuestOptions> {
 export async function bootPortalVm(world: World, name: string, options: PortalVmOptions = {}): Promise<PortalVm> {
   const { node = NODE, prepare, ...opts } = options;
   const paths = world.vmPaths(name);
+  const handed = world.handVmSockets(name);
   const guest = await bootGuest({
     name,
     rootPorts: 2,
     serialPorts: [{ name: PORTAL_PORT, socketPath: paths.portal }],
     ...opts,
     extraQemuArgs: ['-qmp', `unix:${paths.qmp},server=on,wait=off`, ...(opts.extraQemuArgs ?? [])],
-  });
+  }).finally(handed);
   const sh = async (script: string, timeoutMs = 60_000) => {
     const r = await guest.agent.run(`${GUEST_ENV}\n${script}`, { timeoutMs });
     if (r.status !== 0) throw new Error(`guest ${name}: exit ${r.status}\n${script}\n--- stdout\n${r.stdout}\n--- stderr\n${r.stderr}`);
