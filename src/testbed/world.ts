@@ -243,6 +243,12 @@ export class World {
     } finally {
       bus.close();
     }
+    // The daemon runs as the user, as on a desktop: a test bed that ran it as root would test what no user runs.
+    const uid = readFileSync(`/proc/${this.daemon.pid}/status`, 'utf8').match(/^Uid:\t(\d+)/m)?.[1];
+    if (uid === '0' && !this.userSession) {
+      await this.stopDaemon();
+      throw new Error('the host daemon would run as root: run the tests as an ordinary user, or as root with the test user scripts/setup.sh creates');
+    }
   }
 
   async stopDaemon(): Promise<void> {

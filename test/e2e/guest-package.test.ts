@@ -42,7 +42,8 @@ async function inRoot(script: string, timeoutMs = 60_000): Promise<string> {
 
 async function app(args: string[]): Promise<AppResult> {
   try {
-    const out = await inRoot(`node ${GUEST_APP} ${args.map(q).join(' ')}`, 120_000);
+    // As the guest's desktop user would, with the host user's uid (portal-vm.ts, PortalVm.app).
+    const out = await inRoot(`XDP_VM_APP_USER=${world.user!.uid}:${world.user!.gid} node ${GUEST_APP} ${args.map(q).join(' ')}`, 120_000);
     return JSON.parse(out.trim().split('\n').at(-1)!) as AppResult;
   } catch (err) {
     const logs = await inRoot("tail -n 80 /run/pkg-session.log; tail -n 5 /run/pkg-mount-agent.log; ps -eo pid,args | grep -e portal -e xdp-vm | grep -v grep; true").catch((e: Error) => e.message);

@@ -122,7 +122,7 @@ describe.skipIf(notRoot)('a QEMU guest through an unprivileged virtiofsd', () =>
     // The app runs as the guest's root here, and the store's FUSE mount lets
     // only the user's own uid create: root in the guest is, to the host, one
     // of the user's subordinate uids (see src/host/userns.ts).
-    const r = await vm.app(['save', 'Save Minutes', 'written by the guest root']);
+    const r = await vm.app(['save', 'Save Minutes', 'written by the guest root'], { asRoot: true });
     expect(r.response).toBe(0);
     expect(r.files).toEqual([expect.objectContaining({ error: 'EACCES' })]);
     const saved = r.files[0]!.path;

@@ -9,6 +9,8 @@ import { typed } from '../../dbus/values.js';
  * D-Bus client of the guest's stock xdg-desktop-portal. Prints one JSON line.
  *   app.js open TITLE           → reads every chosen file
  *   app.js save TITLE CONTENT   → writes CONTENT to the chosen file
+ * With XDP_VM_APP_USER=UID:GID it touches the files as that user, as the
+ * desktop user of a guest does (the session here is root's; see portal-vm.ts).
  */
 /** The first MiB: enough for the tests' files, and a big file's first bytes. */
 function readHead(path: string): string {
@@ -35,6 +37,11 @@ async function main(): Promise<void> {
   }).finally(() => bus.close());
   const t1 = performance.timeOrigin + performance.now();
   const uris = (reply.results.uris?.value as string[] | undefined) ?? [];
+  const appUser = /^(\d+):(\d+)$/.exec(process.env.XDP_VM_APP_USER ?? '');
+  if (appUser) {
+    process.setegid!(Number(appUser[2]));
+    process.seteuid!(Number(appUser[1]));
+  }
   const files = uris.map((uri) => {
     const r0 = performance.now();
     const path = fileURLToPath(uri);

@@ -44,8 +44,14 @@ export interface PortalVm {
   guest: Guest;
   /** A shell script in the guest session's environment; throws on non-zero status. */
   sh(script: string, timeoutMs?: number): Promise<string>;
-  /** Run the guest app (guest-app.ts). */
-  app(args: string[]): Promise<AppResult>;
+  /**
+   * Run the guest app (guest-app.ts). It touches the chosen files as the
+   * guest's desktop user would: with the uid and gid of the host user whose
+   * session serves the VM (a guest's first user 1000 is a host's first user
+   * 1000), which is whom the user's unprivileged virtiofsd lets create files
+   * (src/host/userns.ts). `asRoot`: as the guest's root instead.
+   */
+  app(args: string[], opts?: { asRoot?: boolean }): Promise<AppResult>;
   shutdown(): Promise<void>;
 }
 
@@ -106,8 +112,9 @@ export async function bootPortalVm(world: World, name: string, options: PortalVm
     name,
     guest,
     sh,
-    async app(args) {
-      const out = await sh(`${node} ${GUEST_APP} ${args.map(quote).join(' ')}`, 90_000);
+    async app(args, appOpts = {}) {
+      const as = world.user && world.user.uid !== 0 && !appOpts.asRoot ? `XDP_VM_APP_USER=${world.user.uid}:${world.user.gid} ` : '';
+      const out = await sh(`${as}${node} ${GUEST_APP} ${args.map(quote).join(' ')}`, 90_000);
       return JSON.parse(out.trim().split('\n').at(-1)!) as AppResult;
     },
     async shutdown() {
