@@ -8,7 +8,7 @@ import type { FloodControl } from '../src/host/flood.js';
 import type { Logger } from '../src/log.js';
 import type { PolicyDecider } from '../src/policy/policy.js';
 import type { AnyHandler } from '../src/protocol/connection.js';
-import type { MethodDescriptor, NotificationDescriptor, NotificationHandler } from '../src/protocol/methods.js';
+import type { MethodDescriptor, NotificationDescriptor, NotificationHandler, NotificationParams } from '../src/protocol/methods.js';
 
 /**
  * What one portal is, in one place: its folder under portals/ exports one of
@@ -68,6 +68,8 @@ export interface HostPortalDeps {
   ensureShare: () => Promise<void>;
   /** Ask for consent the Qubes way (policy row, else the host dialog). */
   consent: ConsentAsker;
+  /** Tell the VM's guest something now (a host-to-guest notification); false when no guest is connected. */
+  notify: <N extends NotificationDescriptor>(note: N, params: NotificationParams<N>) => boolean;
 }
 
 export function definePortal<const Name extends string>(p: PortalDescriptor<Name>): PortalDescriptor<Name> {

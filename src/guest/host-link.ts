@@ -58,6 +58,11 @@ export class HostLink extends EventEmitter {
     this.notificationHandlers.set(name, handler);
   }
 
+  /** Stop handling `name`, if `handler` still is its handler. */
+  offNotification(name: string, handler: NotificationHandler): void {
+    if (this.notificationHandlers.get(name) === handler) this.notificationHandlers.delete(name);
+  }
+
   /** What the host said it serves this VM; undefined before the first welcome, or from a version-1 host. */
   get portals(): string[] | undefined {
     return this.servedPortals;

@@ -23,7 +23,7 @@ import { peerLogLimiter, type LimitedLevel } from '../protocol/log-limiter.js';
 const METHODS = methodTable(ALL_METHODS);
 
 /** What the daemon gives every VM; the session adds the VM itself and its share. */
-export type VmSessionDeps = Omit<HostPortalDeps, 'vm' | 'ensureShare'> & { halves: HostHalves };
+export type VmSessionDeps = Omit<HostPortalDeps, 'vm' | 'ensureShare' | 'notify'> & { halves: HostHalves };
 
 export class VmSession {
   private conn: Connection | undefined;
@@ -49,7 +49,13 @@ export class VmSession {
     const connector = vmmConnector(vm, this.log);
     this.devices = connector ? new VmDevices(connector, this.log.child({ component: 'vmm' })) : undefined;
     const { halves, ...portalDeps } = deps;
-    const handlers = hostHandlersFor(halves, { ...portalDeps, vm, log: this.log, ensureShare: () => this.ensureShare() });
+    const handlers = hostHandlersFor(halves, {
+      ...portalDeps,
+      vm,
+      log: this.log,
+      ensureShare: () => this.ensureShare(),
+      notify: (note, params) => (this.connected && this.conn ? this.conn.notify(note, params) : false),
+    });
     this.handlers = new Map<string, AnyHandler>([[Ping.name, async (params) => ({ seq: (params as { seq: number }).seq })], ...handlers.methods]);
     this.notificationHandlers = new Map(handlers.notifications);
     this.halves = halves;

@@ -13,6 +13,12 @@ export interface GtkDialogSpec {
   display: string;
   /** GNOME draws dialogs with header bars (its XSettings turn gtk-dialogs-use-header on); default true. */
   headerBars?: boolean;
+  /**
+   * The session's GSettings in a file (GLib's keyfile backend, under
+   * XDG_CONFIG_HOME) rather than in each process's memory, so `gsettings set`
+   * from another process reaches the backend, as dconf does on a desktop.
+   */
+  sharedSettings?: boolean;
 }
 
 const GTK_BACKEND = '/usr/libexec/xdg-desktop-portal-gtk';
@@ -30,7 +36,7 @@ export function gtkHostBackend(spec: GtkDialogSpec, dirs: { portals: string; con
   writeFileSync(settings, `[Settings]\ngtk-dialogs-use-header=${spec.headerBars === false ? 'false' : 'true'}\n`);
   return {
     // gtk.portal says UseIn=gnome; the frontend matches it case-insensitively.
-    env: { XDG_CURRENT_DESKTOP: 'GNOME', DISPLAY: spec.display, GDK_BACKEND: 'x11', NO_AT_BRIDGE: '1', LANG: 'C.UTF-8' },
+    env: { XDG_CURRENT_DESKTOP: 'GNOME', DISPLAY: spec.display, GDK_BACKEND: 'x11', NO_AT_BRIDGE: '1', LANG: 'C.UTF-8', ...(spec.sharedSettings ? { GSETTINGS_BACKEND: 'keyfile' } : {}) },
     service: { name: 'org.freedesktop.impl.portal.desktop.gtk', exec: GTK_BACKEND },
   };
 }

@@ -121,7 +121,7 @@ describe('xdp-vm permissions, without a daemon', () => {
 
   const mistakes: [string, string[], RegExp][] = [
     ['an unknown VM', ['set', 'ghost', 'FileChooser', 'deny'], /no VM named "ghost"; configured: work, shop; or use @tag:TAG or @anyvm/],
-    ['an unknown portal', ['set', 'work', 'Printer', 'deny'], /unknown portal "Printer"; known portals: FileChooser, Usb, Network/],
+    ['an unknown portal', ['set', 'work', 'Printer', 'deny'], /unknown portal "Printer"; known portals: FileChooser, Settings, Usb, Network/],
     ['an unknown decision', ['set', 'work', 'FileChooser', 'yes'], /unknown decision "yes"; choose allow, deny, ask/],
     ['a bad argument', ['set', 'work', 'FileChooser', 'deny', 'print'], /"print" is not an argument of FileChooser: expected open, save or save-files/],
     ['a bad USB id', ['set', 'work', 'Usb', 'deny', '1050:0407'], /expected a device as usb:VID\/PID\/SERIAL/],

@@ -22,22 +22,25 @@ const served = async (vm: string) => (JSON.parse((await world.cli(['vms', '--jso
 
 describe('the portals a VM is served', () => {
   it('are all that have a host half, by default, and the guest exports their interfaces', async () => {
-    expect(await served('work')).toEqual(['FileChooser']);
+    expect(await served('work')).toEqual(['FileChooser', 'Settings']);
     expect(await guestInterfaces('work')).toContain('org.freedesktop.impl.portal.FileChooser');
+    expect(await guestInterfaces('work')).toContain('org.freedesktop.impl.portal.Settings');
   });
 
   it('lose one that a VM-wide deny row shuts, live on the guest bus, and only for that VM', async () => {
     await world.cli(['permissions', 'set', 'work', 'FileChooser', 'deny']);
-    await expect.poll(() => served('work'), { timeout: 10_000 }).toEqual([]);
+    await expect.poll(() => served('work'), { timeout: 10_000 }).toEqual(['Settings']);
     await expect.poll(() => guestInterfaces('work'), { timeout: 10_000 }).not.toContain('org.freedesktop.impl.portal.FileChooser');
     expect(await guestInterfaces('shop')).toContain('org.freedesktop.impl.portal.FileChooser');
+    await world.cli(['permissions', 'set', 'work', 'Settings', 'deny']);
+    await expect.poll(() => served('work'), { timeout: 10_000 }).toEqual([]);
     expect((await world.cli(['vms'])).stdout).toMatch(/^work\s.*\snone$/m);
   });
 
   it('keep one denied only for some arguments', async () => {
     await world.cli(['permissions', 'reset', 'work']);
     await world.cli(['permissions', 'set', 'work', 'FileChooser', 'deny', 'save']);
-    await expect.poll(() => served('work'), { timeout: 10_000 }).toEqual(['FileChooser']);
+    await expect.poll(() => served('work'), { timeout: 10_000 }).toEqual(['FileChooser', 'Settings']);
     await expect.poll(() => guestInterfaces('work'), { timeout: 10_000 }).toContain('org.freedesktop.impl.portal.FileChooser');
     world.dialog.behave(() => ({ response: 1 }));
     expect((await world.fileDialog('work', 'OpenFile', 'Open')).response).toBe(1);

@@ -5,7 +5,7 @@ import { loadInterface, parseInterfaces } from '../../src/dbus/interfaces.js';
 const SYSTEM = '/usr/share/dbus-1/interfaces';
 
 describe('dbus-interfaces', () => {
-  for (const name of ['org.freedesktop.impl.portal.FileChooser', 'org.freedesktop.impl.portal.Request']) {
+  for (const name of ['org.freedesktop.impl.portal.FileChooser', 'org.freedesktop.impl.portal.Request', 'org.freedesktop.impl.portal.Settings']) {
     it(`${name} matches the upstream XML from xdg-desktop-portal-dev`, () => {
       const file = `${SYSTEM}/${name}.xml`;
       expect(existsSync(file), `${file} is missing: install xdg-desktop-portal-dev (scripts/setup.sh does)`).toBe(true);
