@@ -1,4 +1,3 @@
-import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { pino } from 'pino';
 import { Bus } from '../src/dbus/bus.js';
@@ -60,9 +59,9 @@ async function main(): Promise<number> {
   let ok = false;
   try {
     if (!desktop) {
-      const reports = path.join(world.root, 'alice', 'Reports');
-      mkdirSync(reports, { recursive: true });
-      writeFileSync(path.join(reports, 'q3.txt'), 'Q3 revenue: 4.2M\n');
+      if (world.user && world.user.uid !== process.getuid?.()) say(`The host session (its bus, portals, document store and the daemon) runs as the ordinary user ${world.user.name}, never as root.`);
+      const reports = world.hostDir(path.join(world.root, 'alice', 'Reports'));
+      world.hostFile(path.join(reports, 'q3.txt'), 'Q3 revenue: 4.2M\n');
       world.dialog.behave(() => ({ response: 0, uris: [`file://${reports}/q3.txt`] }));
     }
     say('Booting a micro-VM "work" (Debian kernel, busybox initramfs, the host\'s / read-only as its root) ...');

@@ -65,13 +65,13 @@ else
   say "Debian packages for '$purpose': all present"
 fi
 
-if [ "$purpose" = tests ] && [ "$(id -u)" -eq 0 ]; then
-  # The unprivileged-session tests (test/*/unprivileged*.test.ts) run the host
-  # session as an ordinary user, as a desktop does, from a test process that
-  # is root: that user, with subordinate ids for virtiofsd's user namespace.
+if [ "$(id -u)" -eq 0 ]; then
+  # The host daemon never runs as root, as on a desktop: run as root, the
+  # tests and the demo run the host session as this ordinary user, with
+  # subordinate ids for virtiofsd's user namespace (README "Tests").
   test_user=${XDP_VM_TEST_USER:-xdpvm-test}
   if ! id "$test_user" >/dev/null 2>&1; then
-    say "creating the test user $test_user (useradd; the unprivileged-session tests run the host session as it)"
+    say "creating the user $test_user (useradd; run as root, the tests and the demo run the host session as it, never as root)""
     useradd --create-home --shell /usr/sbin/nologin --comment 'xdg-desktop-portal-vm tests' "$test_user"
   fi
   if ! grep -q "^$test_user:" /etc/subuid 2>/dev/null || ! grep -q "^$test_user:" /etc/subgid 2>/dev/null; then
