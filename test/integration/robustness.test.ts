@@ -98,7 +98,7 @@ describe('xdp-vm vms', () => {
       expect.objectContaining({ name: 'shop', connected: true, share: 'ready' }),
     ]);
     const human = (await world.cli(['vms'])).stdout;
-    expect(human).toMatch(/^shop\s+Shopping\s+hybrid-vsock\s+yes\s+ready\s+FileChooser$/m);
+    expect(human).toMatch(/^shop\s+Shopping\s+hybrid-vsock\s+yes\s+ready\s+FileChooser,Settings$/m);
   });
 });
 
