@@ -1,9 +1,12 @@
-import { writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { chownSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { setRootLogger } from '../src/log.js';
 import { packageRoot } from '../src/paths.js';
 import { pino } from 'pino';
+import { fileURLToPath } from 'node:url';
+import { asUser, lookupUser, TEST_USER } from '../src/testbed/as-user.js';
 import { benchBreakdown } from './breakdown.js';
 import { benchDocView } from './doc-view.js';
 import { benchHostRoute } from './host-route.js';
@@ -26,9 +29,8 @@ function row(cols: (string | number)[], widths: number[]): string {
   return cols.map((c, i) => String(c).padEnd(widths[i]!)).join('  ');
 }
 
-async function main(): Promise<void> {
-  setRootLogger(pino({ level: 'warn' }, pino.destination(2)));
-  console.log(`xdp-vm bench on ${os.cpus().length} × ${os.cpus()[0]?.model ?? 'cpu'}, Node ${process.version}`);
+/** Everything measured on a host session alone (no QEMU guest). */
+async function sessionFigures() {
   console.log(`OpenFile forwarded, sandboxed-local, unsandboxed-local, N=${N} each (interleaved in blocks of 50) ...`);
   const rt = await benchRoundTrip(N);
   console.log(`forwarded OpenFile, host dialog through the host frontend vs straight to its backend, N=${N} each ...`);
@@ -42,6 +44,47 @@ async function main(): Promise<void> {
   const link = { hot: await benchLinkFloor(4000), cold: await benchLinkFloor(400, 10) };
   console.log('per-VM document view: by-app of one store vs. one store per VM ...');
   const docView = await benchDocView(200);
+  return { rt, route, scale, solo, hops, link, docView };
+}
+type SessionFigures = Awaited<ReturnType<typeof sessionFigures>>;
+
+/**
+ * The host daemon never runs as root (README "Tests"), and these figures read
+ * the user's document store as the user does: run as root, they are taken by
+ * a child run as the test user scripts/setup.sh creates, which hands them
+ * back as JSON. The QEMU part stays here, as the e2e tier does, its host
+ * session the user's.
+ */
+async function sessionFiguresAsUser(): Promise<SessionFigures> {
+  if (process.getuid?.() !== 0) return sessionFigures();
+  const user = lookupUser(TEST_USER);
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'xdp-vm-bench-'));
+  chownSync(dir, user.uid, user.gid);
+  const out = path.join(dir, 'session.json');
+  try {
+    console.log(`(the host-session figures run as ${user.name}, never as root)`);
+    const [file, args] = asUser(user, process.execPath, [fileURLToPath(import.meta.url)]);
+    const env: NodeJS.ProcessEnv = { ...process.env, HOME: user.home, USER: user.name, LOGNAME: user.name, XDP_VM_BENCH_SESSION_OUT: out };
+    // Root's session, if any, is not the user's.
+    delete env.XDG_RUNTIME_DIR;
+    delete env.DBUS_SESSION_BUS_ADDRESS;
+    const r = spawnSync(file, args, { stdio: 'inherit', env });
+    if (r.status !== 0) throw new Error(`the host-session figures, run as ${user.name}, failed (exit ${r.status ?? r.signal})`);
+    return JSON.parse(readFileSync(out, 'utf8')) as SessionFigures;
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+async function main(): Promise<void> {
+  setRootLogger(pino({ level: 'warn' }, pino.destination(2)));
+  const childOut = process.env.XDP_VM_BENCH_SESSION_OUT;
+  if (childOut) {
+    writeFileSync(childOut, JSON.stringify(await sessionFigures()));
+    return;
+  }
+  console.log(`xdp-vm bench on ${os.cpus().length} × ${os.cpus()[0]?.model ?? 'cpu'}, Node ${process.version}`);
+  const { rt, route, scale, solo, hops, link, docView } = await sessionFiguresAsUser();
   console.log('in a QEMU guest: plug-in, new grants, 256 MiB reads ...');
   // A guest that fails (TCG on a loaded machine) must not take the figures above with it: they are printed, and the run still fails.
   const vm = await benchVm({ plugs: Number(process.env.BENCH_PLUGS ?? 20), grants: Number(process.env.BENCH_GRANTS ?? 20), reads: 3 }).catch((err: Error) => err);
