@@ -71,7 +71,7 @@ if [ "$(id -u)" -eq 0 ]; then
   # subordinate ids for virtiofsd's user namespace (README "Tests").
   test_user=${XDP_VM_TEST_USER:-xdpvm-test}
   if ! id "$test_user" >/dev/null 2>&1; then
-    say "creating the user $test_user (useradd; run as root, the tests and the demo run the host session as it, never as root)""
+    say "creating the user $test_user (useradd; run as root, the tests and the demo run the host session as it, never as root)"
     useradd --create-home --shell /usr/sbin/nologin --comment 'xdg-desktop-portal-vm tests' "$test_user"
   fi
   if ! grep -q "^$test_user:" /etc/subuid 2>/dev/null || ! grep -q "^$test_user:" /etc/subgid 2>/dev/null; then
