@@ -1,4 +1,4 @@
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { Bus } from '../dbus/bus.js';
 import { requireProgram } from '../deps.js';
@@ -81,13 +81,37 @@ async function waitForBus(address: string, daemon: Service): Promise<void> {
   }
 }
 
+/**
+ * Stop the bus and what it started. Its clients are asked of the bus itself;
+ * a bus already dead (a test killed it) cannot say, and a connect to it can
+ * hang where one of its children inherited the listening socket, so then, and
+ * after 2 s in any case, they are found by the bus address in their
+ * environment instead (D-Bus activation gives every service that).
+ */
 async function stopBus(address: string, daemon: Service): Promise<void> {
-  const pids = await busPids(address).catch(() => []);
+  const asked = await Promise.race([busPids(address).catch(() => undefined), new Promise<undefined>((r) => setTimeout(() => r(undefined), 2000).unref())]);
+  const pids = asked ?? pidsWithBusAddress(address);
   for (const pid of pids) signal(pid, 'SIGTERM');
   const deadline = Date.now() + 3000;
   while (pids.some(isAlive) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
   for (const pid of pids.filter(isAlive)) signal(pid, 'SIGKILL');
   await daemon.stop();
+}
+
+/** Processes whose environment names this bus (those we may read), except ourselves. */
+function pidsWithBusAddress(address: string): number[] {
+  const needle = `\0DBUS_SESSION_BUS_ADDRESS=${address}\0`;
+  const out: number[] = [];
+  for (const entry of readdirSync('/proc')) {
+    const pid = Number(entry);
+    if (!Number.isInteger(pid) || pid === process.pid) continue;
+    try {
+      if (`\0${readFileSync(`/proc/${pid}/environ`, 'latin1')}`.includes(needle)) out.push(pid);
+    } catch {
+      /* gone, or not ours to read */
+    }
+  }
+  return out;
 }
 
 /** The pids of every client of the bus except ourselves. */

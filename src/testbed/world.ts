@@ -338,10 +338,12 @@ export class World {
   }
 
   async stop(): Promise<void> {
-    for (const g of this.guests.values()) await g.bus.stop().catch(() => undefined);
-    await this.stopDaemon().catch(() => undefined);
+    // Each step bounded: a test that broke the session on purpose (killed its bus, froze a process) still gets a clean stop.
+    const bounded = (p: Promise<unknown>) => Promise.race([p.catch(() => undefined), new Promise((r) => setTimeout(r, 15_000).unref())]);
+    for (const g of this.guests.values()) await bounded(g.bus.stop());
+    await bounded(this.stopDaemon());
     this.dialog?.stop();
-    await this.hostBus?.stop().catch(() => undefined);
+    await bounded(this.hostBus?.stop() ?? Promise.resolve());
     // virtiofsd outlives the daemon on purpose (a guest may have its share mounted).
     for (const p of processesMatching(this.root)) {
       try {
