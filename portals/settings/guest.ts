@@ -49,8 +49,7 @@ export function exportSettings(bus: Bus, host: HostLink, log: Logger): () => voi
     ));
 
   const onChanged: NotificationHandler = (params) => {
-    const s = params as Setting; // checked against SettingsChanged's schema by the link
-    if (!allowedType(s.namespace, s.key)) return;
+    const s = params as Setting; // the link checked it against SettingsChanged's schema: an allowed key, of its type
     values.set(id(s), s);
     emit(s);
   };

@@ -41,17 +41,6 @@ export function sessionUser(): SessionUser {
   return process.getuid?.() === 0 ? lookupUser(TEST_USER) : currentUser();
 }
 
-/** Why host sessions cannot run as `name` here, or undefined when they can. */
-export function cannotRunAs(name = TEST_USER): string | undefined {
-  if (process.getuid?.() !== 0) return 'the tests are not root, so they cannot start a session as another user';
-  try {
-    lookupUser(name);
-  } catch (err) {
-    return (err as Error).message;
-  }
-  return undefined;
-}
-
 /**
  * `file args` run as `user` (its uid, its gid and its groups) through
  * setpriv, which execs the program, so the pid stays the program's. With no
