@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events';
-import { closeSync, existsSync, lstatSync, mkdirSync, openSync, readSync, rmSync, statSync } from 'node:fs';
+import { closeSync, existsSync, lstatSync, mkdirSync, openSync, readlinkSync, readSync, rmSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { userInfo } from 'node:os';
 import { requireProgram } from '../deps.js';
@@ -42,6 +42,8 @@ export interface VirtiofsdOptions {
   socket: string;
   cache: 'none' | 'auto' | 'always';
   logFile: string;
+  /** Serve the source read-only: bind-mounted read-only in virtiofsd's own mount namespace, so every guest write fails with EROFS. */
+  readOnly?: boolean;
   log: Logger;
   /** For an adopted process whose exit status we cannot see: was its share still plugged in? */
   stillAttached?: () => Promise<boolean>;
@@ -84,13 +86,18 @@ function tail(file: string, from: number, bytes = 2048): string {
  * The shell that runs inside the new user and mount namespaces, as the user
  * with the namespace's capabilities (unshare --keep-caps), before virtiofsd.
  * Its values come as positional parameters, never spliced in:
- *   $1 the folder mounted over /var   $2 setpriv   $3 mount   $4… virtiofsd and its arguments
+ *   $1 the folder mounted over /var   $2 setpriv   $3 mount
+ *   $4 the source to make read-only, or empty   $5… virtiofsd and its arguments
  * 1. Wait for the daemon to write the id maps (newuidmap and newgidmap run
  *    outside the namespace, on this process); gid_map is written last.
  * 2. Mount the folder over /var, so /var/run/virtiofsd is the user's. mount(8)
  *    refuses to mount for a non-root uid, so that one command runs as the
  *    namespace's root (one of the user's subordinate uids).
- * 3. exec virtiofsd through setpriv with SECBIT_NO_SETUID_FIXUP, which
+ * 3. For a read-only share, bind the source over itself read-only. The C
+ *    virtiofsd has no read-only option; it bind-mounts the source again for
+ *    its own sandbox, and a bind mount keeps the read-only flag, so the guest
+ *    gets EROFS whatever it does, its root included.
+ * 4. exec virtiofsd through setpriv with SECBIT_NO_SETUID_FIXUP, which
  *    survives exec. virtiofsd switches its effective uid to the guest's for
  *    every create; without the bit, switching back from the namespace's uid 0
  *    (a create by the guest's root) to the user's uid would strip that
@@ -107,8 +114,9 @@ export const UNPRIVILEGED_SCRIPT = [
   'done',
   'mkdir -p "$1/run" || exit 126',
   '"$2" --reuid=0 --regid=0 --clear-groups -- "$3" -n --bind "$1" /var || { echo "xdp-vm: could not mount $1 over /var in virtiofsd\'s mount namespace" >&2; exit 126; }',
+  'if [ -n "$4" ]; then "$2" --reuid=0 --regid=0 --clear-groups -- "$3" -n -o bind,ro "$4" "$4" || { echo "xdp-vm: could not make $4 read-only in virtiofsd\'s mount namespace" >&2; exit 126; }; fi',
   'setpriv=$2',
-  'shift 3',
+  'shift 4',
   'exec "$setpriv" --securebits=+no_setuid_fixup -- "$@"',
 ].join('\n');
 
@@ -126,12 +134,46 @@ export interface UnprivilegedPrograms {
  * written afterwards, on the started pid (writeIdMaps).
  * `varDir` is the user's folder that stands in for /var inside the namespace.
  */
-export function unprivilegedCommand(programs: UnprivilegedPrograms, varDir: string, binary: string, args: readonly string[]): [string, string[]] {
-  return [programs.unshare, ['--user', '--mount', '--propagation', 'private', '--keep-caps', '--', '/bin/sh', '-c', UNPRIVILEGED_SCRIPT, SCRIPT_NAME, varDir, programs.setpriv, programs.mount, binary, ...args]];
+export function unprivilegedCommand(programs: UnprivilegedPrograms, varDir: string, binary: string, args: readonly string[], readOnlySource = ''): [string, string[]] {
+  return [programs.unshare, ['--user', '--mount', '--propagation', 'private', '--keep-caps', '--', '/bin/sh', '-c', UNPRIVILEGED_SCRIPT, SCRIPT_NAME, varDir, programs.setpriv, programs.mount, readOnlySource, binary, ...args]];
+}
+
+/**
+ * A root daemon's read-only share (tests and old setups: the daemon normally
+ * runs as the user): virtiofsd in a mount namespace of its own where the
+ * source is bound over itself read-only. $1 mount, $2 the source, $3… virtiofsd.
+ */
+export const READ_ONLY_SCRIPT = '"$1" -n -o bind,ro "$2" "$2" || { echo "xdp-vm: could not make $2 read-only in virtiofsd\'s mount namespace" >&2; exit 126; }\nshift 2\nexec "$@"';
+
+export function readOnlyRootCommand(programs: Pick<UnprivilegedPrograms, 'unshare' | 'mount'>, source: string, binary: string, args: readonly string[]): [string, string[]] {
+  return [programs.unshare, ['--mount', '--propagation', 'private', '--', '/bin/sh', '-c', READ_ONLY_SCRIPT, 'xdp-vm-virtiofsd-ro', programs.mount, source, binary, ...args]];
+}
+
+/**
+ * Wait until `pid` is in a user namespace of its own. unshare(1) is started
+ * and the maps written at once; on a loaded machine it may not have called
+ * unshare(2) yet, and a map written then would go to our own namespace,
+ * which the kernel refuses (EPERM).
+ */
+export async function untilOwnUserNamespace(pid: number, timeoutMs = 5000): Promise<void> {
+  const ours = readlinkSync('/proc/self/ns/user');
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    let theirs: string;
+    try {
+      theirs = readlinkSync(`/proc/${pid}/ns/user`);
+    } catch (err) {
+      throw new Error(`the namespace's process ${pid} is gone (${(err as NodeJS.ErrnoException).code})`, { cause: err });
+    }
+    if (theirs !== ours) return;
+    if (Date.now() > deadline) throw new Error(`process ${pid} did not enter a user namespace of its own within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
 }
 
 /** Write `maps` into the user namespace of `pid` with the setuid helpers from Debian's uidmap. */
 export async function writeIdMaps(pid: number, maps: NamespaceMaps): Promise<void> {
+  await untilOwnUserNamespace(pid);
   await runProgram(requireProgram('newuidmap'), [String(pid), ...mapArgs(maps.uid)], { timeoutMs: 5000 });
   await runProgram(requireProgram('newgidmap'), [String(pid), ...mapArgs(maps.gid)], { timeoutMs: 5000 });
 }
@@ -188,7 +230,11 @@ export class VirtiofsdSupervisor extends EventEmitter {
     this.logFrom = existsSync(this.opts.logFile) ? statSync(this.opts.logFile).size : 0;
     const started = Date.now();
     const unprivileged = this.unprivileged ? this.prepareUnprivileged() : undefined;
-    const [file, args] = unprivileged ? unprivileged.command : [this.opts.binary, this.args()];
+    const [file, args] = unprivileged
+      ? unprivileged.command
+      : this.opts.readOnly
+        ? readOnlyRootCommand({ unshare: requireProgram('unshare'), mount: requireProgram('mount') }, this.opts.source, this.opts.binary, this.args())
+        : [this.opts.binary, this.args()];
     const service = startService(`virtiofsd[${this.opts.vm}]`, file, args, { outliveParent: { logFile: this.opts.logFile } });
     this.service = service;
     void service.exited.then((exit) => this.onExit(exit, Date.now() - started, service));
@@ -224,7 +270,7 @@ export class VirtiofsdSupervisor extends EventEmitter {
     const { subuid, subgid } = readSubIds();
     const maps = namespaceMaps(currentUser(), subuid, subgid);
     mkdirSync(path.join(this.varDir, 'run'), { recursive: true, mode: 0o700 });
-    return { command: unprivilegedCommand(programs, this.varDir, this.opts.binary, this.args()), maps };
+    return { command: unprivilegedCommand(programs, this.varDir, this.opts.binary, this.args(), this.opts.readOnly ? this.opts.source : ''), maps };
   }
 
   /** Stop it: only when its VM is gone or unplugged, never under a mounted share. */

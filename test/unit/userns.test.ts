@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { runProgram } from '../../src/exec.js';
-import { UNPRIVILEGED_SCRIPT, unprivilegedCommand } from '../../src/host/virtiofsd.js';
+import { READ_ONLY_SCRIPT, UNPRIVILEGED_SCRIPT, readOnlyRootCommand, unprivilegedCommand } from '../../src/host/virtiofsd.js';
 import {
   freeSubIdRange,
   idMap,
@@ -79,8 +79,18 @@ describe('the namespace\'s shell', () => {
     const [file, args] = unprivilegedCommand({ unshare: '/usr/bin/unshare', setpriv: '/usr/bin/setpriv', mount: '/usr/bin/mount' }, '/run/user/1000/xdp-vm/virtiofsd-var', '/usr/lib/qemu/virtiofsd', ['--socket-path=/s', '-o', 'source=/d']);
     expect(file).toBe('/usr/bin/unshare');
     expect(args.slice(0, 6)).toEqual(['--user', '--mount', '--propagation', 'private', '--keep-caps', '--']);
-    expect(args.slice(-7)).toEqual(['/run/user/1000/xdp-vm/virtiofsd-var', '/usr/bin/setpriv', '/usr/bin/mount', '/usr/lib/qemu/virtiofsd', '--socket-path=/s', '-o', 'source=/d']);
+    expect(args.slice(-8)).toEqual(['/run/user/1000/xdp-vm/virtiofsd-var', '/usr/bin/setpriv', '/usr/bin/mount', '', '/usr/lib/qemu/virtiofsd', '--socket-path=/s', '-o', 'source=/d']);
     expect(UNPRIVILEGED_SCRIPT).not.toMatch(/\/run\/user|virtiofsd-var/);
+  });
+
+  it('a read-only share names its source as the one to bind read-only; the root variant is valid sh too', async () => {
+    const [, args] = unprivilegedCommand({ unshare: '/usr/bin/unshare', setpriv: '/usr/bin/setpriv', mount: '/usr/bin/mount' }, '/v', '/usr/lib/qemu/virtiofsd', ['-o', 'source=/d'], '/d');
+    expect(args.slice(-4)).toEqual(['/d', '/usr/lib/qemu/virtiofsd', '-o', 'source=/d']);
+    await runProgram('/bin/sh', ['-n', '-c', READ_ONLY_SCRIPT]);
+    const [file, rootArgs] = readOnlyRootCommand({ unshare: '/usr/bin/unshare', mount: '/usr/bin/mount' }, '/d', '/usr/lib/qemu/virtiofsd', ['-o', 'source=/d']);
+    expect(file).toBe('/usr/bin/unshare');
+    expect(rootArgs.slice(0, 4)).toEqual(['--mount', '--propagation', 'private', '--']);
+    expect(rootArgs.slice(-5)).toEqual(['/usr/bin/mount', '/d', '/usr/lib/qemu/virtiofsd', '-o', 'source=/d']);
   });
 });
 
