@@ -17,6 +17,7 @@ const VERBS: VerbEntry[] = [
   { name: 'guest', summary: 'run the guest backend', load: async () => (await import('./verb-guest.js')).guestVerb },
   { name: 'vms', summary: 'list VMs and whether each is connected', load: async () => (await import('./verb-vms.js')).vmsVerb },
   { name: 'grants', summary: 'list or revoke what each VM has been given', load: async () => (await import('./verb-grants.js')).grantsVerb },
+  { name: 'share', summary: 'share a whole folder with a VM, list or remove folder shares', load: async () => (await import('./verb-share.js')).shareVerb },
   { name: 'permissions', summary: 'allow, deny or ask: what each VM may request', load: async () => (await import('./verb-permissions.js')).permissionsVerb },
   { name: 'log', summary: 'show the audit trail of decisions, grants and revokes', load: async () => (await import('./verb-log.js')).logVerb },
   { name: 'doctor', summary: 'check runtime dependencies', load: async () => (await import('./verb-doctor.js')).doctorVerb },

@@ -10,7 +10,10 @@ import { VERSION } from '../version.js';
 import { HostLink } from './host-link.js';
 import { askMountAgent } from './mount-agent-client.js';
 import { loadGuestConfig } from './guest-config.js';
-import { ShareMount, ShareUnmount } from '../protocol/session.js';
+import { FolderMount, FolderUnmount, ShareMount, ShareUnmount } from '../protocol/session.js';
+import { guestPathOfFolder } from '../host/folders/spec.js';
+import { addBookmark, removeBookmark } from './bookmarks.js';
+import type { Logger } from '../log.js';
 
 /**
  * The guest backend: a portal backend on the guest's session bus that owns
@@ -40,7 +43,7 @@ function waitForHost(link: HostLink, ms: number): Promise<string[] | undefined> 
 }
 
 /** The host asks the guest's mount agent, through us, to mount or unmount the share. */
-function handleShareRequests(link: HostLink): void {
+function handleShareRequests(link: HostLink, log: Logger): void {
   link.handle(ShareUnmount.name, async () => {
     const r = await askMountAgent('unmount');
     return { unmounted: r.ok, detail: r.detail.slice(0, 300) };
@@ -49,6 +52,28 @@ function handleShareRequests(link: HostLink): void {
     const r = await askMountAgent('mount');
     return { mounted: r.ok, detail: r.detail.slice(0, 300) };
   });
+  // Folder shares: the root agent mounts, and this session's file chooser gets a bookmark (it is this user's sidebar).
+  link.handle(FolderMount.name, async (params) => {
+    const { name } = params as { name: string };
+    const r = await askMountAgent(`mount-folder ${name}`);
+    if (r.ok) bookmark(log, () => addBookmark(guestPathOfFolder(name), name));
+    return { mounted: r.ok, detail: r.detail.slice(0, 300) };
+  });
+  link.handle(FolderUnmount.name, async (params) => {
+    const { name } = params as { name: string };
+    bookmark(log, () => removeBookmark(guestPathOfFolder(name)));
+    const r = await askMountAgent(`unmount-folder ${name}`);
+    return { unmounted: r.ok, detail: r.detail.slice(0, 300) };
+  });
+}
+
+/** A bookmark is a convenience: failing to write one is said, and the share stays mounted. */
+function bookmark(log: Logger, change: () => boolean): void {
+  try {
+    change();
+  } catch (err) {
+    log.warn({ err: (err as Error).message }, 'could not update the file chooser\'s bookmarks');
+  }
 }
 
 export interface GuestBackend {
@@ -62,7 +87,7 @@ export async function startGuestBackend(opts: { busAddress: string; spec: GuestL
   const log = childLogger({ side: 'guest' });
   const bus = await Bus.connect(opts.busAddress);
   const link = new HostLink({ spec: opts.spec, methods: methodTable(ALL_METHODS), agent: { name: 'xdp-vm-guest', version: VERSION }, log });
-  handleShareRequests(link);
+  handleShareRequests(link, log);
   const portals = new GuestPortals(bus, link, log);
   link.on('up', (served?: string[]) => void portals.serve(served));
   link.on('portals', (served: string[]) => void portals.serve(served));

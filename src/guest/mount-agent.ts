@@ -6,12 +6,18 @@ import type { Logger } from '../log.js';
 import { hop } from '../trace.js';
 import { listenUnix } from '../transport/hybrid-vsock.js';
 import { MOUNT_AGENT_SOCKET } from './mount-agent-client.js';
+import { FolderName, folderNameOfTag, folderTag, GUEST_SHARES_DIR, guestPathOfFolder } from '../host/folders/spec.js';
 
 /**
  * The guest's root service for the document share: it mounts the share when
  * the host plugs the virtio-fs device in, lazily unmounts it when the device
  * is gone, and unmounts on request (the host asks before it unplugs). It is
  * separate from the session backend so that backend never needs privileges.
+ *
+ * Folder shares are mounted on request only (the host asks, through the
+ * backend, after each plug and each time the guest connects), each at
+ * /run/xdp-vm/shares/NAME, and unmounted on request or when their device is
+ * gone.
  */
 const VIRTIOFS_DRIVER = '/sys/bus/virtio/drivers/virtiofs';
 
@@ -94,13 +100,62 @@ export class MountAgent {
     return 'mounted';
   }
 
+  /** Mount folder share NAME (its tag derives from the name), waiting for its device to bind. */
+  async mountFolder(name: string, timeoutMs = 3000): Promise<string> {
+    const mountPoint = guestPathOfFolder(name);
+    const tag = folderTag(name);
+    if (isMounted(mountPoint, tag)) return `already mounted at ${mountPoint}`;
+    mkdirSync(mountPoint, { recursive: true, mode: 0o755 });
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      try {
+        mountVirtiofs(tag, mountPoint);
+        this.opts.log.info({ tag, mountPoint }, 'mounted a folder share');
+        return `mounted at ${mountPoint}`;
+      } catch (err) {
+        if (Date.now() > deadline) throw new Error(`folder share "${name}" could not be mounted within ${timeoutMs} ms: ${(err as Error).message}`);
+        await new Promise((r) => setTimeout(r, 10));
+      }
+    }
+  }
+
+  async unmountFolder(name: string): Promise<string> {
+    const mountPoint = guestPathOfFolder(name);
+    if (!isMounted(mountPoint, folderTag(name))) return 'not mounted';
+    try {
+      unmount(mountPoint);
+      this.opts.log.info({ mountPoint }, 'unmounted a folder share on the host\'s request');
+      return 'unmounted';
+    } catch (err) {
+      unmount(mountPoint, { lazy: true });
+      this.opts.log.warn({ mountPoint, err: (err as Error).message }, 'folder share was busy; detached it lazily');
+      return 'detached lazily (files were open)';
+    }
+  }
+
+  /** Folder shares whose device went away without asking (the VM's user unplugged it, QEMU dropped it). */
+  private dropDeadFolders(mounts = readFileSync('/proc/self/mounts', 'utf8')): void {
+    for (const l of mounts.split('\n')) {
+      const [source, target, type] = l.split(' ');
+      if (type !== 'virtiofs' || !source || !target?.startsWith(`${GUEST_SHARES_DIR}/`) || !folderNameOfTag(source)) continue;
+      if (!this.gone(target)) continue;
+      try {
+        unmount(target, { lazy: true });
+        this.opts.log.info({ mountPoint: target }, 'a folder share\'s device is gone; unmounted it');
+      } catch {
+        /* someone else did */
+      }
+    }
+  }
+
   private async tick(): Promise<void> {
     if (this.busy) return;
     this.busy = true;
     try {
+      this.dropDeadFolders();
       const devices = virtiofsDevices();
       const mounted = this.mounted;
-      if (mounted && this.gone()) {
+      if (mounted && this.gone(this.opts.mountPoint)) {
         try {
           unmount(this.opts.mountPoint, { lazy: true });
         } catch {
@@ -118,9 +173,9 @@ export class MountAgent {
   }
 
   /** A virtiofs mount whose device was unplugged answers ENOTCONN. */
-  private gone(): boolean {
+  private gone(mountPoint: string): boolean {
     try {
-      statSync(this.opts.mountPoint);
+      statSync(mountPoint);
       return false;
     } catch (err) {
       return (err as NodeJS.ErrnoException).code === 'ENOTCONN';
@@ -146,7 +201,15 @@ export class MountAgent {
       if (line.length > 256) return void c.destroy();
       if (!line.includes('\n')) return;
       const cmd = line.trim();
-      if (cmd === 'unmount') {
+      const folder = /^(mount-folder|unmount-folder) (\S+)$/.exec(cmd);
+      if (folder) {
+        const name = FolderName.safeParse(folder[2]);
+        if (!name.success) return void c.end('error not a share name\n');
+        (folder[1] === 'mount-folder' ? this.mountFolder(name.data) : this.unmountFolder(name.data)).then(
+          (detail) => c.end(`ok ${detail}\n`),
+          (err: Error) => c.end(`error ${err.message.split('\n')[0]}\n`),
+        );
+      } else if (cmd === 'unmount') {
         this.unmount().then(
           (detail) => c.end(`ok ${detail}\n`),
           (err: Error) => c.end(`error ${err.message.split('\n')[0]}\n`),

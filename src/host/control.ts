@@ -8,12 +8,15 @@ import { DEFAULT_GUEST_MOUNT, removedVmsWithDocuments } from './removed-vms.js';
 import { guestLogText } from '../guest-input.js';
 import { guestPathOf } from '../../portals/file-chooser/paths.js';
 import { FILE_CHOOSER } from '../../portals/file-chooser/index.js';
+import { folderControl } from './folders/control.js';
+import type { FolderStore } from './folders/store.js';
 
 /** io.github.xdp_vm.Host1: what the CLI asks the running daemon. */
 export const CONTROL_BUS_NAME = 'io.github.xdp_vm.Host';
 export const CONTROL_PATH = '/io/github/xdp_vm/Host';
 export const CONTROL_INTERFACE = 'io.github.xdp_vm.Host1';
-export const CONTROL_VERSION = 1;
+/** 2: folder shares (AddShare, ListShares, RemoveShare). */
+export const CONTROL_VERSION = 2;
 
 export function grantRow(g: Grant, guestMount: string): [string, string, Buffer, string, boolean] {
   return [g.vm, g.id, Buffer.concat([g.pathBytes, Buffer.from([0])]), guestPathOf(g, guestMount), g.writable];
@@ -37,7 +40,7 @@ interface NamedVm {
   session: VmSession | undefined;
 }
 
-export function exportControl(bus: Bus, sessions: ReadonlyMap<string, VmSession>, docs: DocumentStore): () => void {
+export function exportControl(bus: Bus, sessions: ReadonlyMap<string, VmSession>, docs: DocumentStore, folders: FolderStore): () => void {
   const configured = () => new Set(sessions.keys());
   const removed = (): NamedVm[] => removedVmsWithDocuments(docs, configured()).map((name) => ({ name, guestMount: DEFAULT_GUEST_MOUNT, session: undefined }));
   const named = (name: string): NamedVm => {
@@ -88,6 +91,7 @@ export function exportControl(bus: Bus, sessions: ReadonlyMap<string, VmSession>
         audit({ vm: t.name, portal: FILE_CHOOSER.name, request: 'grants revoke', decision: 'revoke', reason: 'cli', grant: [id as string] });
         return [];
       },
+      ...folderControl({ sessions, store: folders, documentStore: docs.mountPoint }),
     },
     { version: () => variant('u', CONTROL_VERSION) },
   );

@@ -15,7 +15,9 @@ import { SerialConnector } from '../transport/virtio-serial.js';
 import { CONTROL_BUS_NAME, exportControl } from './control.js';
 import { DocumentStore } from './documents.js';
 import { FloodControl } from './flood.js';
-import { VmShare } from './vm-share.js';
+import { SHARE_ID, VmShare } from './vm-share.js';
+import { FolderStore } from './folders/store.js';
+import { VmFolders } from './folders/vm-folders.js';
 import { VmSession } from './vm-session.js';
 import { loadHostHalves } from '../../portals/host.js';
 import { retireLeftoverVirtiofsds } from './removed-vms.js';
@@ -32,6 +34,8 @@ export interface HostDaemonOptions {
   shares?: boolean;
   /** How consent questions are asked: the GJS dialog, the terminal, or whichever there is. */
   dialog?: ConsentMode;
+  /** Where folder shares persist; default $XDG_STATE_HOME/xdp-vm/folder-shares.json. */
+  folderStore?: string;
 }
 
 export interface HostDaemon {
@@ -55,15 +59,17 @@ export async function startHostDaemon(opts: HostDaemonOptions): Promise<HostDaem
   const consent: ConsentAsker = (q, signal) =>
     requestConsent(q, { policy, remember: (row) => tables.set(row), mode: opts.dialog ?? 'auto', log: log.child({ vm: q.vm.name, portal: q.portal }), signal });
   const halves = await loadHostHalves();
+  const folderStore = new FolderStore(opts.folderStore).load();
   for (const vm of vmConfigs(opts.config)) sessions.set(vm.name, new VmSession(vm, { hostBus, docs, log, nextRequestId, policy, flood, consent, halves }));
 
   const stoppers: (() => Promise<void> | void)[] = [];
   try {
     if (opts.shares !== false) stoppers.push(...(await startShares(opts.config, sessions, docs)));
+    if (opts.shares !== false) stoppers.push(...(await startFolders(opts.config, sessions, folderStore, log.child({ component: 'folders' }))));
     stoppers.push(...(await startDevices(sessions)));
     retireLeftoverVirtiofsds(docs, new Set(sessions.keys()), log.child({ component: 'removed-vms' }));
     stoppers.push(...(await startTransports(sessions, log)));
-    stoppers.push(exportControl(hostBus, sessions, docs));
+    stoppers.push(exportControl(hostBus, sessions, docs, folderStore));
     await hostBus.requestName(CONTROL_BUS_NAME);
   } catch (err) {
     for (const stop of stoppers.reverse()) await stop();
@@ -101,6 +107,9 @@ async function startShares(config: Config, sessions: Map<string, VmSession>, doc
   for (const s of sessions.values()) {
     const share = new VmShare({
       vm: s.vm,
+      id: SHARE_ID,
+      tag: s.vm.share.tag,
+      what: 'the document share',
       virtiofsd: {
         vm: s.vm.name,
         binary,
@@ -111,7 +120,7 @@ async function startShares(config: Config, sessions: Map<string, VmSession>, doc
       },
       log: s.log.child({ component: 'share' }),
       ...(s.devices ? { devices: s.devices } : {}),
-      hasGrants: async () => (await docs.list(s.vm.name)).length > 0,
+      wanted: async () => (await docs.list(s.vm.name)).length > 0,
       askGuestToUnmount: () => s.askGuestToUnmount(),
     });
     s.share = share;
@@ -119,6 +128,36 @@ async function startShares(config: Config, sessions: Map<string, VmSession>, doc
     stoppers.push(async () => share.close());
   }
   return stoppers;
+}
+
+/**
+ * Each VM's folder shares from the store, served again: a virtiofsd each
+ * (adopted if one still serves), plugged in when the VMM is reachable. A
+ * broken store, or one share that cannot be served, is said loudly and the
+ * rest go on.
+ */
+async function startFolders(config: Config, sessions: Map<string, VmSession>, store: FolderStore, log: Logger) {
+  const binary = requireProgram('virtiofsd', config.virtiofsd);
+  const dir = config.runtimeDir ?? path.join(runtimeDir(), 'xdp-vm');
+  if (store.problem) log.error(`FOLDER SHARES NOT SERVED: ${store.problem}`);
+  for (const s of sessions.values()) {
+    const folders = new VmFolders({
+      vm: s.vm,
+      devices: s.devices,
+      virtiofsd: { binary, dir, logDir: path.join(stateHome(), 'xdp-vm') },
+      log: s.log,
+      guest: { mount: (share) => s.askGuestAboutFolder('mount', share), unmount: (share) => s.askGuestAboutFolder('unmount', share) },
+    });
+    s.folders = folders;
+    for (const share of store.of(s.vm.name)) {
+      await folders.add(share, { strict: false }).catch((err: Error) => s.log.error({ share: share.name, err: err.message }, 'could not serve the folder share'));
+    }
+  }
+  const orphans = store.all().filter((f) => !sessions.has(f.vm));
+  if (orphans.length) log.warn({ shares: orphans.map((f) => `${f.vm}/${f.name}`) }, 'folder shares of VMs that are not configured are kept in the store and not served');
+  return [async () => {
+    for (const s of sessions.values()) s.folders?.close();
+  }];
 }
 
 /** Each VM's one VMM connection, after its share listens for it. */

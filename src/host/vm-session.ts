@@ -5,7 +5,9 @@ import type { VmConfig } from '../config/schema.js';
 import type { Logger } from '../log.js';
 import { Connection, type AnyHandler } from '../protocol/connection.js';
 import { methodTable, type NotificationHandler } from '../protocol/methods.js';
-import { Ping, PortalsChanged, ShareMount, ShareUnmount } from '../protocol/session.js';
+import { FolderMount, FolderUnmount, Ping, PortalsChanged, ShareMount, ShareUnmount } from '../protocol/session.js';
+import type { VmFolders } from './folders/vm-folders.js';
+import { folderTag, type FolderShare } from './folders/spec.js';
 import type { VmShare } from './vm-share.js';
 import { VmDevices } from './vm-devices.js';
 import { audit } from './audit.js';
@@ -36,6 +38,8 @@ export class VmSession {
   /** Whether each portal is served, as last decided (and audited when it shut or opened). */
   private readonly decided = new Map<string, boolean>();
   share: VmShare | undefined;
+  /** The VM's folder shares; undefined while the daemon serves none (no shares, as in tests without a VMM). */
+  folders: VmFolders | undefined;
   /** The VM's one VMM connection; undefined when its config names no VMM. */
   readonly devices: VmDevices | undefined;
   private mountConfirmed: { conn: Connection; generation: number } | undefined;
@@ -121,6 +125,7 @@ export class VmSession {
         this.churn('link-up', 'info', { guestAgent: guestLogText(`${hello.agent.name} ${hello.agent.version}`, 100), endpoint }, 'guest connected');
         // A VM that connects gets its share plugged in, ready for its first file.
         this.ensureShare().catch((err: Error) => this.log.error({ err: err.message }, 'could not plug the share in'));
+        void this.folders?.onGuestConnected();
       },
       (err: Error) => this.churn('link-failed', 'warn', { endpoint, reason: guestLogText(err.message, 200) }, 'guest link failed before the handshake'),
     );
@@ -149,6 +154,24 @@ export class VmSession {
     const r = await conn.request(ShareMount, { tag: this.vm.share.tag }, { signal: AbortSignal.timeout(4000) }).catch((err: Error) => ({ mounted: false, detail: err.message }));
     if (r.mounted) this.mountConfirmed = { conn, generation };
     else this.log.warn({ detail: r.detail }, 'the guest did not confirm the share is mounted');
+  }
+
+  /** Ask the guest to mount a folder share, or to unmount it before an unplug; never throws. */
+  async askGuestAboutFolder(what: 'mount' | 'unmount', share: FolderShare): Promise<{ ok: boolean; detail: string }> {
+    if (!this.connected) return { ok: false, detail: 'the guest is not connected' };
+    const params = { name: share.name, tag: folderTag(share.name) };
+    try {
+      if (what === 'mount') {
+        const r = await this.conn!.request(FolderMount, params, { signal: AbortSignal.timeout(8000) });
+        return { ok: r.mounted, detail: guestLogText(r.detail, 200) };
+      }
+      const r = await this.conn!.request(FolderUnmount, params, { signal: AbortSignal.timeout(8000) });
+      return { ok: r.unmounted, detail: guestLogText(r.detail, 200) };
+    } catch (err) {
+      // A guest side older than folder shares does not know the method: say what to do.
+      const why = (err as Error).message;
+      return { ok: false, detail: (err as { code?: string }).code === 'unknown-method' ? 'the guest side is older than folder shares; update xdp-vm in the VM' : guestLogText(why, 200) };
+    }
   }
 
   /** Before an unplug: ask the guest to unmount, and go on whatever it says. */

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { FolderName } from '../host/folders/spec.js';
 import { defineMethod, defineNotification } from './methods.js';
 
 /** Methods of the link itself, not of any portal. */
@@ -32,4 +33,26 @@ export const PortalsChanged = defineNotification({
   params: z.object({ portals: z.array(z.string().max(64)).max(64) }).strict(),
 });
 
-export const SESSION_METHODS = [Ping, ShareUnmount, ShareMount, PortalsChanged] as const;
+/**
+ * A folder share was plugged in (or the guest connected and has it): mount it
+ * at /run/xdp-vm/shares/NAME and show it in the file chooser's sidebar. A
+ * guest that predates folder shares answers "unknown method", and the host
+ * says so in its log.
+ */
+const FolderParams = z.object({ name: FolderName, tag: z.string().max(36) }).strict();
+export const FolderMount = defineMethod({
+  name: 'folder.mount',
+  direction: 'host-to-guest',
+  params: FolderParams,
+  result: z.object({ mounted: z.boolean(), detail: z.string().max(300) }).strict(),
+});
+
+/** Before unplugging a folder share: unmount it and take its bookmark away. */
+export const FolderUnmount = defineMethod({
+  name: 'folder.unmount',
+  direction: 'host-to-guest',
+  params: FolderParams,
+  result: z.object({ unmounted: z.boolean(), detail: z.string().max(300) }).strict(),
+});
+
+export const SESSION_METHODS = [Ping, ShareUnmount, ShareMount, PortalsChanged, FolderMount, FolderUnmount] as const;
