@@ -18,7 +18,7 @@ describe('dbus-interfaces', () => {
 
   it('our control interface parses with its methods and property', () => {
     const i = loadInterface('io.github.xdp_vm.Host1');
-    expect([...i.methods.keys()].sort()).toEqual(['ListGrants', 'ListVms', 'Revoke', 'RevokeAll']);
+    expect([...i.methods.keys()].sort()).toEqual(['AddShare', 'ListGrants', 'ListShares', 'ListVms', 'RemoveShare', 'Revoke', 'RevokeAll']);
     expect(i.methods.get('ListGrants')!.outSignature).toBe('a(ssaysb)');
     expect(i.properties.get('version')!.type).toBe('u');
   });
