@@ -8,7 +8,7 @@ import type { FloodControl } from '../src/host/flood.js';
 import type { Logger } from '../src/log.js';
 import type { PolicyDecider } from '../src/policy/policy.js';
 import type { AnyHandler } from '../src/protocol/connection.js';
-import type { MethodDescriptor, NotificationDescriptor, NotificationHandler, NotificationParams } from '../src/protocol/methods.js';
+import type { MethodDescriptor, NotificationDescriptor, NotificationHandler, NotificationParams, Params, ResultOf } from '../src/protocol/methods.js';
 
 /**
  * What one portal is, in one place: its folder under portals/ exports one of
@@ -70,6 +70,22 @@ export interface HostPortalDeps {
   consent: ConsentAsker;
   /** Tell the VM's guest something now (a host-to-guest notification); false when no guest is connected. */
   notify: <N extends NotificationDescriptor>(note: N, params: NotificationParams<N>) => boolean;
+  /**
+   * Another configured VM, by name, for a portal that hands it something the
+   * user sent there (OpenURI's target VM); undefined for a name no VM has.
+   */
+  otherVm: (name: string) => OtherVm | undefined;
+}
+
+/** Another VM as a host half may reach it: its label for dialogs, and its guest while one is connected. */
+export interface OtherVm {
+  label: string;
+  guest: GuestPeer | undefined;
+}
+
+/** A connected guest, to be asked something (a host-to-guest method). */
+export interface GuestPeer {
+  request<M extends MethodDescriptor>(method: M, params: Params<M>, opts?: { signal?: AbortSignal }): Promise<ResultOf<M>>;
 }
 
 export function definePortal<const Name extends string>(p: PortalDescriptor<Name>): PortalDescriptor<Name> {

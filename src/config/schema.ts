@@ -1,5 +1,6 @@
 import path from 'node:path';
 import { z } from 'zod';
+import { OPEN_URI_SCHEMES } from '../../portals/open-uri/uri.js';
 
 /** The host's config file: which VMs exist, how each one connects, and its share. */
 export const VmName = z
@@ -87,6 +88,13 @@ export const FloodLimits = z
   .strict();
 export type FloodLimits = z.infer<typeof FloodLimits>;
 
+/** Where a link goes: "host" (the host's default handler), or the name of another configured VM. */
+export const OPEN_URI_HOST = 'host';
+export const OpenUriTarget = z.union([z.literal(OPEN_URI_HOST), VmName]);
+/** One VM's link targets, per scheme; a scheme left out opens on the host. */
+export const OpenUriTargets = z.strictObject(Object.fromEntries(OPEN_URI_SCHEMES.map((s) => [s, OpenUriTarget.optional()])) as Record<(typeof OPEN_URI_SCHEMES)[number], z.ZodOptional<typeof OpenUriTarget>>);
+export type OpenUriTargets = z.infer<typeof OpenUriTargets>;
+
 export const Config = z
   .object({
     vms: z.record(VmName, Vm),
@@ -95,6 +103,8 @@ export const Config = z
     /** Where per-VM virtiofsd sockets go by default. */
     runtimeDir: AbsolutePath.optional(),
     flood: FloodLimits.optional(),
+    /** Where links from each VM open, by source VM and scheme (portals/open-uri); default: the host. */
+    openUri: z.record(z.string(), OpenUriTargets).optional(),
   })
   .strict()
   .superRefine((cfg, ctx) => {
@@ -111,6 +121,16 @@ export const Config = z
       else claim(`sock:${t.socket}`, name, ['vms', name, 'transport', 'socket'], t.socket);
       if (vm.share.socket) claim(`share:${vm.share.socket}`, name, ['vms', name, 'share', 'socket'], vm.share.socket);
     }
+    for (const [from, targets] of Object.entries(cfg.openUri ?? {})) {
+      if (!Object.hasOwn(cfg.vms, from)) ctx.addIssue({ code: 'custom', path: ['openUri', from], message: `no VM "${from}" is configured: each key of openUri is the VM the links come from` });
+      for (const [scheme, to] of Object.entries(targets)) {
+        const where = ['openUri', from, scheme];
+        if (to === undefined) continue;
+        if (to === OPEN_URI_HOST && Object.hasOwn(cfg.vms, OPEN_URI_HOST)) ctx.addIssue({ code: 'custom', path: where, message: '"host" is ambiguous here: it means the host, and a VM is also named "host"; rename that VM to send links to it' });
+        else if (to === from) ctx.addIssue({ code: 'custom', path: where, message: `links from "${from}" cannot target "${from}" itself: name another VM, or "host"` });
+        else if (to !== OPEN_URI_HOST && !Object.hasOwn(cfg.vms, to)) ctx.addIssue({ code: 'custom', path: where, message: `no VM "${to}" is configured: a link target is "host" or a configured VM` });
+      }
+    }
     const ports = new Set(Object.values(cfg.vms).flatMap((v) => (v.transport.type === 'vsock' ? [v.transport.port] : [])));
     if (ports.size > 1) ctx.addIssue({ code: 'custom', path: ['vms'], message: 'all "vsock" VMs must use the same port: the host listens on one AF_VSOCK port' });
   });
@@ -120,8 +140,10 @@ export type Config = z.infer<typeof Config>;
 export interface VmConfig extends Vm {
   name: VmName;
   label: string;
+  /** Where this VM's links open, per scheme (the config's openUri entry for it); absent: all on the host. */
+  openUri?: OpenUriTargets;
 }
 
 export function vmConfigs(cfg: Config): VmConfig[] {
-  return Object.entries(cfg.vms).map(([name, vm]) => ({ ...vm, name, label: vm.label ?? name }));
+  return Object.entries(cfg.vms).map(([name, vm]) => ({ ...vm, name, label: vm.label ?? name, ...(cfg.openUri?.[name] ? { openUri: cfg.openUri[name] } : {}) }));
 }

@@ -3,6 +3,7 @@ import path from 'node:path';
 import { DEFAULT_SERIAL_PORT_NAME } from '../config/schema.js';
 import { renderDataFile } from '../data-files.js';
 import { GUEST_INTERFACES } from '../../portals/index.js';
+import { OPEN_ON_HOST_DESKTOP_ID, OPEN_ON_HOST_MIME_TYPES } from '../../portals/open-uri/handler.js';
 import { GuestConfig, GUEST_CONFIG_PATH } from './guest-config.js';
 
 /**
@@ -74,6 +75,38 @@ function pinFor116(root: string): PlannedFile[] {
   return files;
 }
 
+export const OPEN_ON_HOST_DESKTOP_FILE = `/usr/share/applications/${OPEN_ON_HOST_DESKTOP_ID}`;
+export const SYSTEM_MIMEAPPS = '/etc/xdg/mimeapps.list';
+
+/** The "Open on host" link handler, and the system-wide default that makes it the VM's handler for links (what qvm-open-in-vm users set). */
+function linkHandler(root: string, vars: { XDP_VM: string }): PlannedFile[] {
+  const desktop: PlannedFile = {
+    path: OPEN_ON_HOST_DESKTOP_FILE,
+    content: renderDataFile(`${OPEN_ON_HOST_DESKTOP_ID}.in`, { ...vars, MIME_TYPES: OPEN_ON_HOST_MIME_TYPES.map((t) => `${t};`).join('') }),
+    why: '"Open on host": http, https and mailto links go to the host (xdp-vm open-uri)',
+  };
+  // An admin's own mimeapps.list is theirs: we do not edit it, and say what to add.
+  if (existsSync(path.join(root, SYSTEM_MIMEAPPS)) && !ours(root).has(SYSTEM_MIMEAPPS)) {
+    desktop.why += `; not made the default, since ${SYSTEM_MIMEAPPS} is not ours: add ${OPEN_ON_HOST_MIME_TYPES.map((t) => `${t}=${OPEN_ON_HOST_DESKTOP_ID}`).join(', ')} under [Default Applications] to make it`;
+    return [desktop];
+  }
+  const defaults = OPEN_ON_HOST_MIME_TYPES.map((t) => `${t}=${OPEN_ON_HOST_DESKTOP_ID};`).join('\n');
+  return [
+    desktop,
+    {
+      path: SYSTEM_MIMEAPPS,
+      content: `${MARK}\n# A user's ~/.config/mimeapps.list still wins: a VM whose own browser should\n# open its links sets it there.\n[Default Applications]\n${defaults}\n`,
+      why: 'makes "Open on host" the VM\'s default for those links (a user\'s own mimeapps.list still wins)',
+    },
+  ];
+}
+
+/** The files a previous install-guest wrote here, by its manifest. */
+function ours(root: string): Set<string> {
+  const manifest = path.join(root, MANIFEST);
+  return new Set<string>(existsSync(manifest) ? (JSON.parse(readFileSync(manifest, 'utf8')) as { files: string[] }).files : []);
+}
+
 export function planInstall(opts: InstallOptions): PlannedFile[] {
   const vars = { XDP_VM: opts.command };
   const config: GuestConfig = GuestConfig.parse({ mountPoint: opts.mountPoint, tag: opts.tag, ...(opts.transport ? { transport: opts.transport } : {}) });
@@ -86,11 +119,18 @@ export function planInstall(opts: InstallOptions): PlannedFile[] {
       why: 'D-Bus activation of the guest backend',
     },
     { path: '/usr/lib/systemd/user/xdp-vm-guest.service', content: renderDataFile('xdp-vm-guest.service.in', vars), why: 'the guest backend as a user unit' },
+    {
+      // A drop-in, not a .wants symlink: install-guest writes files, and a session's target may gain a Wants this way.
+      path: '/usr/lib/systemd/user/graphical-session.target.d/xdp-vm.conf',
+      content: `${MARK}\n[Unit]\nWants=xdp-vm-guest.service\n`,
+      why: 'starts the guest backend with the session, so folder shares are mounted and bookmarked at login',
+    },
     { path: '/usr/lib/systemd/system/xdp-vm-mount.service', content: renderDataFile('xdp-vm-mount.service.in', vars), why: 'mounts the document share when the host plugs it in' },
     { path: GUEST_CONFIG_PATH, content: `${JSON.stringify(config, null, 2)}\n`, why: 'mount point and tag of the document share' },
     { path: '/etc/environment.d/60-xdp-vm.conf', content: `${MARK}\nGTK_USE_PORTAL=1\nGDK_DEBUG=portals\n`, why: 'GTK 3 and GTK 4 apps use the portal (systemd user sessions)' },
     { path: '/etc/profile.d/xdp-vm.sh', content: `${MARK}\nexport GTK_USE_PORTAL=1\nexport GDK_DEBUG=portals\n`, why: 'the same for login shells and non-systemd sessions' },
   ];
+  files.push(...linkHandler(opts.root, vars));
   if (!portalVersionAtLeast(opts.portalVersion, 1, 17)) files.push(...pinFor116(opts.root));
   files.push({ path: MANIFEST, content: `${JSON.stringify({ files: [...files.map((f) => f.path), MANIFEST] }, null, 2)}\n`, why: 'what uninstall-guest removes' });
   return files;
@@ -98,9 +138,8 @@ export function planInstall(opts: InstallOptions): PlannedFile[] {
 
 /** Files that exist but that a previous install-guest did not write: ours to leave alone. */
 export function conflicts(root: string, files: PlannedFile[]): string[] {
-  const manifest = path.join(root, MANIFEST);
-  const ours = new Set<string>(existsSync(manifest) ? (JSON.parse(readFileSync(manifest, 'utf8')) as { files: string[] }).files : []);
-  return files.map((f) => f.path).filter((p) => !ours.has(p) && existsSync(path.join(root, p)));
+  const installed = ours(root);
+  return files.map((f) => f.path).filter((p) => !installed.has(p) && existsSync(path.join(root, p)));
 }
 
 export function applyInstall(root: string, files: PlannedFile[]): void {

@@ -59,8 +59,13 @@ export async function startHostDaemon(opts: HostDaemonOptions): Promise<HostDaem
   const consent: ConsentAsker = (q, signal) =>
     requestConsent(q, { policy, remember: (row) => tables.set(row), mode: opts.dialog ?? 'auto', log: log.child({ vm: q.vm.name, portal: q.portal }), signal });
   const halves = await loadHostHalves();
+  // A VM's portal reaching another VM (OpenURI's target): looked up at call time, so it sees that VM's current link.
+  const otherVm = (name: string) => {
+    const s = sessions.get(name);
+    return s && { label: s.vm.label, guest: s.guest };
+  };
   const folderStore = new FolderStore(opts.folderStore).load();
-  for (const vm of vmConfigs(opts.config)) sessions.set(vm.name, new VmSession(vm, { hostBus, docs, log, nextRequestId, policy, flood, consent, halves }));
+  for (const vm of vmConfigs(opts.config)) sessions.set(vm.name, new VmSession(vm, { hostBus, docs, log, nextRequestId, policy, flood, consent, halves, otherVm }));
 
   const stoppers: (() => Promise<void> | void)[] = [];
   try {

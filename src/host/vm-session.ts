@@ -1,6 +1,7 @@
 import type { Duplex } from 'node:stream';
 import { ALL_METHODS } from '../../portals/index.js';
 import { hostHandlersFor, type HostHalves, type HostPortalDeps } from '../../portals/host.js';
+import type { GuestPeer } from '../../portals/portal.js';
 import type { VmConfig } from '../config/schema.js';
 import type { Logger } from '../log.js';
 import { Connection, type AnyHandler } from '../protocol/connection.js';
@@ -102,6 +103,11 @@ export class VmSession {
     this.conn?.notify(PortalsChanged, { portals: this.served });
   }
 
+
+  /** This VM's guest while one is connected: another VM's portal may hand it something (OpenURI's target VM). */
+  get guest(): GuestPeer | undefined {
+    return this.connected ? this.conn : undefined;
+  }
 
   get connected(): boolean {
     return !!this.conn && !this.conn.isClosed && this.conn.negotiatedVersion !== undefined;

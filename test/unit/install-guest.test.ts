@@ -73,6 +73,34 @@ describe('install-guest', () => {
     expect(existsSync(path.join(root, 'var/lib/xdp-vm/installed-files.json'))).toBe(false);
   });
 
+  it('installs "Open on host" for http, https and mailto, and makes it the default system-wide', async () => {
+    const root = guestRoot();
+    const { stdout } = await xdpVm(['install-guest', '--root', root, '--portal-version', '1.18.0', '--command', '/usr/bin/xdp-vm']);
+    expect(stdout).toContain('/usr/share/applications/xdp-vm-open-on-host.desktop');
+    const desktop = readFileSync(path.join(root, 'usr/share/applications/xdp-vm-open-on-host.desktop'), 'utf8');
+    expect(desktop).toMatch(/^\[Desktop Entry\]$/m);
+    expect(desktop).toMatch(/^Exec=\/usr\/bin\/xdp-vm open-uri %u$/m);
+    expect(desktop).toMatch(/^MimeType=x-scheme-handler\/http;x-scheme-handler\/https;x-scheme-handler\/mailto;$/m);
+    expect(desktop).toMatch(/^NoDisplay=true$/m);
+    const mimeapps = readFileSync(path.join(root, 'etc/xdg/mimeapps.list'), 'utf8');
+    expect(mimeapps).toMatch(/^\[Default Applications\]\nx-scheme-handler\/http=xdp-vm-open-on-host.desktop;\nx-scheme-handler\/https=xdp-vm-open-on-host.desktop;\nx-scheme-handler\/mailto=xdp-vm-open-on-host.desktop;$/m);
+    const { stdout: removed } = await xdpVm(['uninstall-guest', '--root', root]);
+    expect(removed).toContain('removed /usr/share/applications/xdp-vm-open-on-host.desktop');
+    expect(removed).toContain('removed /etc/xdg/mimeapps.list');
+  });
+
+  it('leaves an admin\'s own /etc/xdg/mimeapps.list alone, and says what to add to it', async () => {
+    const root = guestRoot();
+    mkdirSync(path.join(root, 'etc/xdg'), { recursive: true });
+    writeFileSync(path.join(root, 'etc/xdg/mimeapps.list'), '[Default Applications]\ntext/html=firefox-esr.desktop\n');
+    const { stdout } = await xdpVm(['install-guest', '--root', root, '--portal-version', '1.18.0']);
+    expect(stdout).toMatch(/not made the default, since \/etc\/xdg\/mimeapps.list is not ours: add x-scheme-handler\/http=xdp-vm-open-on-host.desktop/);
+    expect(readFileSync(path.join(root, 'etc/xdg/mimeapps.list'), 'utf8')).toBe('[Default Applications]\ntext/html=firefox-esr.desktop\n');
+    expect(existsSync(path.join(root, 'usr/share/applications/xdp-vm-open-on-host.desktop'))).toBe(true);
+    await xdpVm(['uninstall-guest', '--root', root]);
+    expect(existsSync(path.join(root, 'etc/xdg/mimeapps.list'))).toBe(true);
+  });
+
   it('drops a backend that only offered FileChooser', () => {
     expect(withoutOurInterfaces('[portal]\nInterfaces=org.freedesktop.impl.portal.FileChooser;\n')).toBeUndefined();
   });
