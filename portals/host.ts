@@ -1,6 +1,6 @@
 import type { AnyHandler } from '../src/protocol/connection.js';
 import type { NotificationHandler } from '../src/protocol/methods.js';
-import { PORTALS, type PortalName } from './index.js';
+import { PORTALS, portalByName, type PortalName } from './index.js';
 import type { HostHalf, HostPortalDeps } from './portal.js';
 
 export type { HostPortalDeps } from './portal.js';
@@ -19,12 +19,13 @@ export interface VmHandlers {
   notifications: [string, NotificationHandler][];
 }
 
-/** Every portal's host handlers for one VM; each method behind that VM's flood gate. */
+/** Every portal's host handlers for one VM; each method behind that VM's flood gate, unless its portal limits its own rate. */
 export function hostHandlersFor(halves: HostHalves, deps: HostPortalDeps): VmHandlers {
   const out: VmHandlers = { methods: [], notifications: [] };
   for (const [portal, half] of halves) {
     const handlers = half(deps);
-    for (const [method, handler] of Object.entries(handlers.methods ?? {})) out.methods.push([method, deps.flood.guard(deps.vm.name, portal, handler, deps.nextRequestId)]);
+    const gated = !('ownRateLimit' in portalByName(portal));
+    for (const [method, handler] of Object.entries(handlers.methods ?? {})) out.methods.push([method, gated ? deps.flood.guard(deps.vm.name, portal, handler, deps.nextRequestId) : handler]);
     out.notifications.push(...Object.entries(handlers.notifications ?? {}));
   }
   return out;

@@ -2,6 +2,7 @@ import type { MethodDescriptor, NotificationDescriptor } from '../src/protocol/m
 import { SESSION_METHODS } from '../src/protocol/session.js';
 import { FILE_CHOOSER } from './file-chooser/index.js';
 import { NETWORK } from './network/index.js';
+import { NOTIFICATION } from './notification/index.js';
 import { OPEN_URI } from './open-uri/index.js';
 import { SETTINGS } from './settings/index.js';
 import { USB } from './usb/index.js';
@@ -11,7 +12,7 @@ import { USB } from './usb/index.js';
  * here; vm.portal, the guest install, the policy tables, the CLI and the
  * daemon all read this list.
  */
-export const PORTALS = [FILE_CHOOSER, SETTINGS, USB, NETWORK, OPEN_URI] as const;
+export const PORTALS = [FILE_CHOOSER, SETTINGS, USB, NETWORK, NOTIFICATION, OPEN_URI] as const;
 
 export type Portal = (typeof PORTALS)[number];
 export type PortalName = Portal['name'];

@@ -24,6 +24,12 @@ export interface PortalDescriptor<Name extends string = string> {
   /** The protocol methods and notifications both halves share. */
   methods: readonly (MethodDescriptor | NotificationDescriptor)[];
   policy: PortalPolicy;
+  /**
+   * The portal limits its own rate, so the daemon's flood gate (sized for
+   * dialogs: a few in flight, 30 a minute) does not count its requests, and
+   * a chatty app cannot use up the budget a VM's file dialogs share.
+   */
+  ownRateLimit?: true;
   /** The halves, loaded on first use so a guest never loads host code; absent while the portal is policy rows only. */
   guest?: () => Promise<GuestHalf>;
   host?: () => Promise<HostHalf>;

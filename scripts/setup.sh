@@ -35,6 +35,7 @@ tests=(
   util-linux              # setpriv and unshare for the e2e guests' root share
   iproute2                # ip: the privileged helper's taps, and its test's bridges in a private network namespace
   xdg-desktop-portal-gtk  # the real host file dialog, driven by keystrokes in one test
+  dunst                   # a real notification server on the host bus for the Notification test (dunstctl history, action)
   python3-pyqt5 qt5-xdgdesktopportal-platformtheme  # a real Qt app asking the portal for files
 )
 demo=(qemu-system-x86 busybox-static cpio xz-utils zstd)

@@ -27,7 +27,8 @@ const FORMS = {
 } as const;
 type Form = keyof typeof FORMS;
 
-const ARGS = PORTALS.map((p) => `  ${p.name.padEnd(11)}  ${p.policy.describeArgument}`).join('\n');
+const NAME_WIDTH = Math.max(...PORTALS.map((p) => p.name.length));
+const ARGS = PORTALS.map((p) => `  ${p.name.padEnd(NAME_WIDTH)}  ${p.policy.describeArgument}`).join('\n');
 const CONSENT = PORTALS.map((p) => `${p.name}: ${p.policy.consent}.`).join('\n');
 const WHEN_NO_ROW = PORTALS.map((p) => p.policy.whenNoRow).join('; ');
 

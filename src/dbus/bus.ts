@@ -223,6 +223,12 @@ export class Bus {
     if (result !== 1 && result !== 4) throw new Error(`the bus name ${name} is already owned by another process`);
   }
 
+  /** Give up a well-known name requested with requestName; nothing happens if we do not own it. */
+  async releaseName(name: string): Promise<void> {
+    if (!this.connected) return;
+    await this.call({ destination: 'org.freedesktop.DBus', path: '/org/freedesktop/DBus', interface: 'org.freedesktop.DBus', member: 'ReleaseName', signature: 's', body: [name] });
+  }
+
   async nameOwner(name: string): Promise<string | undefined> {
     try {
       const [owner] = await this.call({
