@@ -558,6 +558,8 @@ async function specs(opts: Required<Pick<BuildOptions, 'workDir'>> & { version: 
     files: [
       ...guestFiles.map((f) => ({ path: f.path, mode: 0o644, content: f.content })),
       { path: GUEST_HELPER, mode: 0o644, from: path.join(helperOut, 'guest-maintscript.mjs') },
+      // "Open on host" runs /usr/bin/xdp-vm, which the common package (a dependency) ships.
+      { path: `/usr/share/lintian/overrides/${GUEST_PACKAGE}`, mode: 0o644, content: `${GUEST_PACKAGE}: desktop-command-not-in-package usr/bin/xdp-vm [usr/share/applications/xdp-vm-open-on-host.desktop]\n` },
       ...docFiles(GUEST_PACKAGE, copyrightFile(year, []), changes),
     ],
     control: {

@@ -1,7 +1,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { MANIFEST as INSTALL_GUEST_MANIFEST, PINNED_PORTAL_DIR, planInstall, type PlannedFile } from '../guest/install.js';
+import { MANIFEST as INSTALL_GUEST_MANIFEST, PINNED_PORTAL_DIR, planInstall, SYSTEM_MIMEAPPS, type PlannedFile } from '../guest/install.js';
 
 /**
  * What the guest .deb holds, and what its postinst writes, both taken from
@@ -45,8 +45,13 @@ function forPackage(f: PlannedFile): PlannedFile {
   return { ...f, path: packagePath(f.path), content: f.content.replace(INSTALL_GUEST_MARK, PACKAGE_MARK).replaceAll(PINNED_PORTAL_DIR, PACKAGE_PIN_DIR) };
 }
 
+/**
+ * /etc/xdg/mimeapps.list is the admin's, and often another package's: the
+ * package ships the "Open on host" handler but does not make it the default
+ * (install-guest does, when that file is not someone else's).
+ */
 function plan(root: string, portalVersion: string): PlannedFile[] {
-  return planInstall({ root, command: COMMAND, mountPoint: '/run/xdp-vm/doc', tag: 'xdp-vm-doc', portalVersion }).filter((f) => f.path !== INSTALL_GUEST_MANIFEST);
+  return planInstall({ root, command: COMMAND, mountPoint: '/run/xdp-vm/doc', tag: 'xdp-vm-doc', portalVersion }).filter((f) => f.path !== INSTALL_GUEST_MANIFEST && f.path !== SYSTEM_MIMEAPPS);
 }
 
 /** The guest-independent files: what the package ships (planned for a frontend that needs no pinning, on an empty root). */

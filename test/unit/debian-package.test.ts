@@ -2,7 +2,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { MANIFEST, planInstall } from '../../src/guest/install.js';
+import { MANIFEST, planInstall, SYSTEM_MIMEAPPS } from '../../src/guest/install.js';
 import { debianVersion, sideDepends, verbsFromHelp } from '../../src/package/debian.js';
 import { GENERATED_LIST, generatedGuestFiles, PACKAGE_MARK, PACKAGE_PIN_DIR, packagePath, pinTemplate, shippedGuestFiles } from '../../src/package/guest-files.js';
 import { configureGuest, pinFiles } from '../../src/package/guest-pin.js';
@@ -58,8 +58,9 @@ Does a thing, as root.
 });
 
 describe('the guest package', () => {
-  it('ships every file install-guest writes for a frontend that reads portals.conf, /usr/local and the install-guest mark aside', () => {
-    const planned = planInstall({ root: guestRoot(), command: '/usr/bin/xdp-vm', mountPoint: '/run/xdp-vm/doc', tag: 'xdp-vm-doc', portalVersion: '1.18.0' }).filter((f) => f.path !== MANIFEST);
+  it('ships every file install-guest writes for a frontend that reads portals.conf, /usr/local, the install-guest mark and the admin\'s mimeapps.list aside', () => {
+    const planned = planInstall({ root: guestRoot(), command: '/usr/bin/xdp-vm', mountPoint: '/run/xdp-vm/doc', tag: 'xdp-vm-doc', portalVersion: '1.18.0' }).filter((f) => f.path !== MANIFEST && f.path !== SYSTEM_MIMEAPPS);
+    expect(shippedGuestFiles().map((f) => f.path)).toContain('/usr/share/applications/xdp-vm-open-on-host.desktop');
     const shipped = shippedGuestFiles();
     expect(shipped.map((f) => f.path).sort()).toEqual(planned.map((f) => packagePath(f.path)).sort());
     expect(shipped.map((f) => f.path)).toContain('/lib/systemd/system/xdp-vm-mount.service');
