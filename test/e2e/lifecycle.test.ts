@@ -102,7 +102,7 @@ describe('VM lifecycle', () => {
     grantFile('c.txt', 'given to a VM that booted with its share');
     const r = await vm.app(['open', 'Open']);
     expect(r.files[0]).toMatchObject({ path: expect.stringMatching(new RegExp(`^${QEMU_GUEST_MOUNT}/`)), content: 'given to a VM that booted with its share' });
-    expect(world.daemonLog.some((l) => l.includes('"vm":"lab"') && l.includes('already has its share'))).toBe(true);
+    expect(world.daemonLog.some((l) => l.includes('"vm":"lab"') && l.includes('already has the document share'))).toBe(true);
     const qmp = new QemuAdapter(vm.guest.qmp);
     const docShares = (await qmp.listShares()).filter((s) => s.tag === 'xdp-vm-doc');
     expect(docShares).toEqual([expect.objectContaining({ deviceId: 'docboot' })]);
