@@ -99,6 +99,26 @@ interface Exported {
   properties: Record<string, () => TypedValue>;
 }
 
+/**
+ * The address as dbus-next spells a plain Node socket: for a unix path or
+ * abstract name it otherwise always uses usocket, a native addon, whose
+ * close path has aborted a process (libuv's uv__finish_close assertion)
+ * under many short-lived connections. Only a connection that passes
+ * descriptors needs usocket; every other one gets net.Socket.
+ */
+export function plainSocketAddress(address: string): string {
+  return address
+    .split(';')
+    .map((a) => {
+      const m = /^unix:(.*)$/.exec(a);
+      if (!m) return a;
+      const params = new Map(m[1]!.split(',').map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)] as const));
+      const target = params.get('path') ?? (params.has('abstract') ? `\0${params.get('abstract')}` : undefined);
+      return target === undefined || target.includes(',') || target.includes(';') ? a : `unix:socket=${target}`;
+    })
+    .join(';');
+}
+
 export class Bus {
   private readonly objects = new Map<string, Map<string, Exported>>();
   private closed = false;
@@ -128,7 +148,7 @@ export class Bus {
    * otherwise let any caller fill its descriptor table.
    */
   static async connect(address: string, opts: { unixFds?: boolean; dropReceivedFds?: boolean } = {}): Promise<Bus> {
-    const raw = dbus.sessionBus({ busAddress: address, negotiateUnixFd: opts.unixFds ?? false } as never);
+    const raw = dbus.sessionBus({ busAddress: opts.unixFds ? address : plainSocketAddress(address), negotiateUnixFd: opts.unixFds ?? false } as never);
     const bus = new Bus(raw);
     await new Promise<void>((resolve, reject) => {
       const onError = (err: Error) => reject(new Error(`cannot connect to D-Bus at ${address}: ${err.message}`));
