@@ -7,6 +7,7 @@ import type { DocumentStore } from '../src/host/documents.js';
 import type { FloodControl } from '../src/host/flood.js';
 import type { Logger } from '../src/log.js';
 import type { PolicyDecider } from '../src/policy/policy.js';
+import type { VmNetworks } from './network/vm-networks.js';
 import type { AnyHandler } from '../src/protocol/connection.js';
 import type { MethodDescriptor, NotificationDescriptor, NotificationHandler, NotificationParams, Params, ResultOf } from '../src/protocol/methods.js';
 
@@ -81,6 +82,8 @@ export interface HostPortalDeps {
    * user sent there (OpenURI's target VM); undefined for a name no VM has.
    */
   otherVm: (name: string) => OtherVm | undefined;
+  /** The VM's networks (joined, joining, leaving), which its session owns; absent where a daemon serves none. */
+  networks?: VmNetworks;
 }
 
 /** Another VM as a host half may reach it: its label for dialogs, and its guest while one is connected. */

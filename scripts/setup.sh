@@ -18,6 +18,7 @@ runtime=(
   fuse3                   # the document store's FUSE mount
   qemu-system-common      # virtiofsd (/usr/lib/qemu/virtiofsd)
   uidmap                  # newuidmap/newgidmap: virtiofsd in a user namespace when the daemon is not root
+  passt                   # user-mode networks: one unprivileged passt per VM and network, which QEMU's -netdev stream connects to
   build-essential python3 # the AF_VSOCK addon, built at npm install
 )
 tests=(

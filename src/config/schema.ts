@@ -88,6 +88,71 @@ export const FloodLimits = z
   .strict();
 export type FloodLimits = z.infer<typeof FloodLimits>;
 
+/**
+ * Named networks a VM may join (portals/network). A discriminated union on
+ * `type`, so each kind carries only what it needs: `user` (passt, no
+ * privileges: outbound through the host's own connection, and port forwards
+ * from the host's loopback to the guest), `bridge` (an existing host bridge;
+ * taps come from the privileged helper) and `vm-only` (a bridge the helper
+ * creates, with no uplink). Only `user` can be joined in this version; the
+ * others are checked now so a config written for them stays valid.
+ */
+export const NetworkName = z
+  .string()
+  .regex(/^[a-z][a-z0-9-]{0,14}$/, 'a network name is 1-15 characters of lowercase letters, digits and "-", starting with a letter');
+export type NetworkName = z.infer<typeof NetworkName>;
+
+const NetworkDescription = z.string().min(1).max(120).regex(/^[^\x00-\x1f\x7f]*$/, 'must be one line of text').optional();
+/** Host ports are bound by passt, which runs as the user: no privileged ports. */
+const HostPort = z.number().int().min(1024, 'a host port must be 1024 or more: lower ports need privileges, and passt runs as you').max(65535, 'a port is at most 65535');
+const GuestPort = z.number().int().min(1, 'a port is 1 to 65535').max(65535, 'a port is at most 65535');
+
+export const PortForward = z
+  .object({
+    /** Bound on the host's loopback (127.0.0.1) only: nothing outside the host reaches it. */
+    host: HostPort,
+    guest: GuestPort,
+    protocol: z.literal('tcp', 'only "tcp" forwards are supported').default('tcp'),
+  })
+  .strict();
+export type PortForward = z.infer<typeof PortForward>;
+
+const BridgeName = z.string().regex(/^[A-Za-z0-9_.-]{1,15}$/, 'a bridge name is 1-15 letters, digits, "_", "." or "-"');
+const Ipv4Cidr = z
+  .string()
+  .regex(/^(25[0-5]|2[0-4]\d|1?\d?\d)(\.(25[0-5]|2[0-4]\d|1?\d?\d)){3}\/(1[6-9]|2[0-9]|30)$/, 'must be an IPv4 address with a prefix of /16 to /30, e.g. 10.77.0.1/24');
+
+export const Network = z.discriminatedUnion('type', [
+  z
+    .object({
+      type: z.literal('user'),
+      description: NetworkDescription,
+      forwards: z.array(PortForward).max(32, 'at most 32 forwards per network').default([]),
+    })
+    .strict(),
+  z
+    .object({
+      type: z.literal('bridge'),
+      description: NetworkDescription,
+      /** An existing host bridge, e.g. virbr0 or br0. */
+      bridge: BridgeName,
+    })
+    .strict(),
+  z
+    .object({
+      type: z.literal('vm-only'),
+      description: NetworkDescription,
+      /** The bridge the helper creates on first use; default xdpvm-NAME. */
+      bridge: BridgeName.optional(),
+      /** The host's own address on it, if the host takes part. */
+      hostAddress: Ipv4Cidr.optional(),
+    })
+    .strict(),
+], { error: (issue) => (issue.code === 'invalid_union' ? 'a network\'s type is "user", "bridge" or "vm-only"' : undefined) });
+export type Network = z.infer<typeof Network>;
+export type NetworkType = Network['type'];
+export type Networks = Record<NetworkName, Network>;
+
 /** Where a link goes: "host" (the host's default handler), or the name of another configured VM. */
 export const OPEN_URI_HOST = 'host';
 export const OpenUriTarget = z.union([z.literal(OPEN_URI_HOST), VmName]);
@@ -105,6 +170,8 @@ export const Config = z
     flood: FloodLimits.optional(),
     /** Where links from each VM open, by source VM and scheme (portals/open-uri); default: the host. */
     openUri: z.record(z.string(), OpenUriTargets).optional(),
+    /** Networks a VM may join, by name (portals/network); default none. */
+    networks: z.record(NetworkName, Network).optional(),
   })
   .strict()
   .superRefine((cfg, ctx) => {
@@ -131,6 +198,16 @@ export const Config = z
         else if (to !== OPEN_URI_HOST && !Object.hasOwn(cfg.vms, to)) ctx.addIssue({ code: 'custom', path: where, message: `no VM "${to}" is configured: a link target is "host" or a configured VM` });
       }
     }
+    // passt binds each forward on the host's loopback: two networks cannot both hold one port.
+    const hostPorts = new Map<number, string>();
+    for (const [name, net] of Object.entries(cfg.networks ?? {})) {
+      if (net.type !== 'user') continue;
+      net.forwards.forEach((f, i) => {
+        const other = hostPorts.get(f.host);
+        if (other !== undefined) ctx.addIssue({ code: 'custom', path: ['networks', name, 'forwards', i, 'host'], message: `host port ${f.host} is already forwarded by ${other === name ? 'this network' : `network "${other}"`}` });
+        else hostPorts.set(f.host, name);
+      });
+    }
     const ports = new Set(Object.values(cfg.vms).flatMap((v) => (v.transport.type === 'vsock' ? [v.transport.port] : [])));
     if (ports.size > 1) ctx.addIssue({ code: 'custom', path: ['vms'], message: 'all "vsock" VMs must use the same port: the host listens on one AF_VSOCK port' });
   });
@@ -142,8 +219,10 @@ export interface VmConfig extends Vm {
   label: string;
   /** Where this VM's links open, per scheme (the config's openUri entry for it); absent: all on the host. */
   openUri?: OpenUriTargets;
+  /** Every configured network (the config's networks table): which this VM may join is the policy's. */
+  networks?: Networks;
 }
 
 export function vmConfigs(cfg: Config): VmConfig[] {
-  return Object.entries(cfg.vms).map(([name, vm]) => ({ ...vm, name, label: vm.label ?? name, ...(cfg.openUri?.[name] ? { openUri: cfg.openUri[name] } : {}) }));
+  return Object.entries(cfg.vms).map(([name, vm]) => ({ ...vm, name, label: vm.label ?? name, ...(cfg.openUri?.[name] ? { openUri: cfg.openUri[name] } : {}), ...(cfg.networks ? { networks: cfg.networks } : {}) }));
 }

@@ -10,13 +10,14 @@ import { guestPathOf } from '../../portals/file-chooser/paths.js';
 import { FILE_CHOOSER } from '../../portals/file-chooser/index.js';
 import { folderControl } from './folders/control.js';
 import type { FolderStore } from './folders/store.js';
+import { networkControl } from '../../portals/network/control.js';
 
 /** io.github.xdp_vm.Host1: what the CLI asks the running daemon. */
 export const CONTROL_BUS_NAME = 'io.github.xdp_vm.Host';
 export const CONTROL_PATH = '/io/github/xdp_vm/Host';
 export const CONTROL_INTERFACE = 'io.github.xdp_vm.Host1';
-/** 2: folder shares (AddShare, ListShares, RemoveShare). */
-export const CONTROL_VERSION = 2;
+/** 2: folder shares (AddShare, ListShares, RemoveShare). 3: networks (ListNetworks, AttachNetwork, DetachNetwork). */
+export const CONTROL_VERSION = 3;
 
 export function grantRow(g: Grant, guestMount: string): [string, string, Buffer, string, boolean] {
   return [g.vm, g.id, Buffer.concat([g.pathBytes, Buffer.from([0])]), guestPathOf(g, guestMount), g.writable];
@@ -92,6 +93,7 @@ export function exportControl(bus: Bus, sessions: ReadonlyMap<string, VmSession>
         return [];
       },
       ...folderControl({ sessions, store: folders, documentStore: docs.mountPoint }),
+      ...networkControl(sessions),
     },
     { version: () => variant('u', CONTROL_VERSION) },
   );

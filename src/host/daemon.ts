@@ -65,7 +65,9 @@ export async function startHostDaemon(opts: HostDaemonOptions): Promise<HostDaem
     return s && { label: s.vm.label, guest: s.guest };
   };
   const folderStore = new FolderStore(opts.folderStore).load();
-  for (const vm of vmConfigs(opts.config)) sessions.set(vm.name, new VmSession(vm, { hostBus, docs, log, nextRequestId, policy, flood, consent, halves, otherVm }));
+  // Each network's passt: its socket beside the VM's other sockets, its log beside virtiofsd's.
+  const networkDirs = { runtime: opts.config.runtimeDir ?? path.join(runtimeDir(), 'xdp-vm'), logs: path.join(stateHome(), 'xdp-vm') };
+  for (const vm of vmConfigs(opts.config)) sessions.set(vm.name, new VmSession(vm, { hostBus, docs, log, nextRequestId, policy, flood, consent, halves, otherVm, networkDirs }));
 
   const stoppers: (() => Promise<void> | void)[] = [];
   try {

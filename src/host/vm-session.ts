@@ -17,6 +17,8 @@ import { vmmConnector } from './vmm-connector.js';
 import { hop } from '../trace.js';
 import { guestLogText } from '../guest-input.js';
 import { peerLogLimiter, type LimitedLevel } from '../protocol/log-limiter.js';
+import { VmNetworks } from '../../portals/network/vm-networks.js';
+import { NetworkChanged } from '../../portals/network/schema.js';
 
 /**
  * Everything the host holds for one VM: its current link (identified by the
@@ -26,7 +28,11 @@ import { peerLogLimiter, type LimitedLevel } from '../protocol/log-limiter.js';
 const METHODS = methodTable(ALL_METHODS);
 
 /** What the daemon gives every VM; the session adds the VM itself and its share. */
-export type VmSessionDeps = Omit<HostPortalDeps, 'vm' | 'ensureShare' | 'notify'> & { halves: HostHalves };
+export type VmSessionDeps = Omit<HostPortalDeps, 'vm' | 'ensureShare' | 'notify' | 'networks'> & {
+  halves: HostHalves;
+  /** Where each network's passt keeps its socket and pid file, and its logs; without it the VM joins no network. */
+  networkDirs?: { runtime: string; logs: string };
+};
 
 export class VmSession {
   private conn: Connection | undefined;
@@ -43,6 +49,8 @@ export class VmSession {
   folders: VmFolders | undefined;
   /** The VM's one VMM connection; undefined when its config names no VMM. */
   readonly devices: VmDevices | undefined;
+  /** The VM's networks; undefined where the daemon serves none (no directories given). */
+  readonly networks: VmNetworks | undefined;
   private mountConfirmed: { conn: Connection; generation: number } | undefined;
   readonly log: Logger;
 
@@ -53,13 +61,18 @@ export class VmSession {
     this.log = deps.log.child({ vm: vm.name });
     const connector = vmmConnector(vm, this.log);
     this.devices = connector ? new VmDevices(connector, this.log.child({ component: 'vmm' })) : undefined;
-    const { halves, ...portalDeps } = deps;
+    const { halves, networkDirs, ...portalDeps } = deps;
+    const notify: HostPortalDeps['notify'] = (note, params) => (this.connected && this.conn ? this.conn.notify(note, params) : false);
+    this.networks = networkDirs
+      ? new VmNetworks({ vm, devices: this.devices, policy: deps.policy, consent: deps.consent, nextRequestId: deps.nextRequestId, notify: (change) => notify(NetworkChanged, change), dirs: networkDirs, log: this.log })
+      : undefined;
     const handlers = hostHandlersFor(halves, {
       ...portalDeps,
       vm,
       log: this.log,
       ensureShare: () => this.ensureShare(),
-      notify: (note, params) => (this.connected && this.conn ? this.conn.notify(note, params) : false),
+      notify,
+      ...(this.networks ? { networks: this.networks } : {}),
     });
     this.handlers = new Map<string, AnyHandler>([[Ping.name, async (params) => ({ seq: (params as { seq: number }).seq })], ...handlers.methods]);
     this.notificationHandlers = new Map(handlers.notifications);
@@ -132,6 +145,7 @@ export class VmSession {
         // A VM that connects gets its share plugged in, ready for its first file.
         this.ensureShare().catch((err: Error) => this.log.error({ err: err.message }, 'could not plug the share in'));
         void this.folders?.onGuestConnected();
+        void this.networks?.onGuestConnected();
       },
       (err: Error) => this.churn('link-failed', 'warn', { endpoint, reason: guestLogText(err.message, 200) }, 'guest link failed before the handshake'),
     );
@@ -140,6 +154,7 @@ export class VmSession {
 
   close(reason: string): void {
     this.conn?.close(reason);
+    this.networks?.close();
   }
 
   /** A guest that reconnects in a loop must not write a line per link: these share the VM's log bursts. */

@@ -66,10 +66,17 @@ export interface UsbSpec {
   hostAddress?: number;
 }
 
+/**
+ * Where a NIC's frames go: a tap the privileged helper has created and
+ * handed to this user (bridge and vm-only networks), or a stream socket a
+ * user-mode network daemon (passt) listens on, which the VMM connects to.
+ */
+export type NetBackend = { type: 'tap'; tapName: string } | { type: 'stream'; socketPath: string };
+
 export interface NetSpec {
   id: string;
-  /** A tap the privileged helper has created and handed to this user. */
-  tapName: string;
+  backend: NetBackend;
+  /** Unicast, locally administered, e.g. 02:5a:…; the VMM's own when absent. */
   mac?: string;
 }
 

@@ -6,6 +6,10 @@ import {
   type AttachedShare,
   type AttachOptions,
   type DetachOptions,
+  type DeviceHandle,
+  type DeviceInfo,
+  type NetCapability,
+  type NetSpec,
   type ShareInfo,
   type ShareCapability,
   type ShareSpec,
@@ -15,8 +19,9 @@ import { AdapterBase, checkShareSpec } from './adapter-base.js';
 import { QmpClient, QmpError, type QmpEvent } from './qmp.js';
 
 /**
- * The QEMU adapter: virtiofs shares hot-plugged over QMP onto free pcie-root-ports
- * of a q35 machine (one port per concurrently plugged device, ACPI hot-plug).
+ * The QEMU adapter: virtiofs shares and NICs hot-plugged over QMP onto free
+ * pcie-root-ports of a q35 machine (one port per concurrently plugged device,
+ * ACPI hot-plug).
  */
 
 export const QomProperty = z.object({ name: z.string(), type: z.string() });
@@ -34,6 +39,8 @@ export interface QemuAdapterOptions {
 }
 
 const DEVICE_PREFIX = 'xdpvm-fs-';
+const NIC_PREFIX = 'xdpvm-net-';
+const NETDEV_PREFIX = 'xdpvm-nd-';
 const CHARDEV_PREFIX = 'xdpvm-fsc-';
 const PERIPHERAL = '/machine/peripheral';
 const PERIPHERAL_ANON = '/machine/peripheral-anon';
@@ -54,11 +61,47 @@ export function shareChardevId(id: string): string {
   return `${CHARDEV_PREFIX}${id}`;
 }
 
+export function nicDeviceId(id: string): string {
+  return `${NIC_PREFIX}${id}`;
+}
+
+export function nicNetdevId(id: string): string {
+  return `${NETDEV_PREFIX}${id}`;
+}
+
+/** A unicast MAC in QEMU's spelling; the group bit set would make every frame to it a multicast. */
+const MAC = /^[0-9a-f][02468ace](:[0-9a-f]{2}){5}$/;
+
+/**
+ * The netdev_add arguments for a NIC's backend. QEMU 7.2's `stream` netdev
+ * (NetdevStreamOptions: addr, a flat SocketAddress; server) connects to a
+ * Unix socket such as passt's; `server: false` makes QEMU the client.
+ */
+export function netdevArgs(spec: NetSpec): Record<string, unknown> {
+  if (spec.backend.type === 'tap') {
+    throw new VmmError(`NIC ${spec.id}: tap NICs (bridge and vm-only networks) need the privileged helper's tap fd, which the QEMU adapter does not take yet`);
+  }
+  return { type: 'stream', id: nicNetdevId(spec.id), server: false, addr: { type: 'unix', path: spec.backend.socketPath } };
+}
+
+export function nicDeviceArgs(spec: NetSpec, port: string): Record<string, unknown> {
+  return { driver: 'virtio-net-pci', id: nicDeviceId(spec.id), netdev: nicNetdevId(spec.id), bus: port, ...(spec.mac ? { mac: spec.mac } : {}) };
+}
+
+interface TrackedNic {
+  deviceId: string;
+  netdevId: string;
+  port: string | undefined;
+}
+
 export class QemuAdapter extends AdapterBase implements VmmAdapter {
   readonly kind = 'qemu' as const;
   /** Virtiofs shares: the one capability this adapter has so far. */
   readonly shares: ShareCapability = this;
+  /** NICs whose backend is a stream socket (passt); tap NICs are not taken yet. */
+  readonly net: NetCapability = this;
   private readonly ourShares = new Map<string, Tracked>();
+  private readonly ourNics = new Map<string, TrackedNic>();
   /** Device ids we asked QEMU to remove, so their DEVICE_DELETED is not "unexpected". */
   private readonly detaching = new Set<string>();
   private readonly offs: Array<() => void>;
@@ -123,6 +166,97 @@ export class QemuAdapter extends AdapterBase implements VmmAdapter {
     return free;
   }
 
+  async attachNet(spec: NetSpec, opts: AttachOptions = {}): Promise<DeviceHandle> {
+    assertSafeId('NIC', spec.id);
+    if (spec.mac !== undefined && !MAC.test(spec.mac)) throw new VmmError(`NIC ${spec.id}: MAC ${JSON.stringify(spec.mac)} must be a unicast address like 02:12:34:56:78:9a (lowercase)`);
+    const netdev = netdevArgs(spec);
+    return this.serialized(() => this.doAttachNet(spec, netdev, opts));
+  }
+
+  async detachNet(id: string, opts: DetachOptions = {}): Promise<void> {
+    assertSafeId('NIC', id);
+    return this.serialized(() => this.doDetachNet(id, opts));
+  }
+
+  /** Every virtio-net device the VM has, ours (by our naming) and those it was started with. */
+  async listNet(): Promise<DeviceInfo[]> {
+    const found: DeviceInfo[] = [];
+    for (const base of [PERIPHERAL, PERIPHERAL_ANON]) {
+      for (const child of await this.qomList(base)) {
+        if (child.type !== 'child<virtio-net-pci>') continue;
+        const deviceId = base === PERIPHERAL ? child.name : undefined;
+        const id = deviceId?.startsWith(NIC_PREFIX) ? deviceId.slice(NIC_PREFIX.length) : undefined;
+        const location = portOfBus(await this.qomGetString(`${base}/${child.name}`, 'parent_bus'));
+        found.push({ kind: 'net', id, deviceId, location });
+      }
+    }
+    return found.sort((a, b) => (a.deviceId ?? '').localeCompare(b.deviceId ?? ''));
+  }
+
+  private async doAttachNet(spec: NetSpec, netdev: Record<string, unknown>, opts: AttachOptions): Promise<DeviceHandle> {
+    const deviceId = nicDeviceId(spec.id);
+    const netdevId = nicNetdevId(spec.id);
+    if (this.ourNics.has(spec.id) || (await this.qomList(PERIPHERAL)).some((c) => c.name === deviceId)) {
+      throw new VmmError(`NIC ${spec.id}: device ${deviceId} is already in the VM; detach it first`);
+    }
+    const port = (await this.freeRootPorts())[0];
+    if (!port) throw new VmmError(`NIC ${spec.id}: no free pcie-root-port; start the VM with one '-device pcie-root-port,id=…' per device plugged at the same time`);
+    const call = { ...(opts.timeoutMs ? { timeoutMs: opts.timeoutMs } : {}), ...(opts.signal ? { signal: opts.signal } : {}) };
+    try {
+      await this.qmp.execute('netdev_add', netdev, call);
+    } catch (cause) {
+      throw new VmmError(`NIC ${spec.id}: QEMU could not connect its network backend (netdev_add): ${describe(cause)}`, { cause });
+    }
+    try {
+      await this.qmp.execute('device_add', nicDeviceArgs(spec, port), call);
+    } catch (cause) {
+      await this.removeNetdev(netdevId).catch((err: unknown) => this.log.warn({ err }, 'rollback of netdev failed'));
+      throw new VmmError(`NIC ${spec.id}: device_add on ${port} failed: ${describe(cause)}`, { cause });
+    }
+    this.ourNics.set(spec.id, { deviceId, netdevId, port });
+    this.log.info({ nic: spec.id, deviceId, port, mac: spec.mac }, 'NIC attached');
+    return { kind: 'net', id: spec.id, deviceId, location: port };
+  }
+
+  private async doDetachNet(id: string, opts: DetachOptions): Promise<void> {
+    const nic = this.ourNics.get(id) ?? (await this.adoptNic(id));
+    if (!nic) throw new VmmError(`NIC ${id} is not attached to this VM`);
+    await opts.beforeDetach?.();
+    const timeoutMs = opts.timeoutMs ?? 10_000;
+    this.detaching.add(nic.deviceId);
+    try {
+      const deleted = this.qmp.waitForEvent((e) => e.event === 'DEVICE_DELETED' && e.data.device === nic.deviceId, { timeoutMs, ...(opts.signal ? { signal: opts.signal } : {}) });
+      deleted.catch(() => undefined);
+      if (!(await this.requestUnplug(nic.deviceId))) {
+        await deleted.catch((cause: unknown) => {
+          throw new VmmError(`NIC ${id}: QEMU did not report ${nic.deviceId} deleted within ${timeoutMs} ms; ACPI hot-unplug needs a running guest that releases the device`, { cause });
+        });
+      }
+      // Only once the device is gone is its netdev free; deleting it closes the backend's socket.
+      await this.removeNetdev(nic.netdevId);
+    } finally {
+      this.detaching.delete(nic.deviceId);
+    }
+    this.ourNics.delete(id);
+    this.log.info({ nic: id, deviceId: nic.deviceId }, 'NIC detached');
+    this.emit({ type: 'device-detached', kind: 'net', id, deviceId: nic.deviceId, expected: true });
+  }
+
+  /** netdev_del, where a netdev already gone is fine. */
+  private async removeNetdev(netdevId: string): Promise<void> {
+    await this.qmp.execute('netdev_del', { id: netdevId }).catch((cause: unknown) => {
+      if (cause instanceof QmpError && (cause.errorClass === 'DeviceNotFound' || /not found/i.test(cause.errorDesc ?? ''))) return;
+      throw new VmmError(`netdev_del ${netdevId} failed: ${describe(cause)}`, { cause });
+    });
+  }
+
+  /** A NIC left by an earlier daemon run, recognised by our device naming. */
+  private async adoptNic(id: string): Promise<TrackedNic | undefined> {
+    const deviceId = nicDeviceId(id);
+    if (!(await this.qomList(PERIPHERAL)).some((c) => c.name === deviceId)) return undefined;
+    const path = `${PERIPHERAL}/${deviceId}`;
+    return { deviceId, netdevId: await this.qomGetString(path, 'netdev'), port: portOfBus(await this.qomGetString(path, 'parent_bus')) };
+  }
 
   async close(): Promise<void> {
     for (const off of this.offs) off();
@@ -246,6 +380,13 @@ export class QemuAdapter extends AdapterBase implements VmmAdapter {
     if (event.event !== 'DEVICE_DELETED' || typeof event.data.device !== 'string') return;
     const deviceId = event.data.device;
     if (this.detaching.has(deviceId)) return;
+    for (const [id, nic] of this.ourNics) {
+      if (nic.deviceId !== deviceId) continue;
+      this.ourNics.delete(id);
+      this.log.warn({ nic: id, deviceId }, 'NIC removed without our asking');
+      void this.removeNetdev(nic.netdevId).catch((err: unknown) => this.log.warn({ err }, 'netdev_del after unexpected unplug failed'));
+      this.emit({ type: 'device-detached', kind: 'net', id, deviceId, expected: false });
+    }
     for (const [id, share] of this.ourShares) {
       if (share.deviceId !== deviceId) continue;
       this.ourShares.delete(id);

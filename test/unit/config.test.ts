@@ -64,6 +64,62 @@ describe('config', () => {
     expect(p).toEqual(['vms.b.transport.cid: CID 7 is already used by VM "a"']);
   });
 
+  describe('networks', () => {
+    const vms = { work: { transport: { type: 'vsock', cid: 5 } } };
+
+    it('fills defaults, and hands every VM the table', () => {
+      const cfg = parseConfig(JSON.stringify({ vms, networks: { web: { type: 'user', forwards: [{ host: 2222, guest: 22 }] }, lan: { type: 'bridge', bridge: 'br0' }, lab: { type: 'vm-only' } } }), 'c.json');
+      expect(cfg.networks!.web).toEqual({ type: 'user', forwards: [{ host: 2222, guest: 22, protocol: 'tcp' }] });
+      expect(vmConfigs(cfg)[0]!.networks).toBe(cfg.networks);
+      expect(vmConfigs(parseConfig(JSON.stringify({ vms }), 'c.json'))[0]!.networks).toBeUndefined();
+    });
+
+    it('reports each mistake at its key, in words', () => {
+      const p = problems({
+        vms,
+        networks: {
+          Web: { type: 'user' },
+          'a-very-long-network': { type: 'user' },
+          '9lives': { type: 'user' },
+          wan: { type: 'nat' },
+          low: { type: 'user', forwards: [{ host: 80, guest: 8080 }] },
+          big: { type: 'user', forwards: [{ host: 70000, guest: 0 }] },
+          udp: { type: 'user', forwards: [{ host: 5353, guest: 53, protocol: 'udp' }] },
+          br: { type: 'bridge' },
+          mixed: { type: 'bridge', bridge: 'br0', forwards: [] },
+          lab: { type: 'vm-only', hostAddress: '10.77.0.1' },
+        },
+      });
+      expect(p).toEqual(
+        expect.arrayContaining([
+          expect.stringMatching(/^networks\.Web: .*lowercase/),
+          expect.stringMatching(/^networks\.a-very-long-network: .*1-15/),
+          expect.stringMatching(/^networks\.9lives: .*starting with a letter/),
+          expect.stringMatching(/^networks\.wan\.type: a network's type is "user", "bridge" or "vm-only"/),
+          expect.stringMatching(/^networks\.low\.forwards\.0\.host: a host port must be 1024 or more/),
+          expect.stringMatching(/^networks\.big\.forwards\.0\.host: a port is at most 65535/),
+          expect.stringMatching(/^networks\.big\.forwards\.0\.guest: a port is 1 to 65535/),
+          expect.stringMatching(/^networks\.udp\.forwards\.0\.protocol: only "tcp"/),
+          expect.stringMatching(/^networks\.br\.bridge: /),
+          expect.stringMatching(/^networks\.mixed: unknown key\(s\) "forwards"/),
+          expect.stringMatching(/^networks\.lab\.hostAddress: must be an IPv4 address with a prefix/),
+        ]),
+      );
+      expect(p).toHaveLength(11);
+    });
+
+    it('refuses one host port forwarded twice, in one network or across two', () => {
+      const p = problems({
+        vms,
+        networks: {
+          web: { type: 'user', forwards: [{ host: 2222, guest: 22 }, { host: 8080, guest: 80 }] },
+          dev: { type: 'user', forwards: [{ host: 3000, guest: 3000 }, { host: 3000, guest: 3001 }, { host: 2222, guest: 2222 }] },
+        },
+      });
+      expect(p).toEqual(['networks.dev.forwards.1.host: host port 3000 is already forwarded by this network', 'networks.dev.forwards.2.host: host port 2222 is already forwarded by network "web"']);
+    });
+  });
+
   it('names the file for unreadable or non-JSON configs', () => {
     const dir = mkdtempSync(path.join(tmpdir(), 'cfg-'));
     writeFileSync(path.join(dir, 'bad.json'), '{ "vms": ');

@@ -18,8 +18,15 @@ describe('dbus-interfaces', () => {
 
   it('our control interface parses with its methods and property', () => {
     const i = loadInterface('io.github.xdp_vm.Host1');
-    expect([...i.methods.keys()].sort()).toEqual(['AddShare', 'ListGrants', 'ListShares', 'ListVms', 'RemoveShare', 'Revoke', 'RevokeAll']);
+    expect([...i.methods.keys()].sort()).toEqual(['AddShare', 'AttachNetwork', 'DetachNetwork', 'ListGrants', 'ListNetworks', 'ListShares', 'ListVms', 'RemoveShare', 'Revoke', 'RevokeAll']);
     expect(i.methods.get('ListGrants')!.outSignature).toBe('a(ssaysb)');
+    expect(i.properties.get('version')!.type).toBe('u');
+  });
+
+  it('the guest\'s network interface: List, Join, Leave, the Changed signal and a version', () => {
+    const i = loadInterface('io.github.xdp_vm.Network1');
+    expect([...i.methods.values()].map((m) => `${m.name}(${m.inSignature})->(${m.outSignature})`).sort()).toEqual(['Join(s)->(s)', 'Leave(s)->(b)', 'List()->(a(ssbs))']);
+    expect(i.signals.get('Changed')!.signature).toBe('sbs');
     expect(i.properties.get('version')!.type).toBe('u');
   });
 });

@@ -13,7 +13,7 @@ import { packageRoot } from '../../src/paths.js';
  * calls to APIs that Node 18.20 lacks.
  */
 const root = packageRoot();
-const GUEST_VERBS = ['verb-guest', 'verb-mount-agent', 'verb-install-guest', 'verb-open-uri'];
+const GUEST_VERBS = ['verb-guest', 'verb-mount-agent', 'verb-install-guest', 'verb-open-uri', 'verb-net'];
 
 /** Leaves the host half out of the build: the other verbs, and each portal's host.ts. */
 const guestHalfOnly: Plugin = {
