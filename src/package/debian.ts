@@ -40,7 +40,7 @@ export const NODE_GUEST = '18.20';
 export const NODE_HOST = '20.19';
 
 /** The consent dialog: without it the daemon asks on its terminal, or denies; so recommended, not required. */
-const HOST_RECOMMENDS = ['gjs', 'gir1.2-gtk-4.0', 'gir1.2-adw-1'];
+const HOST_RECOMMENDS = ['gjs', 'gir1.2-gtk-4.0', 'gir1.2-adw-1', 'passt'];
 /** The session bus the daemon and the guest backend live on. */
 const SESSION_BUS = 'default-dbus-session-bus | dbus-session-bus';
 
