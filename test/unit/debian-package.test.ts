@@ -107,7 +107,8 @@ describe('package metadata', () => {
     const host = sideDepends('host');
     expect(host.depends).toEqual(expect.arrayContaining(['xdg-desktop-portal', 'fuse3', 'qemu-system-common']));
     expect(host.depends).not.toContain('gjs');
-    expect(host.recommends).toEqual(['gjs', 'gir1.2-gtk-4.0', 'gir1.2-adw-1']);
+    expect(host.recommends).toEqual(['gjs', 'gir1.2-gtk-4.0', 'gir1.2-adw-1', 'passt']);
+    expect(host.depends).not.toContain('passt');
     expect(sideDepends('guest').depends).toContain('xdg-desktop-portal');
     expect(sideDepends('host', (p) => p === 'fuse3').depends).not.toContain('fuse3');
   });
