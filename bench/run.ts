@@ -123,7 +123,7 @@ async function main(): Promise<void> {
     lines.push(row(['response sent → first byte read (new grant)', fmt(vm.responseToFirstByte.p50), fmt(vm.responseToFirstByte.p99), '≤ 50'], w));
     lines.push(row(['256 MiB sequential read, median MiB/s', 'value', 'baseline', 'target'], w));
     lines.push(row(['  document view (virtio-fs over the store)', r.documentView.p50.toFixed(0), '', '≥ 0.5 × folder share'], w));
-    lines.push(row(['  folder share (xdp-vm share add, cache=auto)', r.folderShare.p50.toFixed(0), '', ''], w));
+    lines.push(row(['  folder share (xdp-vm share add; its VM\'s share cache, default none)', r.folderShare.p50.toFixed(0), '', ''], w));
     lines.push(row(['  folder shared by hand, root virtiofsd, cache=none', r.directShareNone.p50.toFixed(0), '', ''], w));
     lines.push(row(['  plain read on the host', '', r.hostRead.p50.toFixed(0), ''], w));
     lines.push(row(['  document view / folder share', (r.documentView.p50 / r.folderShare.p50).toFixed(2), '', '≥ 0.5'], w));

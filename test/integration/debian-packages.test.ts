@@ -52,7 +52,7 @@ describe('the packages', () => {
       for (const p of d.debianPackage.split(' ')) expect(essential.has(p) || host.includes(p) || recommends.includes(p), `${d.id}: ${p}`).toBe(true);
     }
     for (const p of essential) expect(host).not.toContain(p);
-    expect(await field(HOST_PACKAGE, 'Recommends')).toBe('gjs, gir1.2-gtk-4.0, gir1.2-adw-1');
+    expect(await field(HOST_PACKAGE, 'Recommends')).toBe('gjs, gir1.2-gtk-4.0, gir1.2-adw-1, passt');
     expect(await field(GUEST_PACKAGE, 'Depends')).toBe(`${COMMON_PACKAGE} (= ${VERSION}), nodejs (>= 18.20), xdg-desktop-portal (>= 1.16), default-dbus-session-bus | dbus-session-bus`);
   });
 
