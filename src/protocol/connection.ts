@@ -24,6 +24,9 @@ import type { HandlerContext, MethodDescriptor, MethodTable, NotificationDescrip
  * and cancellation in both directions. Symmetric: the guest calls host methods
  * (a file chooser) and the host calls guest methods (unmount a share).
  */
+/** How long a closing link may take to flush its last frames before it is destroyed. */
+const CLOSE_FLUSH_MS = 1000;
+
 export type Role = 'guest' | 'host';
 
 export type AnyHandler = (params: unknown, ctx: HandlerContext) => Promise<unknown>;
@@ -237,7 +240,7 @@ export class Connection extends EventEmitter {
     });
   }
 
-  close(reason = 'closed'): void {
+  close(reason = 'closed', flush = false): void {
     if (this.closed) return;
     this.closed = true;
     clearTimeout(this.stallTimer);
@@ -247,8 +250,13 @@ export class Connection extends EventEmitter {
       this.corked = false;
       this.stream.uncork();
     }
-    // Destroying drops whatever was queued for the peer: a backed-up link gives its memory back here.
-    this.stream.destroy();
+    // After a refused frame, its error frame may still be queued (the peer was slow to read): end
+    // the stream so it leaves, and destroy it a second later whatever happens. Any other close
+    // (a backed-up link among them) destroys at once: that drops what was queued and gives its memory back.
+    if (flush && this.stream.writableLength > 0 && !this.stream.destroyed) {
+      this.stream.end();
+      setTimeout(() => this.stream.destroy(), CLOSE_FLUSH_MS).unref();
+    } else this.stream.destroy();
     if (this.ownsLogScope) this.limiter.endScope(this.logScope);
     this.emit('close', reason);
   }
@@ -345,7 +353,7 @@ export class Connection extends EventEmitter {
     this.send({ t: 'err', id, code, message: said });
     if (!fatal) return;
     this.limited(`fatal:${kind}`, 'warn', { code }, `closing link: ${said}`);
-    this.close(`${code}: ${said}`);
+    this.close(`${code}: ${said}`, true);
   }
 
   private receive(chunk: Buffer): void {

@@ -266,6 +266,27 @@ describe('a guest that does not read its replies', () => {
     expect(lines[0]!.msg).toMatch(/not reading its replies/);
   });
 
+  it('still gets the error frame that ends its link after a refused frame, though it was slow to read', async () => {
+    const link = unreadLink();
+    const host = new Connection({ role: 'host', stream: link.stream, methods: METHODS, handlers: new Map(), log: captureLogger().log });
+    void host.acceptGuest('work');
+    link.send(HELLO);
+    for (let id = 1; id <= 20; id++) link.send({ t: 'req', id, method: 'test.nothing', params: {} });
+    await tick();
+    // A frame header claiming 2 GiB: the host refuses it and closes, its answers still queued.
+    link.stream.push(Buffer.from([0x7f, 0xff, 0xff, 0xff]));
+    // The guest reads one write at a time, slowly: the host reads again, refuses the frame and closes meanwhile.
+    for (let i = 0; i < 200 && !link.stream.destroyed && (!host.isClosed || link.stream.writableLength > 0); i++) {
+      link.readOne();
+      await tick();
+    }
+    expect(host.isClosed).toBe(true);
+    await link.readAll();
+    expect(link.frames.at(-1)).toMatchObject({ t: 'err', id: null, code: 'too-large' });
+    expect(link.frames.filter((f) => f.t === 'err' && f.id !== null)).toHaveLength(20);
+    await expect.poll(() => link.stream.destroyed, { timeout: 3000 }).toBe(true);
+  });
+
   it('loses its link when its replies have not moved for the stall time', async () => {
     const link = unreadLink();
     const host = new Connection({ role: 'host', stream: link.stream, methods: METHODS, handlers: new Map(), log: captureLogger().log, stallMs: 100 });
