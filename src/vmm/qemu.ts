@@ -135,16 +135,28 @@ export class QemuAdapter extends AdapterBase implements VmmAdapter {
 
   async listShares(): Promise<ShareInfo[]> {
     const found: ShareInfo[] = [];
+    for (const d of await this.devicesOfType('vhost-user-fs-pci', DEVICE_PREFIX)) {
+      const tag = await this.qomGetString(d.path, 'tag');
+      const attachedHere = d.id !== undefined && this.ourShares.get(d.id)?.deviceId === d.deviceId;
+      found.push({ id: d.id, tag, deviceId: d.deviceId, location: d.location, attachedHere });
+    }
+    return found;
+  }
+
+  /**
+   * Every device of a QOM type the VM has, named (ours when the id carries
+   * `prefix`) or anonymous (started with it), with the root port it sits on,
+   * sorted by device id.
+   */
+  private async devicesOfType(type: string, prefix: string): Promise<{ path: string; deviceId: string | undefined; id: string | undefined; location: string | undefined }[]> {
+    const found = [];
     for (const base of [PERIPHERAL, PERIPHERAL_ANON]) {
       for (const child of await this.qomList(base)) {
-        if (child.type !== 'child<vhost-user-fs-pci>') continue;
+        if (child.type !== `child<${type}>`) continue;
         const path = `${base}/${child.name}`;
         const deviceId = base === PERIPHERAL ? child.name : undefined;
-        const id = deviceId?.startsWith(DEVICE_PREFIX) ? deviceId.slice(DEVICE_PREFIX.length) : undefined;
-        const tag = await this.qomGetString(path, 'tag');
-        const location = portOfBus(await this.qomGetString(path, 'parent_bus'));
-        const attachedHere = id !== undefined && this.ourShares.get(id)?.deviceId === deviceId;
-        found.push({ id, tag, deviceId, location, attachedHere });
+        const id = deviceId?.startsWith(prefix) ? deviceId.slice(prefix.length) : undefined;
+        found.push({ path, deviceId, id, location: portOfBus(await this.qomGetString(path, 'parent_bus')) });
       }
     }
     return found.sort((a, b) => (a.deviceId ?? '').localeCompare(b.deviceId ?? ''));
@@ -180,17 +192,7 @@ export class QemuAdapter extends AdapterBase implements VmmAdapter {
 
   /** Every virtio-net device the VM has, ours (by our naming) and those it was started with. */
   async listNet(): Promise<DeviceInfo[]> {
-    const found: DeviceInfo[] = [];
-    for (const base of [PERIPHERAL, PERIPHERAL_ANON]) {
-      for (const child of await this.qomList(base)) {
-        if (child.type !== 'child<virtio-net-pci>') continue;
-        const deviceId = base === PERIPHERAL ? child.name : undefined;
-        const id = deviceId?.startsWith(NIC_PREFIX) ? deviceId.slice(NIC_PREFIX.length) : undefined;
-        const location = portOfBus(await this.qomGetString(`${base}/${child.name}`, 'parent_bus'));
-        found.push({ kind: 'net', id, deviceId, location });
-      }
-    }
-    return found.sort((a, b) => (a.deviceId ?? '').localeCompare(b.deviceId ?? ''));
+    return (await this.devicesOfType('virtio-net-pci', NIC_PREFIX)).map((d) => ({ kind: 'net', id: d.id, deviceId: d.deviceId, location: d.location }));
   }
 
   private async doAttachNet(spec: NetSpec, netdev: Record<string, unknown>, opts: AttachOptions): Promise<DeviceHandle> {
