@@ -37,6 +37,8 @@
 #include <sys/syscall.h>
 #include <sys/time.h>
 #include <sys/uio.h>
+#include <net/if.h>
+#include <linux/if_tun.h>
 #include <unistd.h>
 
 #include <linux/vm_sockets.h>
@@ -755,6 +757,97 @@ static napi_value f_cloexec_from(napi_env env, napi_callback_info info) {
   return num(env, marked);
 }
 
+
+/* ---------- taps and descriptor passing ----------
+ *
+ * A bridge or vm-only NIC is a persistent tap the privileged helper made
+ * and handed to one uid.  The helper attaches to it (TUNSETIFF on
+ * /dev/net/tun, which the kernel allows the tap's owner) and passes the
+ * queue's fd on; the daemon hands it to the VMM with SCM_RIGHTS, so
+ * neither the daemon nor the VMM needs CAP_NET_ADMIN. */
+
+/* tapOpen(name) -> fd | -errno: one queue of the existing persistent tap `name`,
+ * IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, as QEMU and cloud-hypervisor take it. */
+static napi_value f_tap_open(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  char name[IFNAMSIZ + 1];
+  size_t len;
+  CHECK_NAPI(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 1 || napi_get_value_string_utf8(env, argv[0], name, sizeof name, &len) != napi_ok || len == 0 || len >= IFNAMSIZ) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "tapOpen(name) takes an interface name of 1-15 bytes");
+    return NULL;
+  }
+  int fd;
+  do fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
+  while (fd < 0 && errno == EINTR);
+  if (fd < 0) return neg_errno(env);
+  struct ifreq ifr;
+  memset(&ifr, 0, sizeof ifr);
+  memcpy(ifr.ifr_name, name, len);
+  ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+  if (ioctl(fd, TUNSETIFF, &ifr) != 0) {
+    int e = errno;
+    close(fd);
+    return num(env, -(double)e);
+  }
+  /* With CAP_NET_ADMIN, TUNSETIFF on a free name makes a new tap; only an
+   * existing, persistent one (the helper's) is meant, so that is ENODEV. */
+  if (ioctl(fd, TUNGETIFF, &ifr) != 0 || !(ifr.ifr_flags & IFF_PERSIST)) {
+    close(fd);
+    return num(env, -ENODEV);
+  }
+  return num(env, fd);
+}
+
+#define MAX_PASSED_FDS 8
+
+/* sendFds(sockfd, buffer, [fd...]) -> bytes sent | -errno: one sendmsg(2)
+ * with the descriptors as SCM_RIGHTS on the first byte, non-blocking.  The
+ * caller makes sure nothing else is queued on the socket first, so the
+ * bytes keep their place in the stream. */
+static napi_value f_send_fds(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  uint32_t sock, count;
+  void *data;
+  size_t size;
+  bool is_array;
+  int fds[MAX_PASSED_FDS];
+  CHECK_NAPI(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 3 || !arg_u32(env, argv[0], "sockfd", &sock)) return NULL;
+  if (napi_get_buffer_info(env, argv[1], &data, &size) != napi_ok || size == 0) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "sendFds: the data must be a non-empty Buffer");
+    return NULL;
+  }
+  if (napi_is_array(env, argv[2], &is_array) != napi_ok || !is_array || napi_get_array_length(env, argv[2], &count) != napi_ok ||
+      count == 0 || count > MAX_PASSED_FDS) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "sendFds: between 1 and 8 descriptors");
+    return NULL;
+  }
+  for (uint32_t i = 0; i < count; i++) {
+    napi_value v;
+    uint32_t fd;
+    if (napi_get_element(env, argv[2], i, &v) != napi_ok || !arg_u32(env, v, "fd", &fd)) return NULL;
+    if (fd > INT_MAX) return num(env, -EBADF);
+    fds[i] = (int)fd;
+  }
+  char control[CMSG_SPACE(sizeof fds)];
+  memset(control, 0, sizeof control);
+  struct iovec iov = {.iov_base = data, .iov_len = size};
+  struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = CMSG_SPACE(count * sizeof(int))};
+  struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(count * sizeof(int));
+  memcpy(CMSG_DATA(c), fds, count * sizeof(int));
+  ssize_t n;
+  do n = sendmsg((int)sock, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+  while (n < 0 && errno == EINTR);
+  if (n < 0) return neg_errno(env);
+  return num(env, (double)n);
+}
+
 /* ---------- init ---------- */
 
 #define METHOD(name, fn) {name, NULL, fn, NULL, NULL, NULL, napi_default, NULL}
@@ -797,6 +890,8 @@ static napi_value init(napi_env env, napi_value exports) {
       METHOD("testPair", f_test_pair),  METHOD("openDevice", f_open_device),
       METHOD("mount", f_mount),         METHOD("umount", f_umount),
       METHOD("setCloexec", f_set_cloexec), METHOD("cloexecFrom", f_cloexec_from),
+      METHOD("tapOpen", f_tap_open),
+      METHOD("sendFds", f_send_fds),
   };
   CHECK_NAPI(env, napi_define_properties(env, exports, sizeof fns / sizeof fns[0], fns));
   napi_set_named_property(env, exports, "READABLE", num(env, UV_READABLE));

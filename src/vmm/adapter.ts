@@ -71,7 +71,15 @@ export interface UsbSpec {
  * handed to this user (bridge and vm-only networks), or a stream socket a
  * user-mode network daemon (passt) listens on, which the VMM connects to.
  */
-export type NetBackend = { type: 'tap'; tapName: string } | { type: 'stream'; socketPath: string };
+export type NetBackend =
+  /**
+   * `fd` is one queue of the tap, opened by the helper: QEMU and
+   * cloud-hypervisor are handed it (SCM_RIGHTS) and need no privilege;
+   * libvirt opens the tap by `tapName` itself (managed='no'). The caller
+   * keeps and closes `fd`: the VMM holds its own copy once attached.
+   */
+  | { type: 'tap'; tapName: string; fd?: number }
+  | { type: 'stream'; socketPath: string };
 
 export interface NetSpec {
   id: string;

@@ -42,6 +42,7 @@ const DEVICE_PREFIX = 'xdpvm-fs-';
 const NIC_PREFIX = 'xdpvm-net-';
 const NETDEV_PREFIX = 'xdpvm-nd-';
 const CHARDEV_PREFIX = 'xdpvm-fsc-';
+const TAPFD_PREFIX = 'xdpvm-tapfd-';
 const PERIPHERAL = '/machine/peripheral';
 const PERIPHERAL_ANON = '/machine/peripheral-anon';
 /** The virtio-fs config space holds the tag in 36 bytes. */
@@ -72,14 +73,23 @@ export function nicNetdevId(id: string): string {
 /** A unicast MAC in QEMU's spelling; the group bit set would make every frame to it a multicast. */
 const MAC = /^[0-9a-f][02468ace](:[0-9a-f]{2}){5}$/;
 
+/** The name a tap's descriptor has in QEMU's monitor between `getfd` and the `netdev_add` that takes it. */
+export function tapFdName(id: string): string {
+  return `${TAPFD_PREFIX}${id}`;
+}
+
 /**
- * The netdev_add arguments for a NIC's backend. QEMU 7.2's `stream` netdev
- * (NetdevStreamOptions: addr, a flat SocketAddress; server) connects to a
- * Unix socket such as passt's; `server: false` makes QEMU the client.
+ * The netdev_add arguments for a NIC's backend.
+ * - QEMU 7.2's `stream` netdev (NetdevStreamOptions: addr, a flat
+ *   SocketAddress; server) connects to a Unix socket such as passt's;
+ *   `server: false` makes QEMU the client.
+ * - A `tap` netdev (NetdevTapOptions) takes `fd`, the name `getfd` gave the
+ *   descriptor; QEMU then opens nothing itself and runs no script.
  */
 export function netdevArgs(spec: NetSpec): Record<string, unknown> {
   if (spec.backend.type === 'tap') {
-    throw new VmmError(`NIC ${spec.id}: tap NICs (bridge and vm-only networks) need the privileged helper's tap fd, which the QEMU adapter does not take yet`);
+    if (spec.backend.fd === undefined) throw new VmmError(`NIC ${spec.id}: a tap NIC needs the tap's descriptor from the privileged helper; QEMU is not given the right to open ${spec.backend.tapName} itself`);
+    return { type: 'tap', id: nicNetdevId(spec.id), fd: tapFdName(spec.id) };
   }
   return { type: 'stream', id: nicNetdevId(spec.id), server: false, addr: { type: 'unix', path: spec.backend.socketPath } };
 }
@@ -98,7 +108,7 @@ export class QemuAdapter extends AdapterBase implements VmmAdapter {
   readonly kind = 'qemu' as const;
   /** Virtiofs shares: the one capability this adapter has so far. */
   readonly shares: ShareCapability = this;
-  /** NICs whose backend is a stream socket (passt); tap NICs are not taken yet. */
+  /** NICs on a stream socket (passt) or on a tap whose descriptor we are handed. */
   readonly net: NetCapability = this;
   private readonly ourShares = new Map<string, Tracked>();
   private readonly ourNics = new Map<string, TrackedNic>();
@@ -204,9 +214,19 @@ export class QemuAdapter extends AdapterBase implements VmmAdapter {
     const port = (await this.freeRootPorts())[0];
     if (!port) throw new VmmError(`NIC ${spec.id}: no free pcie-root-port; start the VM with one '-device pcie-root-port,id=…' per device plugged at the same time`);
     const call = { ...(opts.timeoutMs ? { timeoutMs: opts.timeoutMs } : {}), ...(opts.signal ? { signal: opts.signal } : {}) };
+    const fd = spec.backend.type === 'tap' ? spec.backend.fd : undefined;
+    if (fd !== undefined) {
+      try {
+        await this.qmp.execute('getfd', { fdname: tapFdName(spec.id) }, { ...call, fds: [fd] });
+      } catch (cause) {
+        throw new VmmError(`NIC ${spec.id}: QEMU did not take the tap's descriptor (getfd): ${describe(cause)}`, { cause });
+      }
+    }
     try {
       await this.qmp.execute('netdev_add', netdev, call);
     } catch (cause) {
+      // netdev_add takes the named fd only when it succeeds.
+      if (fd !== undefined) await this.qmp.execute('closefd', { fdname: tapFdName(spec.id) }).catch(() => undefined);
       throw new VmmError(`NIC ${spec.id}: QEMU could not connect its network backend (netdev_add): ${describe(cause)}`, { cause });
     }
     try {

@@ -1,5 +1,6 @@
 import net from 'node:net';
 import { z } from 'zod';
+import { sendWithFds } from '../native/fds.js';
 import { childLogger, type Logger } from '../log.js';
 import { DEFAULT_MAX_MESSAGE_BYTES, JsonLineStream } from './json-lines.js';
 import { SubscriptionQueue } from './subscription-queue.js';
@@ -87,6 +88,8 @@ export interface QmpExecuteOptions<T> {
   signal?: AbortSignal;
   /** Validate `return` with this schema; a mismatch is a protocol error. */
   result?: z.ZodType<T>;
+  /** Descriptors sent with the command as SCM_RIGHTS, for `getfd` and `add-fd`; the caller still owns (and closes) them. */
+  fds?: number[];
 }
 
 export interface WaitForEventOptions {
@@ -174,7 +177,7 @@ export class QmpClient {
     }
     const timeout = AbortSignal.timeout(opts.timeoutMs ?? DEFAULT_EXECUTE_TIMEOUT_MS);
     const signal = opts.signal ? AbortSignal.any([timeout, opts.signal]) : timeout;
-    return this.send<T>(command, args, 'execute', { signal, ...(opts.result ? { result: opts.result } : {}) });
+    return this.send<T>(command, args, 'execute', { signal, ...(opts.result ? { result: opts.result } : {}), ...(opts.fds?.length ? { fds: opts.fds } : {}) });
   }
 
   onEvent(listener: EventListener): () => void {
@@ -307,7 +310,7 @@ export class QmpClient {
     command: string,
     args: Record<string, unknown> | undefined,
     phase: QmpPhase,
-    opts: { signal: AbortSignal; result?: z.ZodType<T> },
+    opts: { signal: AbortSignal; result?: z.ZodType<T>; fds?: number[] },
   ): Promise<T> {
     const id = `xdpvm-${this.nextId++}`;
     return new Promise<T>((resolve, reject) => {
@@ -338,8 +341,18 @@ export class QmpClient {
       });
       if (opts.signal.aborted) return onAbort();
       opts.signal.addEventListener('abort', onAbort, { once: true });
+      const message = args === undefined ? { execute: command, id } : { execute: command, arguments: args, id };
+      if (opts.fds) {
+        const socket = this.socket;
+        if (!socket) return this.pending.get(id)?.reject(new QmpError(phase, 'io', 'could not send: not connected', { command }));
+        // QEMU takes the descriptors that arrive with the command's bytes (qemu_chr_fe_get_msgfd).
+        sendWithFds(socket, Buffer.from(`${JSON.stringify(message)}\n`), opts.fds).catch((cause: unknown) =>
+          this.pending.get(id)?.reject(new QmpError(phase, 'io', `could not send the descriptors: ${(cause as Error).message}`, { command, cause })),
+        );
+        return;
+      }
       try {
-        this.stream?.send(args === undefined ? { execute: command, id } : { execute: command, arguments: args, id });
+        this.stream?.send(message);
       } catch (cause) {
         this.pending.get(id)?.reject(new QmpError(phase, 'io', 'could not send', { command, cause }));
       }

@@ -1,9 +1,11 @@
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { dependency, whichProgram } from '../../src/deps.js';
+import { dependency, requireProgram, whichProgram } from '../../src/deps.js';
+import { runProgram } from '../../src/exec.js';
+import { closeFd, openTap } from '../../src/native/fds.js';
 import type { Service } from '../../src/exec.js';
 import { baseMachineArgs, launchQemu, type LaunchedQemu } from '../../src/testbed/qemu/qemu-launch.js';
 import { startVirtiofsd } from '../../src/testbed/qemu/virtiofsd.js';
@@ -284,5 +286,54 @@ describe('QmpClient and QemuAdapter against a real QEMU (-S, no guest)', () => {
     expect(lackOf(adapter, 'usb')).toBe("this VM's VMM, QEMU (QMP), cannot attach USB devices through xdp-vm");
     expect(lackOf(adapter, 'net')).toBeUndefined();
     await adapter.close();
+  });
+});
+
+describe('a tap NIC hot-plugged into a real QEMU from a descriptor (getfd over SCM_RIGHTS)', () => {
+  // The helper's part (creating the tap for a user, opening its queue) is in
+  // privileged-helper.as-root.test.ts; here root stands in for it, and QEMU
+  // is given nothing but the descriptor.
+  const TAP = 'xdpvm9876';
+  let vm: LaunchedQemu;
+  const carrier = () => readFileSync(`/sys/class/net/${TAP}/carrier`, 'utf8').trim();
+
+  beforeAll(async () => {
+    await runProgram(requireProgram('ip'), ['tuntap', 'add', 'dev', TAP, 'mode', 'tap']);
+    await runProgram(requireProgram('ip'), ['link', 'set', 'dev', TAP, 'up']);
+    vm = await launchQemu({ name: 'qmp-tap-test', qmpSocket: path.join(dir, 'qmp-tap.sock'), args: [...baseMachineArgs({ accel: 'tcg', memMiB: 128, rootPorts: 1 }), '-S'] });
+  }, 30_000);
+
+  afterAll(async () => {
+    await vm?.stop();
+    await runProgram(requireProgram('ip'), ['tuntap', 'del', 'dev', TAP, 'mode', 'tap']).catch(() => undefined);
+  });
+
+  it('getfd with no descriptor attached gets QEMU\'s own refusal', async () => {
+    const err = await caught(vm.qmp.execute('getfd', { fdname: 'nothing' }));
+    expect(err.errorDesc).toMatch(/SCM_RIGHTS/);
+  });
+
+  it('QEMU holds the tap\'s queue after we close ours; netdev_add named the fd, not the tap', async () => {
+    const adapter = new QemuAdapter(vm.qmp, { name: 'qmp-tap-test' });
+    // No queue attached: a persistent tap has no carrier.
+    expect(carrier()).toBe('0');
+    const fd = openTap(TAP);
+    expect(carrier()).toBe('1');
+    const nic = await adapter.attachNet({ id: 'lan', backend: { type: 'tap', tapName: TAP, fd }, mac: '02:00:00:00:98:76' });
+    closeFd(fd);
+    expect(nic).toMatchObject({ deviceId: 'xdpvm-net-lan', location: 'rp1' });
+    expect(carrier()).toBe('1');
+    const nets = (await adapter.listNet()).filter((n) => n.id === 'lan');
+    expect(nets).toHaveLength(1);
+    // The monitor no longer holds the name: netdev_add took the descriptor.
+    const again = await caught(vm.qmp.execute('closefd', { fdname: 'xdpvm-tapfd-lan' }));
+    expect(again.errorDesc).toMatch(/not found/i);
+    await adapter.close();
+  }, 30_000);
+
+  it('a tap that does not exist is a plain error, and opening it as root does not create one', () => {
+    expect(() => openTap('xdpvm9877')).toThrow(/attaching to tap xdpvm9877: ENODEV/);
+    // Root could have made one by that name; it must not have.
+    expect(existsSync('/sys/class/net/xdpvm9877')).toBe(false);
   });
 });
