@@ -16,6 +16,7 @@ opens them for passthrough. What it allows is /etc/xdp-vm/helper.conf
   COMMAND  ask the running helper, as yourself:
              tap-create BRIDGE   prints the new tap's name
              tap-delete TAP
+             tap-open TAP        opens a queue of your tap and closes it again (a check)
              usb-bind BUSID      e.g. 1-2.3
              usb-unbind BUSID
              usb-open BUSID      opens the device node and closes it again (a check)
@@ -86,6 +87,9 @@ export const helperVerb: Verb = {
       else if (cmd.name === 'usb-open' && typeof out === 'number') {
         closeSync(out);
         console.log(`${cmd.arg}: the helper opened its device node for you (descriptor received, now closed)`);
+      } else if (cmd.name === 'tap-open' && typeof out === 'number') {
+        closeSync(out);
+        console.log(`${cmd.arg}: the helper opened a queue of your tap for you (descriptor received, now closed)`);
       }
       return 0;
     } finally {

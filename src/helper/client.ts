@@ -36,6 +36,11 @@ export class HelperClient {
     await this.run('tap-delete', tap);
   }
 
+  /** One queue of the caller's tap, as a descriptor the caller must close. */
+  async tapOpen(tap: string): Promise<number> {
+    return this.descriptor('tap-open', tap);
+  }
+
   async usbBind(busid: string): Promise<void> {
     await this.run('usb-bind', busid);
   }
@@ -45,8 +50,12 @@ export class HelperClient {
   }
 
   async usbOpen(busid: string): Promise<number> {
+    return this.descriptor('usb-open', busid);
+  }
+
+  private async descriptor(name: 'usb-open' | 'tap-open', arg: string): Promise<number> {
     if (!this.bus.unixFds) throw new Error('this D-Bus connection cannot receive descriptors (no unix fd passing)');
-    const fd = await this.run('usb-open', busid);
+    const fd = await this.run(name, arg);
     if (typeof fd !== 'number') throw new Error('the helper sent no descriptor');
     return fd;
   }

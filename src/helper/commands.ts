@@ -17,6 +17,7 @@ export function systemBusAddress(env: NodeJS.ProcessEnv = process.env): string {
 export const COMMANDS = {
   'tap-create': { method: 'TapCreate', arg: 'BRIDGE' },
   'tap-delete': { method: 'TapDelete', arg: 'TAP' },
+  'tap-open': { method: 'TapOpen', arg: 'TAP' },
   'usb-bind': { method: 'UsbBind', arg: 'BUSID' },
   'usb-unbind': { method: 'UsbUnbind', arg: 'BUSID' },
   'usb-open': { method: 'UsbOpen', arg: 'BUSID' },

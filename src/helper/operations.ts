@@ -4,6 +4,7 @@ import { requireProgram } from '../deps.js';
 import { ExecError, runProgram } from '../exec.js';
 import { readAllowList, type AllowList } from './allow-list.js';
 import { HelperError, MAX_TAP_NUMBER, TAP_PREFIX, tapNameProblem, type Command } from './commands.js';
+import { openTap } from '../native/fds.js';
 import { decideBridge, decideUsb, describeCaller, describeDevice, type Caller, type Decision, type UsbDevice } from './decide.js';
 
 /**
@@ -78,6 +79,8 @@ export async function execute(cmd: Command, caller: Caller, paths: HelperPaths):
       return tapCreate(cmd.arg, caller, paths);
     case 'tap-delete':
       return tapDelete(cmd.arg, caller, paths);
+    case 'tap-open':
+      return tapOpen(cmd.arg, caller, paths);
     case 'usb-bind':
       return usbBind(cmd.arg, caller, paths);
     case 'usb-unbind':
@@ -114,14 +117,33 @@ async function tapCreate(bridge: string, caller: Caller, paths: HelperPaths): Pr
   return { rule, tap };
 }
 
-async function tapDelete(tap: string, caller: Caller, paths: HelperPaths): Promise<Outcome> {
+/** Throws unless `tap` is one of the helper's taps and the caller owns it (tun's own `owner` attribute). */
+function ownTap(tap: string, caller: Caller, paths: HelperPaths): void {
   const dir = path.join(paths.netSysfs, tap);
   if (!existsSync(dir)) throw new HelperError('not-found', `no tap ${tap} on this host`);
   const owner = readAttr(path.join(dir, 'owner'));
   if (owner === undefined) throw new HelperError('refused', `${tap} is not a tap`);
   if (owner !== String(caller.uid)) throw new HelperError('refused', `${tap} belongs to ${owner === '-1' ? 'no user' : `uid ${owner}`}, not to ${describeCaller(caller)}`);
+}
+
+async function tapDelete(tap: string, caller: Caller, paths: HelperPaths): Promise<Outcome> {
+  ownTap(tap, caller, paths);
   await ip(['tuntap', 'del', 'dev', tap, 'mode', 'tap']);
   return { rule: `${tap} is owned by the caller` };
+}
+
+/**
+ * One queue of the caller's tap, for a VMM that is handed descriptors
+ * (QEMU's getfd, cloud-hypervisor's add-net): the daemon and the VMM may
+ * run in another network namespace, or without access to /dev/net/tun.
+ */
+function tapOpen(tap: string, caller: Caller, paths: HelperPaths): Outcome {
+  ownTap(tap, caller, paths);
+  try {
+    return { rule: `${tap} is owned by the caller`, fd: openTap(tap) };
+  } catch (err) {
+    throw new HelperError('failed', (err as Error).message);
+  }
 }
 
 function usbDevice(busid: string, paths: HelperPaths): UsbDevice {

@@ -90,7 +90,7 @@ async function request(bus: Bus, paths: HelperPaths, name: CommandName, args: un
       ctx.afterReply?.(() => closeSync(fd));
     }
     log.info({ ...line, decision: 'allowed', rule: outcome.rule, ...(outcome.tap ? { tap: outcome.tap } : {}) }, `helper: ${name} ${line.arg}: allowed`);
-    return name === 'tap-create' ? [outcome.tap] : name === 'usb-open' ? [outcome.fd] : [];
+    return name === 'tap-create' ? [outcome.tap] : name === 'usb-open' || name === 'tap-open' ? [outcome.fd] : [];
   } catch (err) {
     const e = err instanceof HelperError ? err : new HelperError('failed', (err as Error).message);
     log.warn({ ...line, decision: e.kind === 'failed' ? 'failed' : 'refused', reason: e.message }, `helper: ${name} ${line.arg}: ${e.kind === 'failed' ? 'failed' : 'refused'}`);

@@ -42,7 +42,7 @@ let root: Bus | undefined;
 const helperLog: string[] = [];
 
 const CLIENT = `
-import { closeSync, openSync, readSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, readSync } from 'node:fs';
 import { HelperClient } from './client.ts';
 const [address, name, arg] = process.argv.slice(2);
 const client = await HelperClient.connect(address);
@@ -54,7 +54,12 @@ try {
     read = { bytes: readSync(value, buf, 0, 8, null), hex: buf.toString('hex') };
     closeSync(value);
   }
-  console.log(JSON.stringify({ ok: true, value, read }));
+  if (name === 'tap-open') {
+    // tun's fdinfo names the interface a queue is attached to.
+    read = { iff: /iff:\\s*(\\S+)/.exec(readFileSync('/proc/self/fdinfo/' + value, 'utf8'))?.[1] };
+    closeSync(value);
+  }
+  console.log(JSON.stringify({ ok: true, value: name === 'tap-open' ? 'fd' : value, read }));
 } catch (err) {
   console.log(JSON.stringify({ ok: false, errorName: err.errorName, message: err.message.replace(/^\\w+: [\\w.]+: /, '') }));
 } finally {
@@ -306,6 +311,18 @@ describe.skipIf(skip)('privileged helper: taps, as root in a private network nam
     expect(await names()).not.toContain(tap);
   });
 
+  it('tap-open hands the owner a queue of its tap across network namespaces, and refuses anyone else', async () => {
+    const tap = String((await call(USER, 'tap-create', 'br0')).value);
+    const { result, line } = await oneLine(() => call(USER, 'tap-open', tap));
+    // The caller is in another network namespace than the tap; the descriptor still is the tap's queue.
+    expect(result).toEqual({ ok: true, value: 'fd', read: { iff: tap } });
+    expect(line).toMatchObject({ command: 'tap-open', arg: tap, uid: USER, decision: 'allowed', rule: `${tap} is owned by the caller` });
+    expect(await call(OTHER, 'tap-open', tap)).toMatchObject({ ok: false, errorName: 'org.freedesktop.portal.Error.NotAllowed', message: `${tap} belongs to uid ${USER}, not to uid ${OTHER} (${otherName})` });
+    expect(await call(USER, 'tap-open', 'xdpvm55')).toMatchObject({ ok: false, errorName: 'org.freedesktop.portal.Error.NotFound', message: 'no tap xdpvm55 on this host' });
+    expect(await call(USER, 'tap-open', 'br0')).toMatchObject({ ok: false, errorName: 'org.freedesktop.portal.Error.InvalidArgument' });
+    expect(await call(USER, 'tap-delete', tap)).toEqual({ ok: true });
+  });
+
   it('names each new tap with the lowest free number', async () => {
     const first = String((await call(USER, 'tap-create', 'br0')).value);
     const second = String((await call(USER, 'tap-create', 'br0')).value);
@@ -356,7 +373,7 @@ describe.skipIf(skip)('privileged helper: taps, as root in a private network nam
     // The CLI checks the same words itself, and says what the commands are.
     const out = await cli(USER, 'tap-up', 'br0');
     expect(out.code).toBe(2);
-    expect(out.stderr).toContain('xdp-vm: unknown command "tap-up": the helper\'s commands are tap-create BRIDGE, tap-delete TAP, usb-bind BUSID, usb-unbind BUSID, usb-open BUSID');
+    expect(out.stderr).toContain('xdp-vm: unknown command "tap-up": the helper\'s commands are tap-create BRIDGE, tap-delete TAP, tap-open TAP, usb-bind BUSID, usb-unbind BUSID, usb-open BUSID');
   });
 
   it('tap-delete refuses a tap the helper did not make for the caller, and one that is not there', async () => {
