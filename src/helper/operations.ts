@@ -2,9 +2,9 @@ import { closeSync, constants, existsSync, fstatSync, mkdirSync, openSync, readd
 import path from 'node:path';
 import { requireProgram } from '../deps.js';
 import { ExecError, runProgram } from '../exec.js';
+import { openTap } from '../native/fds.js';
 import { readAllowList, type AllowList } from './allow-list.js';
 import { HelperError, MAX_TAP_NUMBER, TAP_PREFIX, tapNameProblem, type Command } from './commands.js';
-import { openTap } from '../native/fds.js';
 import { decideBridge, decideUsb, describeCaller, describeDevice, type Caller, type Decision, type UsbDevice } from './decide.js';
 
 /**

@@ -1,6 +1,7 @@
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
+import { getSystemErrorMap } from 'node:util';
 import { packageRoot } from '../paths.js';
 
 /**
@@ -63,4 +64,18 @@ export function closeOnExecFrom(minFd = 3): number | undefined {
 export function setCloseOnExec(fd: number): boolean {
   const fn = fdBinding()?.setCloexec;
   return fn ? fn(fd) >= 0 : false;
+}
+
+let errorMap: Map<number, [string, string]> | undefined;
+
+/** [code, description] for a negative errno, as the addon returns them (Node builds the map anew per call, so keep one). */
+export function errnoEntry(negErrno: number): [string, string] | undefined {
+  errorMap ??= getSystemErrorMap();
+  return errorMap.get(negErrno);
+}
+
+/** "WHAT: ECODE (description)" for a negative errno, with the code on the error. */
+export function errnoError(negErrno: number, what: string): NodeJS.ErrnoException {
+  const [code, text] = errnoEntry(negErrno) ?? [`E${-negErrno}`, 'unknown error'];
+  return Object.assign(new Error(`${what}: ${code} (${text})`), { code, errno: negErrno });
 }

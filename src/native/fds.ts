@@ -1,6 +1,5 @@
 import type net from 'node:net';
-import { getSystemErrorMap } from 'node:util';
-import { requireAddon } from './addon.js';
+import { errnoError, requireAddon } from './addon.js';
 
 /**
  * Descriptors the daemon holds as numbers: a tap's queue from the helper,
@@ -14,11 +13,6 @@ interface FdsBinding {
 
 const binding = (what: string) => requireAddon<FdsBinding>(what);
 
-export function errnoError(rc: number, what: string): NodeJS.ErrnoException {
-  const [code, text] = getSystemErrorMap().get(rc) ?? [`E${-rc}`, 'unknown error'];
-  return Object.assign(new Error(`${what}: ${code} (${text})`), { code, errno: rc });
-}
-
 /** One queue of the existing tap `name` (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR); the kernel allows its owner only. */
 export function openTap(name: string): number {
   const fd = binding('opening a tap').tapOpen(name);
@@ -26,7 +20,6 @@ export function openTap(name: string): number {
   return fd;
 }
 
-export { closeSync as closeFd } from 'node:fs';
 
 /** The kernel descriptor under a connected net.Socket (a Pipe handle for Unix sockets). */
 function socketFd(socket: net.Socket): number {

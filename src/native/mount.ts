@@ -1,5 +1,4 @@
-import { getSystemErrorMap } from 'node:util';
-import { requireAddon } from './addon.js';
+import { errnoError, requireAddon } from './addon.js';
 
 /** mount(2) and umount2(2) from the native addon: no mount(8) process per try. */
 interface MountBinding {
@@ -9,8 +8,7 @@ interface MountBinding {
 
 function check(rc: number, what: string): void {
   if (rc === 0) return;
-  const [code, text] = getSystemErrorMap().get(rc) ?? [`E${-rc}`, 'unknown error'];
-  throw Object.assign(new Error(`${what}: ${code} (${text})`), { code });
+  throw errnoError(rc, what);
 }
 
 export function mountVirtiofs(tag: string, target: string): void {

@@ -5,8 +5,7 @@
  * (af-vsock.ts).
  */
 import { constants as osConstants } from 'node:os';
-import { getSystemErrorMap } from 'node:util';
-import { addonState, requireAddon } from '../native/addon.js';
+import { addonState, errnoEntry, requireAddon } from '../native/addon.js';
 
 export const VMADDR_CID_ANY = 0xffffffff;
 export const VMADDR_PORT_ANY = 0xffffffff;
@@ -91,13 +90,7 @@ export const ENOTCONN = -osConstants.errno.ENOTCONN;
 export const ENOTSOCK = -osConstants.errno.ENOTSOCK;
 export const ETIMEDOUT = -osConstants.errno.ETIMEDOUT;
 
-let errorMap: Map<number, [string, string]> | undefined;
-
-/** [code, description] for a negative errno (Node builds the map anew per call, so keep one). */
-export function errnoEntry(negErrno: number): [string, string] | undefined {
-  errorMap ??= getSystemErrorMap();
-  return errorMap.get(negErrno);
-}
+export { errnoEntry };
 
 export function errnoName(negErrno: number): string {
   return errnoEntry(negErrno)?.[0] ?? `errno ${-negErrno}`;

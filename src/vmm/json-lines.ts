@@ -36,6 +36,11 @@ export interface JsonLineHandlers {
   onClose(error: Error | undefined): void;
 }
 
+/** One message as it goes on the wire: its JSON, then a newline. */
+export function jsonLine(value: unknown): Buffer {
+  return Buffer.from(`${JSON.stringify(value)}\n`);
+}
+
 export class JsonLineStream {
   private chunks: Buffer[] = [];
   private bufferedBytes = 0;
@@ -57,7 +62,7 @@ export class JsonLineStream {
 
   send(value: unknown): void {
     if (this.finished) throw new Error('cannot send: the connection is closed');
-    this.socket.write(`${JSON.stringify(value)}\n`);
+    this.socket.write(jsonLine(value));
   }
 
   /** Drop the connection; `error` is what the close handler reports. */

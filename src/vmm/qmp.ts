@@ -1,8 +1,8 @@
 import net from 'node:net';
 import { z } from 'zod';
-import { sendWithFds } from '../native/fds.js';
 import { childLogger, type Logger } from '../log.js';
-import { DEFAULT_MAX_MESSAGE_BYTES, JsonLineStream } from './json-lines.js';
+import { sendWithFds } from '../native/fds.js';
+import { DEFAULT_MAX_MESSAGE_BYTES, jsonLine, JsonLineStream } from './json-lines.js';
 import { SubscriptionQueue } from './subscription-queue.js';
 
 /**
@@ -346,7 +346,7 @@ export class QmpClient {
         const socket = this.socket;
         if (!socket) return this.pending.get(id)?.reject(new QmpError(phase, 'io', 'could not send: not connected', { command }));
         // QEMU takes the descriptors that arrive with the command's bytes (qemu_chr_fe_get_msgfd).
-        sendWithFds(socket, Buffer.from(`${JSON.stringify(message)}\n`), opts.fds).catch((cause: unknown) =>
+        sendWithFds(socket, jsonLine(message), opts.fds).catch((cause: unknown) =>
           this.pending.get(id)?.reject(new QmpError(phase, 'io', `could not send the descriptors: ${(cause as Error).message}`, { command, cause })),
         );
         return;

@@ -1,11 +1,11 @@
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { dependency, requireProgram, whichProgram } from '../../src/deps.js';
 import { runProgram } from '../../src/exec.js';
-import { closeFd, openTap } from '../../src/native/fds.js';
+import { openTap } from '../../src/native/fds.js';
 import type { Service } from '../../src/exec.js';
 import { baseMachineArgs, launchQemu, type LaunchedQemu } from '../../src/testbed/qemu/qemu-launch.js';
 import { startVirtiofsd } from '../../src/testbed/qemu/virtiofsd.js';
@@ -320,7 +320,7 @@ describe('a tap NIC hot-plugged into a real QEMU from a descriptor (getfd over S
     const fd = openTap(TAP);
     expect(carrier()).toBe('1');
     const nic = await adapter.attachNet({ id: 'lan', backend: { type: 'tap', tapName: TAP, fd }, mac: '02:00:00:00:98:76' });
-    closeFd(fd);
+    closeSync(fd);
     expect(nic).toMatchObject({ deviceId: 'xdpvm-net-lan', location: 'rp1' });
     expect(carrier()).toBe('1');
     const nets = (await adapter.listNet()).filter((n) => n.id === 'lan');
