@@ -19,6 +19,7 @@ runtime=(
   qemu-system-common      # virtiofsd (/usr/lib/qemu/virtiofsd)
   uidmap                  # newuidmap/newgidmap: virtiofsd in a user namespace when the daemon is not root
   passt                   # user-mode networks: one unprivileged passt per VM and network, which QEMU's -netdev stream connects to
+  iproute2 dnsmasq-base   # the privileged helper: ip makes taps and vm-only bridges, dnsmasq serves DHCP on vm-only bridges
   build-essential python3 # the AF_VSOCK addon, built at npm install
 )
 tests=(
@@ -34,7 +35,6 @@ tests=(
   python3-yaml            # reads cloud-hypervisor's OpenAPI file in its adapter's tests
   lintian                 # checks the .deb files npm run package builds (dpkg-deb is in dpkg)
   util-linux              # setpriv and unshare for the e2e guests' root share
-  iproute2                # ip: the privileged helper's taps, and its test's bridges in a private network namespace
   xdg-desktop-portal-gtk  # the real host file dialog, driven by keystrokes in one test
   dunst                   # a real notification server on the host bus for the Notification test (dunstctl history, action)
   python3-pyqt5 qt5-xdgdesktopportal-platformtheme  # a real Qt app asking the portal for files

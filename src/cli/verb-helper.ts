@@ -7,7 +7,7 @@ const usage = `Usage: xdp-vm helper serve [--allow-list FILE] [--bus ADDRESS] [-
        xdp-vm helper COMMAND ARG [--bus ADDRESS]
 
 The privileged helper: a root service on the system bus that makes taps the
-user owns on allowed bridges and hands allowed USB devices to usbip-host or
+user owns on allowed bridges, brings up vm-only bridges, and hands allowed USB devices to usbip-host or
 opens them for passthrough. What it allows is /etc/xdp-vm/helper.conf
 (default deny; see data/helper.conf).
 
@@ -17,6 +17,8 @@ opens them for passthrough. What it allows is /etc/xdp-vm/helper.conf
              tap-create BRIDGE   prints the new tap's name
              tap-delete TAP
              tap-open TAP        opens a queue of your tap and closes it again (a check)
+             vm-only-up BRIDGE   brings a vm-only bridge up (made on first use, with
+                                 its DHCP server); prints the host's address on it
              usb-bind BUSID      e.g. 1-2.3
              usb-unbind BUSID
              usb-open BUSID      opens the device node and closes it again (a check)
@@ -70,7 +72,7 @@ export const helperVerb: Verb = {
       if (rest.length > 1) throw new UsageError(`check takes at most one FILE\n\n${usage}`);
       const { readAllowList, DEFAULT_ALLOW_LIST } = await import('../helper/allow-list.js');
       const list = readAllowList(rest[0] ?? values['allow-list'] ?? DEFAULT_ALLOW_LIST);
-      console.log(`${list.file}: usable, root's own; ${list.bridges.length} bridge rule(s), ${list.usb.length} usb rule(s); everything else is refused`);
+      console.log(`${list.file}: usable, root's own; ${list.bridges.length} bridge rule(s), ${list.vmOnly.length} vm-only rule(s), ${list.usb.length} usb rule(s); everything else is refused`);
       return 0;
     }
     let cmd;
@@ -83,7 +85,7 @@ export const helperVerb: Verb = {
     const client = await HelperClient.connect(values.bus ?? commands.systemBusAddress());
     try {
       const out = await client.run(cmd.name, cmd.arg);
-      if (cmd.name === 'tap-create') console.log(out);
+      if (cmd.name === 'tap-create' || cmd.name === 'vm-only-up') console.log(out);
       else if (cmd.name === 'usb-open' && typeof out === 'number') {
         closeSync(out);
         console.log(`${cmd.arg}: the helper opened its device node for you (descriptor received, now closed)`);

@@ -32,13 +32,13 @@ describe('allow-list parser', () => {
   });
 
   it('an empty file, or only comments, allows nothing', () => {
-    expect(parseAllowList('', FILE)).toEqual({ file: FILE, bridges: [], usb: [] });
-    expect(parseAllowList('# bridge alice br0\n\n', FILE)).toEqual({ file: FILE, bridges: [], usb: [] });
+    expect(parseAllowList('', FILE)).toEqual({ file: FILE, bridges: [], vmOnly: [], usb: [] });
+    expect(parseAllowList('# bridge alice br0\n\n', FILE)).toEqual({ file: FILE, bridges: [], vmOnly: [], usb: [] });
   });
 
   it('the sample allow list in data/ parses and allows nothing', () => {
     const text = readFileSync(path.join(packageRoot(), 'data', 'helper.conf'), 'utf8');
-    expect(parseAllowList(text, FILE)).toEqual({ file: FILE, bridges: [], usb: [] });
+    expect(parseAllowList(text, FILE)).toEqual({ file: FILE, bridges: [], vmOnly: [], usb: [] });
   });
 
   it('names every bad line by its number, and refuses the whole file', () => {
@@ -60,7 +60,7 @@ describe('allow-list parser', () => {
         ].join('\n'),
       ),
     ).toEqual([
-      'line 2: unknown rule "brdige": a rule is "bridge WHO BRIDGE..." or "usb WHO MATCH..."',
+      'line 2: unknown rule "brdige": a rule is "bridge WHO BRIDGE...", "vm-only WHO BRIDGE ADDR/LEN" or "usb WHO MATCH..."',
       'line 3: "bridge" names nobody: bridge WHO BRIDGE...',
       'line 4: "bridge alice" names no bridge',
       'line 5: "br0/../x" is not a bridge name: a bridge name is 1-15 letters, digits, "_", "." and "-", not starting with "." or "-"',
@@ -71,6 +71,44 @@ describe('allow-list parser', () => {
       'line 10: "@" is not a group: @ then a group name',
       'line 11: "99999999999" is not a user name, a uid or @group',
       'line 12: "-br0" is not a bridge name: a bridge name is 1-15 letters, digits, "_", "." and "-", not starting with "." or "-"',
+    ]);
+  });
+
+  it('reads vm-only rules: one bridge and the host address the admin gives it', () => {
+    const list = parseAllowList('vm-only alice xdpvm-lab 10.77.0.1/24\nvm-only @kvm xdpvm-lab 10.77.0.1/24\nvm-only 1000 lab2 192.168.99.254/30', FILE);
+    expect(list.vmOnly).toEqual([
+      { line: 1, subject: { kind: 'user', name: 'alice' }, bridge: 'xdpvm-lab', address: '10.77.0.1', prefix: 24 },
+      { line: 2, subject: { kind: 'group', name: 'kvm' }, bridge: 'xdpvm-lab', address: '10.77.0.1', prefix: 24 },
+      { line: 3, subject: { kind: 'uid', uid: 1000 }, bridge: 'lab2', address: '192.168.99.254', prefix: 30 },
+    ]);
+  });
+
+  it('refuses a vm-only rule with no address, a bad one, or a bridge given two addresses or also used as an existing bridge', () => {
+    expect(
+      problems(
+        [
+          'vm-only alice lab',
+          'vm-only alice lab 10.77.0.1',
+          'vm-only alice lab 10.77.0.1/8',
+          'vm-only alice lab 10.77.0.0/24',
+          'vm-only alice lab 10.77.0.255/24',
+          'vm-only alice lab 127.0.0.2/24',
+          'vm-only alice lab 10.77.0.1/24 extra',
+          'vm-only alice lab 10.77.0.1/24',
+          'vm-only bob lab 10.88.0.1/24',
+          'bridge carol lab',
+        ].join('\n'),
+      ),
+    ).toEqual([
+      'line 1: "vm-only" takes one bridge and the host\'s address on it: vm-only WHO BRIDGE ADDR/LEN',
+      'line 2: "10.77.0.1" is not an address for the bridge: A.B.C.D/LEN with LEN 16 to 30, e.g. 10.77.0.1/24',
+      'line 3: "10.77.0.1/8" is not an address for the bridge: A.B.C.D/LEN with LEN 16 to 30, e.g. 10.77.0.1/24',
+      'line 4: 10.77.0.0/24 is the network address of its subnet, not a host\'s',
+      'line 5: 10.77.0.255/24 is the broadcast address of its subnet, not a host\'s',
+      'line 6: 127.0.0.2/24 is not a unicast address a bridge can have',
+      'line 7: "vm-only" takes one bridge and the host\'s address on it: vm-only WHO BRIDGE ADDR/LEN',
+      'line 9: vm-only bridge lab is given 10.88.0.1/24 here but 10.77.0.1/24 on line 8: one bridge has one address',
+      'line 8: lab is a vm-only bridge here but an existing bridge on line 10: the helper makes vm-only bridges itself, so one name cannot be both',
     ]);
   });
 

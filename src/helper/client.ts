@@ -32,6 +32,11 @@ export class HelperClient {
     return String(await this.run('tap-create', bridge));
   }
 
+  /** Bring a vm-only network's bridge up (made on first use, with its DHCP server); answers the host's ADDR/LEN on it. */
+  async vmOnlyUp(bridge: string): Promise<string> {
+    return String(await this.run('vm-only-up', bridge));
+  }
+
   async tapDelete(tap: string): Promise<void> {
     await this.run('tap-delete', tap);
   }

@@ -18,6 +18,7 @@ export const COMMANDS = {
   'tap-create': { method: 'TapCreate', arg: 'BRIDGE' },
   'tap-delete': { method: 'TapDelete', arg: 'TAP' },
   'tap-open': { method: 'TapOpen', arg: 'TAP' },
+  'vm-only-up': { method: 'VmOnlyUp', arg: 'BRIDGE' },
   'usb-bind': { method: 'UsbBind', arg: 'BUSID' },
   'usb-unbind': { method: 'UsbUnbind', arg: 'BUSID' },
   'usb-open': { method: 'UsbOpen', arg: 'BUSID' },

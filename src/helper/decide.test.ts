@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { parseAllowList } from './allow-list.js';
 import { parseCommand } from './commands.js';
-import { decideBridge, decideUsb, effectiveClasses, type Caller, type UsbDevice } from './decide.js';
+import { decideBridge, decideUsb, decideVmOnly, effectiveClasses, type Caller, type UsbDevice } from './decide.js';
 
 const FILE = '/etc/xdp-vm/helper.conf';
 const list = parseAllowList(
@@ -29,8 +29,25 @@ describe('bridge decisions', () => {
   });
 
   it('default deny: a user no rule names gets nothing', () => {
-    expect(decideBridge(list, stranger, 'br0')).toEqual({ allowed: false, reason: `uid 1002 (carol) may not use bridge br0: no "bridge" rule in ${FILE} names this user or their groups` });
+    expect(decideBridge(list, stranger, 'br0')).toEqual({ allowed: false, reason: `uid 1002 (carol) may not use bridge br0: no "bridge" or "vm-only" rule in ${FILE} names this user or their groups` });
     expect(decideBridge(parseAllowList('', FILE), alice, 'br0').allowed).toBe(false);
+  });
+});
+
+describe('vm-only decisions', () => {
+  const lab = parseAllowList('bridge alice br0\nvm-only alice xdpvm-lab 10.77.0.1/24\nvm-only @plugdev xdpvm-dev 10.78.0.1/24', FILE);
+
+  it('gives the bridge with the admin\'s address, and allows taps on it', () => {
+    expect(decideVmOnly(lab, alice, 'xdpvm-lab')).toEqual({ allowed: true, rule: `${FILE}:2: vm-only alice xdpvm-lab 10.77.0.1/24`, address: '10.77.0.1', prefix: 24 });
+    expect(decideBridge(lab, alice, 'xdpvm-lab')).toEqual({ allowed: true, rule: `${FILE}:2: vm-only alice xdpvm-lab 10.77.0.1/24` });
+    expect(decideBridge(lab, bob, 'xdpvm-dev').allowed).toBe(true);
+  });
+
+  it('refuses a vm-only bridge the user has no rule for, and an existing bridge is not a vm-only one', () => {
+    expect(decideVmOnly(lab, alice, 'xdpvm-dev')).toEqual({ allowed: false, reason: `uid 1000 (alice) may not bring up vm-only bridge xdpvm-dev: ${FILE} gives this user vm-only xdpvm-lab only` });
+    expect(decideVmOnly(lab, alice, 'br0').allowed).toBe(false);
+    expect(decideVmOnly(lab, stranger, 'xdpvm-lab')).toEqual({ allowed: false, reason: `uid 1002 (carol) may not bring up vm-only bridge xdpvm-lab: no "vm-only" rule in ${FILE} names this user or their groups` });
+    expect(decideBridge(lab, alice, 'xdpvm-dev')).toEqual({ allowed: false, reason: `uid 1000 (alice) may not use bridge xdpvm-dev: ${FILE} allows this user br0, xdpvm-lab only` });
   });
 });
 

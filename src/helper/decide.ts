@@ -1,4 +1,4 @@
-import type { AllowList, Subject, UsbMatch } from './allow-list.js';
+import type { AllowList, Subject, UsbMatch, VmOnlyRule } from './allow-list.js';
 
 /**
  * The decisions, pure: a caller, what they ask for, the allow list and the
@@ -28,15 +28,34 @@ function subjectText(s: Subject): string {
   return s.kind === 'uid' ? String(s.uid) : s.kind === 'user' ? s.name : `@${s.name}`;
 }
 
+const vmOnlyText = (list: AllowList, r: VmOnlyRule) => `${list.file}:${r.line}: vm-only ${subjectText(r.subject)} ${r.bridge} ${r.address}/${r.prefix}`;
+
+/** A tap on `bridge`: allowed by a bridge rule, or by a vm-only rule naming it. */
 export function decideBridge(list: AllowList, caller: Caller, bridge: string): Decision {
   const mine = list.bridges.filter((r) => subjectMatches(r.subject, caller));
   const rule = mine.find((r) => r.bridges.includes(bridge));
   if (rule) return { allowed: true, rule: `${list.file}:${rule.line}: bridge ${subjectText(rule.subject)} ${rule.bridges.join(' ')}` };
-  const allowed = [...new Set(mine.flatMap((r) => r.bridges))];
+  const vmOnly = list.vmOnly.filter((r) => subjectMatches(r.subject, caller));
+  const own = vmOnly.find((r) => r.bridge === bridge);
+  if (own) return { allowed: true, rule: vmOnlyText(list, own) };
+  const allowed = [...new Set([...mine.flatMap((r) => r.bridges), ...vmOnly.map((r) => r.bridge)])];
   return {
     allowed: false,
     reason: `${describeCaller(caller)} may not use bridge ${bridge}: ${
-      allowed.length ? `${list.file} allows this user ${allowed.join(', ')} only` : `no "bridge" rule in ${list.file} names this user or their groups`
+      allowed.length ? `${list.file} allows this user ${allowed.join(', ')} only` : `no "bridge" or "vm-only" rule in ${list.file} names this user or their groups`
+    }`,
+  };
+}
+
+/** Creating the vm-only bridge `bridge`: allowed with the address the admin gave it, or refused. */
+export function decideVmOnly(list: AllowList, caller: Caller, bridge: string): (Decision & { allowed: false }) | { allowed: true; rule: string; address: string; prefix: number } {
+  const mine = list.vmOnly.filter((r) => subjectMatches(r.subject, caller));
+  const rule = mine.find((r) => r.bridge === bridge);
+  if (rule) return { allowed: true, rule: vmOnlyText(list, rule), address: rule.address, prefix: rule.prefix };
+  return {
+    allowed: false,
+    reason: `${describeCaller(caller)} may not bring up vm-only bridge ${bridge}: ${
+      mine.length ? `${list.file} gives this user vm-only ${mine.map((r) => r.bridge).join(', ')} only` : `no "vm-only" rule in ${list.file} names this user or their groups`
     }`,
   };
 }

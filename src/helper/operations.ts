@@ -3,9 +3,9 @@ import path from 'node:path';
 import { requireProgram } from '../deps.js';
 import { ExecError, runProgram } from '../exec.js';
 import { openTap } from '../native/fds.js';
-import { readAllowList, type AllowList } from './allow-list.js';
+import { ipv4Range, ipv4Text, readAllowList, type AllowList } from './allow-list.js';
 import { HelperError, MAX_TAP_NUMBER, TAP_PREFIX, tapNameProblem, type Command } from './commands.js';
-import { decideBridge, decideUsb, describeCaller, describeDevice, type Caller, type Decision, type UsbDevice } from './decide.js';
+import { decideBridge, decideUsb, decideVmOnly, describeCaller, describeDevice, type Caller, type Decision, type UsbDevice } from './decide.js';
 
 /**
  * The operations, each after its decision. Where the system is read from is a
@@ -39,6 +39,8 @@ export interface Outcome {
   rule: string;
   /** tap-create: the tap's name. */
   tap?: string;
+  /** vm-only-up: the host's address on the bridge, ADDR/LEN. */
+  address?: string;
   /** usb-open: the open device node; the caller of execute() closes it once sent. */
   fd?: number;
 }
@@ -81,6 +83,8 @@ export async function execute(cmd: Command, caller: Caller, paths: HelperPaths):
       return tapDelete(cmd.arg, caller, paths);
     case 'tap-open':
       return tapOpen(cmd.arg, caller, paths);
+    case 'vm-only-up':
+      return vmOnlyUp(cmd.arg, caller, paths);
     case 'usb-bind':
       return usbBind(cmd.arg, caller, paths);
     case 'usb-unbind':
@@ -143,6 +147,79 @@ function tapOpen(tap: string, caller: Caller, paths: HelperPaths): Outcome {
     return { rule: `${tap} is owned by the caller`, fd: openTap(tap) };
   } catch (err) {
     throw new HelperError('failed', (err as Error).message);
+  }
+}
+
+const vmOnlyFile = (bridge: string, paths: HelperPaths, ext = '') => path.join(paths.stateDir, `vm-only-${bridge}${ext}`);
+
+/**
+ * A vm-only network's bridge, up: created on first use (no uplink: nothing
+ * but the helper's taps is ever enslaved to it), the host's address on it as
+ * the allow list gives it, and a DHCP server for the VMs. Idempotent: every
+ * join calls it. A bridge of that name the helper did not make is refused,
+ * so a rule cannot be used to put an address or a DHCP server on br0.
+ */
+async function vmOnlyUp(bridge: string, caller: Caller, paths: HelperPaths): Promise<Outcome> {
+  const d = decideVmOnly(allowList(paths), caller, bridge);
+  if (!d.allowed) throw new HelperError('refused', d.reason);
+  const cidr = `${d.address}/${d.prefix}`;
+  const marker = vmOnlyFile(bridge, paths);
+  if (existsSync(path.join(paths.netSysfs, bridge))) {
+    if (!existsSync(path.join(paths.netSysfs, bridge, 'bridge'))) throw new HelperError('refused', `${bridge} exists on this host and is not a bridge`);
+    const made = readAttr(marker);
+    if (made === undefined) throw new HelperError('refused', `bridge ${bridge} exists but was not made by this helper: it gives no address or DHCP server to a bridge it did not create`);
+    if (made !== cidr) throw new HelperError('refused', `vm-only bridge ${bridge} was made with ${made}, and the allow list now gives it ${cidr}: delete it (ip link del ${bridge}) to have it made again`);
+  } else {
+    mkdirSync(paths.stateDir, { recursive: true, mode: 0o700 });
+    await ip(['link', 'add', 'name', bridge, 'type', 'bridge', 'stp_state', '0']);
+    writeFileSync(marker, `${cidr}\n`, { mode: 0o600 });
+    try {
+      await ip(['addr', 'add', cidr, 'dev', bridge]);
+    } catch (err) {
+      await ip(['link', 'del', 'dev', bridge]).catch(() => undefined);
+      rmSync(marker, { force: true });
+      throw err;
+    }
+  }
+  await ip(['link', 'set', 'dev', bridge, 'up']);
+  await dhcpServer(bridge, d.address, d.prefix, paths);
+  return { rule: d.rule, address: cidr };
+}
+
+/**
+ * dnsmasq as the network's DHCP server, and nothing more: no DNS (port 0),
+ * no gateway and no DNS server offered, on this bridge only. It daemonizes,
+ * so it outlives the helper's idle exit; its pid file says whether it runs.
+ * Leases are handed out on the side of the subnet with more room than the
+ * host's own address.
+ */
+async function dhcpServer(bridge: string, address: string, prefix: number, paths: HelperPaths): Promise<void> {
+  const pidFile = vmOnlyFile(bridge, paths, '.pid');
+  const pid = readAttr(pidFile);
+  if (pid && /^\d+$/.test(pid) && readAttr(`/proc/${pid}/comm`) === 'dnsmasq') return;
+  const { host, network, broadcast } = ipv4Range(address, prefix);
+  const [first, last] = host - network > broadcast - host ? [network + 1, host - 1] : [host + 1, broadcast - 1];
+  const netmask = ipv4Text(2 ** 32 - 2 ** (32 - prefix));
+  try {
+    await runProgram(
+      requireProgram('dnsmasq'),
+      [
+        '--conf-file=/dev/null',
+        `--interface=${bridge}`,
+        '--bind-interfaces',
+        '--except-interface=lo',
+        '--port=0',
+        `--dhcp-range=${ipv4Text(first)},${ipv4Text(last)},${netmask},12h`,
+        '--dhcp-option=option:router',
+        '--dhcp-option=option:dns-server',
+        '--dhcp-authoritative',
+        `--dhcp-leasefile=${vmOnlyFile(bridge, paths, '.leases')}`,
+        `--pid-file=${pidFile}`,
+      ],
+      { timeoutMs: 10_000 },
+    );
+  } catch (err) {
+    throw new HelperError('failed', `the DHCP server for ${bridge} did not start: ${(err as Error).message}`);
   }
 }
 

@@ -89,8 +89,10 @@ async function request(bus: Bus, paths: HelperPaths, name: CommandName, args: un
       const fd = outcome.fd;
       ctx.afterReply?.(() => closeSync(fd));
     }
-    log.info({ ...line, decision: 'allowed', rule: outcome.rule, ...(outcome.tap ? { tap: outcome.tap } : {}) }, `helper: ${name} ${line.arg}: allowed`);
-    return name === 'tap-create' ? [outcome.tap] : name === 'usb-open' || name === 'tap-open' ? [outcome.fd] : [];
+    log.info({ ...line, decision: 'allowed', rule: outcome.rule, ...(outcome.tap ? { tap: outcome.tap } : {}), ...(outcome.address ? { address: outcome.address } : {}) }, `helper: ${name} ${line.arg}: allowed`);
+    if (name === 'tap-create') return [outcome.tap];
+    if (name === 'vm-only-up') return [outcome.address];
+    return name === 'usb-open' || name === 'tap-open' ? [outcome.fd] : [];
   } catch (err) {
     const e = err instanceof HelperError ? err : new HelperError('failed', (err as Error).message);
     log.warn({ ...line, decision: e.kind === 'failed' ? 'failed' : 'refused', reason: e.message }, `helper: ${name} ${line.arg}: ${e.kind === 'failed' ? 'failed' : 'refused'}`);

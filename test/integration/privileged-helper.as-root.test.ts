@@ -132,6 +132,8 @@ const ALLOW = (name: string) =>
     `bridge ${OTHER} br1`,
     `usb ${name} class:08 05e3:*`,
     `usb ${OTHER} class:08`,
+    `vm-only ${name} xdpvm-lab 10.77.0.1/24`,
+    `vm-only ${name} br3 10.78.0.1/24`,
   ].join('\n');
 
 function writeAllowList(text: string): void {
@@ -275,12 +277,21 @@ beforeAll(async () => {
   await inNs(requireProgram('ip'), ['link', 'add', 'br0', 'type', 'bridge']);
   await inNs(requireProgram('ip'), ['link', 'add', 'br1', 'type', 'bridge']);
   await inNs(requireProgram('ip'), ['link', 'add', 'br2', 'type', 'bridge']);
+  await inNs(requireProgram('ip'), ['link', 'add', 'br3', 'type', 'bridge']);
   await inNs(requireProgram('ip'), ['tuntap', 'add', 'dev', 'notabr', 'mode', 'tap']);
   // A tap in the helper's name range that root made for someone else.
   await inNs(requireProgram('ip'), ['tuntap', 'add', 'dev', 'xdpvm77', 'mode', 'tap', 'user', String(OTHER)]);
 }, 120_000);
 
 afterAll(async () => {
+  // dnsmasq daemonized into the helper's namespace; it would outlive it.
+  for (const f of stateDir && existsSync(stateDir) ? readdirSync(stateDir).filter((n) => n.endsWith('.pid')) : []) {
+    try {
+      process.kill(Number(readFileSync(path.join(stateDir, f), 'utf8')), 'SIGTERM');
+    } catch {
+      // gone already
+    }
+  }
   root?.close();
   await helper?.stop();
   await dbusDaemon?.stop();
@@ -344,13 +355,13 @@ describe.skipIf(skip)('privileged helper: taps, as root in a private network nam
 
   it('refuses a bridge the allow list does not give the caller, naming the ones it does', async () => {
     const { result, line } = await oneLine(() => call(USER, 'tap-create', 'br1'));
-    const why = `uid ${USER} (${userName}) may not use bridge br1: ${allowList} allows this user br0, br-gone, notabr only`;
+    const why = `uid ${USER} (${userName}) may not use bridge br1: ${allowList} allows this user br0, br-gone, notabr, xdpvm-lab, br3 only`;
     expect(result).toEqual({ ok: false, errorName: 'org.freedesktop.portal.Error.NotAllowed', message: why });
     expect(line).toMatchObject({ level: 40, command: 'tap-create', arg: 'br1', uid: USER, decision: 'refused', reason: why });
     expect(await call(OTHER, 'tap-create', 'br2')).toMatchObject({ ok: false, message: `uid ${OTHER} (${otherName}) may not use bridge br2: ${allowList} allows this user br1 only` });
     const out = await cli(USER, 'tap-create', 'br2');
     expect(out.code).toBe(1);
-    expect(out.stderr).toBe(`xdp-vm: uid ${USER} (${userName}) may not use bridge br2: ${allowList} allows this user br0, br-gone, notabr only\n`);
+    expect(out.stderr).toBe(`xdp-vm: uid ${USER} (${userName}) may not use bridge br2: ${allowList} allows this user br0, br-gone, notabr, xdpvm-lab, br3 only\n`);
   });
 
   it('refuses an allowed name that is no bridge, or no interface at all', async () => {
@@ -373,7 +384,7 @@ describe.skipIf(skip)('privileged helper: taps, as root in a private network nam
     // The CLI checks the same words itself, and says what the commands are.
     const out = await cli(USER, 'tap-up', 'br0');
     expect(out.code).toBe(2);
-    expect(out.stderr).toContain('xdp-vm: unknown command "tap-up": the helper\'s commands are tap-create BRIDGE, tap-delete TAP, tap-open TAP, usb-bind BUSID, usb-unbind BUSID, usb-open BUSID');
+    expect(out.stderr).toContain('xdp-vm: unknown command "tap-up": the helper\'s commands are tap-create BRIDGE, tap-delete TAP, tap-open TAP, vm-only-up BRIDGE, usb-bind BUSID, usb-unbind BUSID, usb-open BUSID');
   });
 
   it('tap-delete refuses a tap the helper did not make for the caller, and one that is not there', async () => {
@@ -404,7 +415,7 @@ describe.skipIf(skip)('privileged helper: taps, as root in a private network nam
       await refusedWith('no such file: nothing is allowed (default deny); see data/helper.conf for the format');
       writeAllowList(`${ALLOW(userName)}\nbridge ${userName} br0 br\x01`);
       const r = await call(USER, 'tap-create', 'br0');
-      expect(r.message).toBe(`the allow list ${allowList} is not usable: line 6: "br\\u{1}" is not a bridge name: a bridge name is 1-15 letters, digits, "_", "." and "-", not starting with "." or "-"`);
+      expect(r.message).toBe(`the allow list ${allowList} is not usable: line 8: "br\\u{1}" is not a bridge name: a bridge name is 1-15 letters, digits, "_", "." and "-", not starting with "." or "-"`);
       // Undoing needs no rule: the kernel's record of the tap's owner is enough.
       expect(await call(USER, 'tap-delete', tap)).toEqual({ ok: true });
       expect(await names()).not.toContain(tap);
@@ -423,9 +434,61 @@ describe.skipIf(skip)('privileged helper: taps, as root in a private network nam
     expect(await raw(HELPER_INTERFACE, 'Frobnicate')).toBe(`org.freedesktop.DBus.Error.UnknownMethod: Method 'Frobnicate' on interface '${HELPER_INTERFACE}' does not exist`);
     expect(await raw('org.example.Other', 'TapCreate')).toMatch(/^org\.freedesktop\.DBus\.Error\.AccessDenied: /);
     // root is a caller like any other: no rule names it.
-    expect(await raw(HELPER_INTERFACE, 'TapCreate')).toBe(`org.freedesktop.portal.Error.NotAllowed: uid 0 (root) may not use bridge br0: no "bridge" rule in ${allowList} names this user or their groups`);
+    expect(await raw(HELPER_INTERFACE, 'TapCreate')).toBe(`org.freedesktop.portal.Error.NotAllowed: uid 0 (root) may not use bridge br0: no "bridge" or "vm-only" rule in ${allowList} names this user or their groups`);
     const wrongType = await root!.call({ destination: HELPER_BUS_NAME, path: HELPER_PATH, interface: HELPER_INTERFACE, member: 'TapCreate', signature: 'u', body: [1] }).catch((e: BusCallError) => e.message);
     expect(wrongType).toBe('TapCreate: org.freedesktop.portal.Error.InvalidArgument: TapCreate takes (s), got (u)');
+  });
+});
+
+describe.skipIf(skip)('privileged helper: vm-only bridges', () => {
+  const BUSYBOX = '/bin/busybox';
+  const dnsmasqPid = () => Number(readFileSync(path.join(stateDir, 'vm-only-xdpvm-lab.pid'), 'utf8'));
+
+  it('vm-only-up makes the bridge with the admin\'s address and a DHCP server, once; taps go on it; a DHCP client gets a lease', async () => {
+    const { result, line } = await oneLine(() => call(USER, 'vm-only-up', 'xdpvm-lab'));
+    expect(result).toEqual({ ok: true, value: '10.77.0.1/24' });
+    expect(line).toMatchObject({ command: 'vm-only-up', arg: 'xdpvm-lab', uid: USER, decision: 'allowed', address: '10.77.0.1/24', rule: `${allowList}:6: vm-only ${userName} xdpvm-lab 10.77.0.1/24` });
+    const bridge = (await links()).find((l) => l.ifname === 'xdpvm-lab')!;
+    expect(bridge.linkinfo?.info_kind).toBe('bridge');
+    expect(bridge.flags).toContain('UP');
+    const addrs = JSON.parse(await inNs(requireProgram('ip'), ['-j', 'addr', 'show', 'dev', 'xdpvm-lab'])) as { addr_info: { family: string; local: string; prefixlen: number }[] }[];
+    expect(addrs[0]!.addr_info.filter((a) => a.family === 'inet')).toEqual([expect.objectContaining({ local: '10.77.0.1', prefixlen: 24 })]);
+    const pid = dnsmasqPid();
+    expect(readFileSync(`/proc/${pid}/comm`, 'utf8').trim()).toBe('dnsmasq');
+    // Again: the same bridge and the same server.
+    expect(await cli(USER, 'vm-only-up', 'xdpvm-lab')).toEqual({ code: 0, stdout: '10.77.0.1/24\n', stderr: '' });
+    expect(dnsmasqPid()).toBe(pid);
+    const tap = String((await call(USER, 'tap-create', 'xdpvm-lab')).value);
+    expect((await links()).find((l) => l.ifname === tap)?.master).toBe('xdpvm-lab');
+    // A machine on the bridge (a veth end standing in for a VM's NIC) asks for an address.
+    await inNs(requireProgram('ip'), ['link', 'add', 'vm0', 'type', 'veth', 'peer', 'name', 'vm0-guest']);
+    await inNs(requireProgram('ip'), ['link', 'set', 'vm0', 'master', 'xdpvm-lab', 'up']);
+    await inNs(requireProgram('ip'), ['link', 'set', 'vm0-guest', 'up']);
+    // udhcpc hands what it was offered to its script: print it, configure nothing.
+    const script = path.join(scratch, 'udhcpc-report');
+    writeFileSync(script, '#!/bin/sh\n[ "$1" = bound ] && echo "ip=$ip mask=$subnet server=$serverid router=[$router] dns=[$dns]"\nexit 0\n', { mode: 0o755 });
+    const lease = await inNs(BUSYBOX, ['udhcpc', '-i', 'vm0-guest', '-n', '-q', '-f', '-t', '10', '-T', '1', '-s', script]);
+    // An address on the subnet, from the host's side; no gateway and no DNS: there is no way out.
+    expect(lease).toMatch(/^ip=10\.77\.0\.(\d+) mask=255\.255\.255\.0 server=10\.77\.0\.1 router=\[\] dns=\[\]$/m);
+    expect(Number(/ip=10\.77\.0\.(\d+)/.exec(lease)![1])).toBeGreaterThan(1);
+    await inNs(requireProgram('ip'), ['link', 'del', 'vm0']);
+    expect(await call(USER, 'tap-delete', tap)).toEqual({ ok: true });
+  });
+
+  it('refuses a caller with no vm-only rule, and a bridge of that name the helper did not make', async () => {
+    expect(await call(OTHER, 'vm-only-up', 'xdpvm-lab')).toEqual({
+      ok: false,
+      errorName: 'org.freedesktop.portal.Error.NotAllowed',
+      message: `uid ${OTHER} (${otherName}) may not bring up vm-only bridge xdpvm-lab: no "vm-only" rule in ${allowList} names this user or their groups`,
+    });
+    expect(await call(USER, 'vm-only-up', 'br0')).toMatchObject({ ok: false, message: `uid ${USER} (${userName}) may not bring up vm-only bridge br0: ${allowList} gives this user vm-only xdpvm-lab, br3 only` });
+    expect(await call(USER, 'vm-only-up', 'br3')).toEqual({
+      ok: false,
+      errorName: 'org.freedesktop.portal.Error.NotAllowed',
+      message: 'bridge br3 exists but was not made by this helper: it gives no address or DHCP server to a bridge it did not create',
+    });
+    const addrs = JSON.parse(await inNs(requireProgram('ip'), ['-j', 'addr', 'show', 'dev', 'br3'])) as { addr_info: unknown[] }[];
+    expect(addrs[0]!.addr_info).toEqual([]);
   });
 });
 
