@@ -88,11 +88,12 @@ describe('USB decisions', () => {
 });
 
 describe('command set', () => {
-  it('takes exactly the five commands with one valid argument each', () => {
+  it('takes exactly its commands with one valid argument each', () => {
     expect(parseCommand(['tap-create', 'br0'])).toEqual({ name: 'tap-create', arg: 'br0' });
     expect(parseCommand(['tap-delete', 'xdpvm12'])).toEqual({ name: 'tap-delete', arg: 'xdpvm12' });
     expect(parseCommand(['usb-bind', '1-2.3'])).toEqual({ name: 'usb-bind', arg: '1-2.3' });
     expect(parseCommand(['usb-open', '12-1.4.2'])).toEqual({ name: 'usb-open', arg: '12-1.4.2' });
+    expect(parseCommand(['vm-only-up', 'xdpvm-lab'])).toEqual({ name: 'vm-only-up', arg: 'xdpvm-lab' });
   });
 
   it('refuses anything else with a precise message', () => {
@@ -104,7 +105,7 @@ describe('command set', () => {
       }
       return 'accepted';
     };
-    expect(msg(['tap-up', 'br0'])).toBe('unknown command "tap-up": the helper\'s commands are tap-create BRIDGE, tap-delete TAP, tap-open TAP, usb-bind BUSID, usb-unbind BUSID, usb-open BUSID');
+    expect(msg(['tap-up', 'br0'])).toBe('unknown command "tap-up": the helper\'s commands are tap-create BRIDGE, tap-delete TAP, tap-open TAP, vm-only-up BRIDGE, usb-bind BUSID, usb-unbind BUSID, usb-open BUSID');
     expect(msg(['__proto__', 'x'])).toMatch(/^unknown command "__proto__"/);
     expect(msg([])).toMatch(/^no command: /);
     expect(msg(['tap-create'])).toBe('tap-create takes exactly one argument, BRIDGE; got 0');
