@@ -4,5 +4,3 @@
  */
 export const NETWORK_INTERFACE = 'io.github.xdp_vm.Network1';
 export const NETWORK_PATH = '/io/github/xdp_vm/Network';
-/** The one kind this version can join; the others are configured and refused with this. */
-export const NOT_BUILT = 'not built yet: only user networks can be joined in this version';

@@ -35,6 +35,10 @@ export function joinQuestion(vmLabel: string, name: NetworkName, net: Network): 
       label: 'Reachable from',
       value: net.forwards.length ? `only this computer, on ${forwardsInWords(net.forwards)}` : 'nowhere: nothing can connect to it',
     });
+  } else if (net.type === 'bridge') {
+    details.push({ label: 'Reaches', value: `every machine on the network of this computer's bridge ${net.bridge}, and they can reach it` });
+  } else {
+    details.push({ label: 'Reaches', value: `only the other VMs on '${name}' and this computer, and they can reach it; nothing beyond` });
   }
   details.push({ label: 'Lasts', value: 'until it leaves or stops; "Always" joins it whenever it starts' });
   return { summary: `${vmLabel} wants to join the network '${name}' (${kindInWords(net)})`, details };

@@ -1,4 +1,7 @@
 import { EventEmitter } from 'node:events';
+import { existsSync, fstatSync, mkdtempSync, openSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { beforeEach, describe, expect, it, vi } from 'vitest';
 import { captureLogger } from '../../test/helpers/log-capture.js';
 import { Network, type VmConfig } from '../../src/config/schema.js';
@@ -9,6 +12,8 @@ import type { PolicyDecider } from '../../src/policy/policy.js';
 import type { PolicyRow } from '../../src/policy/model.js';
 import type { NetSpec } from '../../src/vmm/adapter.js';
 import { macFor } from './mac.js';
+import { BusCallError } from '../../src/dbus/bus.js';
+import type { HelperClient } from '../../src/helper/client.js';
 
 /**
  * VmNetworks with its edges faked: the device layer (a VMM with the `net`
@@ -30,15 +35,39 @@ const networks = {
   web: Network.parse({ type: 'user', forwards: [{ host: 2222, guest: 22 }] }),
   dev: Network.parse({ type: 'user' }),
   lan: Network.parse({ type: 'bridge', bridge: 'br0' }),
+  lab: Network.parse({ type: 'vm-only' }),
 };
 const vm = { name: 'work', label: 'Work', color: '#000000', tags: [], networks } as unknown as VmConfig;
 
-function setup(opts: { rows?: PolicyRow[]; consent?: boolean; present?: string[] } = {}) {
+/** The privileged helper as the daemon sees it: each call recorded, each tap a real descriptor (of /dev/null) the caller must close. */
+function fakeHelper(opts: { refuse?: string } = {}) {
+  const calls: string[] = [];
+  const fds: number[] = [];
+  let closed = 0;
+  let n = 0;
+  const client = {
+    vmOnlyUp: async (br: string) => (calls.push(`vm-only-up ${br}`), '10.77.0.1/24'),
+    tapCreate: async (br: string) => {
+      calls.push(`tap-create ${br}`);
+      if (opts.refuse) throw new BusCallError('org.freedesktop.portal.Error.NotAllowed', opts.refuse, 'TapCreate');
+      return `xdpvm${n++}`;
+    },
+    tapOpen: async (tap: string) => (calls.push(`tap-open ${tap}`), fds.push(openSync('/dev/null', 'r')), fds.at(-1)!),
+    tapDelete: async (tap: string) => void calls.push(`tap-delete ${tap}`),
+    close: () => void closed++,
+  } as unknown as HelperClient;
+  return { connect: async () => client, calls, fds, connections: () => closed };
+}
+
+function setup(opts: { rows?: PolicyRow[]; consent?: boolean; present?: string[]; helper?: ReturnType<typeof fakeHelper>; failAttach?: string } = {}) {
   const attached: NetSpec[] = [];
   const detached: string[] = [];
   const present = new Set(opts.present ?? []);
   const net = {
-    attachNet: async (spec: NetSpec) => (attached.push(spec), present.add(spec.id), { kind: 'net' as const, id: spec.id, deviceId: `xdpvm-net-${spec.id}`, location: 'rp1' }),
+    attachNet: async (spec: NetSpec) => {
+      if (opts.failAttach) throw new Error(opts.failAttach);
+      return attached.push(spec), present.add(spec.id), { kind: 'net' as const, id: spec.id, deviceId: `xdpvm-net-${spec.id}`, location: 'rp1' };
+    },
     detachNet: async (id: string) => void (detached.push(id), present.delete(id)),
     listNet: async () => [...present].map((id) => ({ kind: 'net' as const, id, deviceId: `xdpvm-net-${id}`, location: 'rp1' })),
   };
@@ -58,10 +87,11 @@ function setup(opts: { rows?: PolicyRow[]; consent?: boolean; present?: string[]
   const told: unknown[] = [];
   let seq = 0;
   const cap = captureLogger();
+  const runtime = mkdtempSync(path.join(tmpdir(), 'vmnet-'));
   configureAudit({ logger: cap.log, file: null });
-  const nets = new VmNetworks({ vm, devices, policy, consent, nextRequestId: () => `r${++seq}`, notify: (c) => (told.push(c), true), dirs: { runtime: '/run/x', logs: '/log' }, log: captureLogger().log });
+  const nets = new VmNetworks({ vm, devices, policy, consent, nextRequestId: () => `r${++seq}`, notify: (c) => (told.push(c), true), dirs: { runtime, logs: '/log' }, ...(opts.helper ? { helper: opts.helper.connect } : {}), log: captureLogger().log });
   const audits = () => cap.lines().filter((l) => l.audit === true);
-  return { nets, devices, attached, detached, asked, told, audits };
+  return { nets, devices, attached, detached, asked, told, audits, runtime };
 }
 
 beforeEach(() => {
@@ -82,8 +112,8 @@ describe('VmNetworks', () => {
     const t = setup({ consent: true });
     const r = await t.nets.join('web', 'guest');
     expect(r).toEqual({ network: 'web', mac: macFor('work', 'web') });
-    expect(started).toEqual([{ socket: '/run/x/work-net-web.sock', forwards: [{ host: 2222, guest: 22, protocol: 'tcp' }] }]);
-    expect(t.attached).toEqual([{ id: 'web', backend: { type: 'stream', socketPath: '/run/x/work-net-web.sock' }, mac: r.mac }]);
+    expect(started).toEqual([{ socket: path.join(t.runtime, 'work-net-web.sock'), forwards: [{ host: 2222, guest: 22, protocol: 'tcp' }] }]);
+    expect(t.attached).toEqual([{ id: 'web', backend: { type: 'stream', socketPath: path.join(t.runtime, 'work-net-web.sock') }, mac: r.mac }]);
     expect(t.told).toEqual([{ network: 'web', joined: true, mac: r.mac }]);
     expect((await t.nets.list()).find((n) => n.name === 'web')!.joined).toBe(true);
     expect(t.audits().at(-1)).toMatchObject({ vm: 'work', portal: 'Network', decision: 'allow', asked: { network: 'web', type: 'user', via: 'guest', attached: true } });
@@ -100,22 +130,22 @@ describe('VmNetworks', () => {
     expect(t.audits().at(-1)).toMatchObject({ decision: 'allow', reason: 'cli' });
     expect(await t.nets.leave('dev', 'cli')).toBe(true);
     expect(t.detached).toEqual(['dev']);
-    expect(stopped).toEqual(['/run/x/work-net-dev.sock']);
+    expect(stopped).toEqual([path.join(t.runtime, 'work-net-dev.sock')]);
     expect(t.told.at(-1)).toEqual({ network: 'dev', joined: false, mac: macFor('work', 'dev') });
     expect(await t.nets.leave('dev', 'cli')).toBe(false);
   });
 
-  it('a bridge network and an unknown one are refused before anyone is asked', async () => {
+  it('without the helper a bridge network, and an unknown one anywhere, are refused before anyone is asked', async () => {
     const t = setup({ consent: true });
-    await expect(t.nets.join('lan', 'guest')).rejects.toThrow(/network 'lan' is a bridge network: not built yet: only user networks can be joined in this version/);
-    await expect(t.nets.join('nope', 'guest')).rejects.toThrow(/there is no network 'nope' on this host; configured: web, dev, lan/);
+    await expect(t.nets.join('lan', 'guest')).rejects.toThrow(/network 'lan' is a bridge network, and this daemon has no privileged helper to make its tap/);
+    await expect(t.nets.join('nope', 'guest')).rejects.toThrow(/there is no network 'nope' on this host; configured: web, dev, lan, lab/);
     expect(t.asked).toEqual([]);
     expect(t.audits().map((l) => l.decision)).toEqual(['error', 'error']);
   });
 
   it('a deny row keeps a network out of the list', async () => {
     const t = setup({ rows: [{ portal: 'Network', subject: 'work', verdict: 'deny', arg: 'dev' }] });
-    expect((await t.nets.list()).map((n) => n.name)).toEqual(['web', 'lan']);
+    expect((await t.nets.list()).map((n) => n.name)).toEqual(['web', 'lan', 'lab']);
   });
 
   it('at VMM up: an allow row naming a network attaches it; a VM-wide allow row attaches nothing; NICs already there are adopted', async () => {
@@ -136,5 +166,59 @@ describe('VmNetworks', () => {
     expect(t.nets.joinedNames()).toEqual([]);
     expect(t.told.at(-1)).toMatchObject({ network: 'web', joined: false });
     expect(t.audits().at(-1)).toMatchObject({ decision: 'revoke', reason: 'failure' });
+  });
+
+  it('a bridge join: a tap from the helper on that bridge, its descriptor to the VMM and then closed; leave deletes the tap', async () => {
+    const helper = fakeHelper();
+    const t = setup({ consent: true, helper });
+    expect(await t.nets.join('lan', 'guest')).toEqual({ network: 'lan', mac: macFor('work', 'lan') });
+    expect(t.asked).toEqual(["Work wants to join the network 'lan' (bridge br0: it will be reachable by other machines on that network)"]);
+    expect(helper.calls).toEqual(['tap-create br0', 'tap-open xdpvm0']);
+    expect(t.attached).toEqual([{ id: 'lan', backend: { type: 'tap', tapName: 'xdpvm0', fd: helper.fds[0] }, mac: macFor('work', 'lan') }]);
+    expect(() => fstatSync(helper.fds[0]!)).toThrow(/EBADF/);
+    expect(readFileSync(path.join(t.runtime, 'work-net-lan.tap'), 'utf8')).toBe('xdpvm0\n');
+    expect(t.audits().at(-1)).toMatchObject({ decision: 'allow', reason: 'user', asked: { network: 'lan', type: 'bridge', attached: true, bridge: 'br0', tap: 'xdpvm0' } });
+    expect(await t.nets.leave('lan', 'guest')).toBe(true);
+    expect(t.detached).toEqual(['lan']);
+    expect(helper.calls.at(-1)).toBe('tap-delete xdpvm0');
+    expect(existsSync(path.join(t.runtime, 'work-net-lan.tap'))).toBe(false);
+    expect(t.audits().at(-1)).toMatchObject({ decision: 'revoke', asked: { network: 'lan', tap: 'xdpvm0', tapRemoved: true } });
+    expect(helper.connections()).toBe(2);
+  });
+
+  it('a vm-only join brings its bridge up first and records the host\'s address on it', async () => {
+    const helper = fakeHelper();
+    const t = setup({ helper });
+    await t.nets.join('lab', 'cli');
+    expect(helper.calls).toEqual(['vm-only-up xdpvm-lab', 'tap-create xdpvm-lab', 'tap-open xdpvm0']);
+    expect(t.audits().at(-1)).toMatchObject({ decision: 'allow', reason: 'cli', asked: { type: 'vm-only', bridge: 'xdpvm-lab', hostAddress: '10.77.0.1/24' } });
+    // The VM stops: its tap is deleted with it.
+    t.devices.emit('gone', 'QMP closed');
+    await vi.waitFor(() => expect(helper.calls.at(-1)).toBe('tap-delete xdpvm0'));
+  });
+
+  it('a NIC the VMM refuses takes its tap with it; a helper refusal is the helper\'s own sentence', async () => {
+    const helper = fakeHelper();
+    const t = setup({ helper, failAttach: 'no free PCIe root port' });
+    await expect(t.nets.join('lan', 'cli')).rejects.toThrow("could not join 'lan': no free PCIe root port");
+    expect(helper.calls).toEqual(['tap-create br0', 'tap-open xdpvm0', 'tap-delete xdpvm0']);
+    expect(existsSync(path.join(t.runtime, 'work-net-lan.tap'))).toBe(false);
+    const refusing = fakeHelper({ refuse: 'no "bridge" or "vm-only" rule in /etc/xdp-vm/helper.conf names this user or their groups' });
+    const r = setup({ helper: refusing });
+    await expect(r.nets.join('lan', 'cli')).rejects.toThrow('could not join \'lan\': the privileged helper refused: no "bridge" or "vm-only" rule in /etc/xdp-vm/helper.conf names this user or their groups');
+    expect(r.attached).toEqual([]);
+  });
+
+  it('a restarted daemon adopts a tap NIC by its record, and deletes that tap on leave', async () => {
+    const helper = fakeHelper();
+    const first = setup({ helper });
+    await first.nets.join('lan', 'cli');
+    const again = setup({ helper, present: ['lan'] });
+    const { writeFileSync } = await import('node:fs');
+    writeFileSync(path.join(again.runtime, 'work-net-lan.tap'), 'xdpvm0\n');
+    again.devices.emit('up');
+    await vi.waitFor(() => expect(again.nets.joinedNames()).toEqual(['lan']));
+    await again.nets.leave('lan', 'cli');
+    expect(helper.calls.at(-1)).toBe('tap-delete xdpvm0');
   });
 });

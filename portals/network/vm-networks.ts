@@ -1,4 +1,4 @@
-import type { Network, NetworkName, Networks, VmConfig } from '../../src/config/schema.js';
+import { bridgeOf, type Network, type NetworkName, type Networks, type VmConfig } from '../../src/config/schema.js';
 import { audit, type AuditDecision, type AuditReason } from '../../src/host/audit.js';
 import type { ConsentAsker, ConsentResult } from '../../src/host/consent.js';
 import type { VmDevices } from '../../src/host/vm-devices.js';
@@ -8,10 +8,10 @@ import type { PolicyDecider } from '../../src/policy/policy.js';
 import { ProtocolError } from '../../src/protocol/messages.js';
 import type { VmmEvent } from '../../src/vmm/adapter.js';
 import { macFor } from './mac.js';
-import { NOT_BUILT } from './names.js';
 import { findPasst, passtFiles, startPasst, stopPasst, type PasstHandle } from './passt.js';
 import { describeNetwork, joinQuestion } from './question.js';
 import type { NetworkEntry } from './schema.js';
+import { Taps, type HelperConnect } from './taps.js';
 
 /**
  * One VM's networks on the host: which it is on, the passt behind each, and
@@ -24,7 +24,11 @@ import type { NetworkEntry } from './schema.js';
  *   permissions`): attached whenever the VMM comes up or the guest connects;
  * - a join allowed once, or the CLI's attach: until leave, or the VM stops;
  * - a restarted daemon adopts the NICs it finds (by our device naming) and
- *   the passt still serving each (by its pid file).
+ *   the passt still serving each (by its pid file), or the tap (by its record).
+ *
+ * A bridge or vm-only NIC is a tap the privileged helper makes for this user
+ * on the network's bridge, handed to the VMM as a descriptor; the tap is
+ * deleted when the NIC goes, or the VM stops.
  */
 const PORTAL = 'Network';
 
@@ -36,8 +40,10 @@ export interface VmNetworksDeps {
   nextRequestId: () => string;
   /** Tell the guest a NIC came or went; false when no guest is connected. */
   notify: (change: { network: string; joined: boolean; mac: string }) => boolean;
-  /** Where passt's sockets and pid files go, and its logs. */
+  /** Where passt's sockets and pid files go, and its logs; and each tap's record. */
   dirs: { runtime: string; logs: string };
+  /** The privileged helper, for taps; without it only user networks can be joined. */
+  helper?: HelperConnect;
   log: Logger;
 }
 
@@ -46,7 +52,8 @@ export type Via = 'guest' | 'cli' | 'always';
 
 interface Joined {
   mac: string;
-  passt: PasstHandle | undefined;
+  passt?: PasstHandle | undefined;
+  tap?: string | undefined;
 }
 
 export class VmNetworks {
@@ -54,9 +61,11 @@ export class VmNetworks {
   private lock: Promise<unknown> = Promise.resolve();
   private readonly offs: (() => void)[] = [];
   private readonly log: Logger;
+  private readonly taps: Taps | undefined;
 
   constructor(private readonly deps: VmNetworksDeps) {
     this.log = deps.log.child({ component: 'network' });
+    this.taps = deps.helper ? new Taps(deps.helper, deps.dirs.runtime, deps.vm.name) : undefined;
     const d = deps.devices;
     if (d) {
       const up = () => void this.onVmmUp();
@@ -137,8 +146,8 @@ export class VmNetworks {
         throw new ProtocolError('failed', `could not unplug the NIC on '${name}': ${(err as Error).message}`);
       }
       this.joined.delete(name);
-      if (j.passt) await stopPasst(j.passt, this.log);
-      this.record(request, 'revoke', via === 'cli' ? 'cli' : 'user', { network: name, type: net.type, via, detached: true, mac: j.mac });
+      const tapRemoved = await this.release(name, j);
+      this.record(request, 'revoke', via === 'cli' ? 'cli' : 'user', { network: name, type: net.type, via, detached: true, mac: j.mac, ...(j.tap ? { tap: j.tap, tapRemoved } : {}) });
       this.log.info({ network: name, via }, 'left the network');
       this.deps.notify({ network: name, joined: false, mac: j.mac });
       return true;
@@ -167,7 +176,7 @@ export class VmNetworks {
   /** Throws, with an audit line, when `net` cannot be joined here now. */
   private usable(name: string, net: Network, request: string, via: Via): void {
     let why: string | undefined;
-    if (net.type !== 'user') why = `network '${name}' is a ${net.type} network: ${NOT_BUILT}`;
+    if (net.type !== 'user' && !this.taps) why = `network '${name}' is a ${net.type} network, and this daemon has no privileged helper to make its tap`;
     else if (!this.deps.devices) why = `VM "${this.deps.vm.name}" has no VMM socket in its config ("vmm"), and NICs are hot-plugged through it`;
     else {
       try {
@@ -181,30 +190,47 @@ export class VmNetworks {
     throw new ProtocolError('failed', why);
   }
 
-  /** passt first, then the NIC; undone when the NIC cannot go in. Run under the lock. */
+  /** passt or the tap first, then the NIC; undone when the NIC cannot go in. Run under the lock. */
   private async attach(name: NetworkName, net: Network, request: string, how: { via: Via; reason: AuditReason; rule?: string }): Promise<void> {
     const facts = { network: name, type: net.type, via: how.via };
     const mac = this.macOf(name);
+    let extra: Record<string, unknown> = {};
     try {
-      if (net.type !== 'user') throw new Error(NOT_BUILT);
       const cap = this.deps.devices?.require('net');
       if (!cap) throw new Error(`VM "${this.deps.vm.name}" has no VMM socket in its config ("vmm")`);
-      const passt = await startPasst(this.files(name), net.forwards, this.log.child({ network: name }));
-      try {
-        await cap.attachNet({ id: name, backend: { type: 'stream', socketPath: passt.socket }, mac });
-      } catch (err) {
-        await stopPasst(passt, this.log);
-        throw err;
+      if (net.type === 'user') {
+        const passt = await startPasst(this.files(name), net.forwards, this.log.child({ network: name }));
+        try {
+          await cap.attachNet({ id: name, backend: { type: 'stream', socketPath: passt.socket }, mac });
+        } catch (err) {
+          await stopPasst(passt, this.log);
+          throw err;
+        }
+        this.joined.set(name, { mac, passt });
+        if (net.forwards.length) extra = { forwards: net.forwards.map((f) => `${f.host}:${f.guest}`) };
+      } else {
+        if (!this.taps) throw new Error('this daemon has no privileged helper to make a tap');
+        const bridge = bridgeOf(name, net);
+        const t = await this.taps.create(name, bridge, net.type === 'vm-only');
+        try {
+          await cap.attachNet({ id: name, backend: { type: 'tap', tapName: t.tap, fd: t.fd }, mac });
+        } catch (err) {
+          await this.taps.remove(name, t.tap).catch((e: Error) => this.log.warn({ network: name, tap: t.tap, err: e.message }, 'could not remove the tap of a NIC that did not go in'));
+          throw err;
+        } finally {
+          Taps.close(t.fd);
+        }
+        this.joined.set(name, { mac, tap: t.tap });
+        extra = { bridge, tap: t.tap, ...(t.hostAddress ? { hostAddress: t.hostAddress } : {}) };
       }
-      this.joined.set(name, { mac, passt });
     } catch (err) {
       const why = (err as Error).message;
       this.record(request, 'error', 'failure', { ...facts, attached: false, why });
       this.log.error({ ...facts, err: why }, 'could not attach the network');
       throw new ProtocolError('failed', `could not join '${name}': ${why}`);
     }
-    this.record(request, 'allow', how.reason, { ...facts, attached: true, mac, ...(net.forwards.length ? { forwards: net.forwards.map((f) => `${f.host}:${f.guest}`) } : {}) }, how.rule);
-    this.log.info({ ...facts, mac }, 'joined the network');
+    this.record(request, 'allow', how.reason, { ...facts, attached: true, mac, ...extra }, how.rule);
+    this.log.info({ ...facts, mac, ...extra }, 'joined the network');
     this.deps.notify({ network: name, joined: true, mac });
   }
 
@@ -215,7 +241,7 @@ export class VmNetworks {
     }).catch((err: Error) => this.log.error({ err: err.message }, 'could not bring the VM\'s networks up'));
   }
 
-  /** NICs the VM already has by our naming (a restarted daemon): they are joined, with the passt still behind each. */
+  /** NICs the VM already has by our naming (a restarted daemon): they are joined, with the passt or tap still behind each. */
   private async adopt(): Promise<void> {
     const cap = this.deps.devices?.vmm?.net;
     if (!cap) return;
@@ -225,7 +251,7 @@ export class VmNetworks {
         this.log.warn({ nic: nic.deviceId }, 'the VM has a NIC of ours for a network no longer configured; leaving it alone');
         continue;
       }
-      this.joined.set(nic.id, { mac: this.macOf(nic.id), passt: findPasst(this.files(nic.id)) });
+      this.joined.set(nic.id, { mac: this.macOf(nic.id), passt: findPasst(this.files(nic.id)), tap: this.taps?.recorded(nic.id) });
       this.log.info({ network: nic.id, location: nic.location }, 'adopted the NIC the VM already has');
     }
   }
@@ -236,21 +262,30 @@ export class VmNetworks {
       if (this.joined.has(name)) continue;
       const d = await this.deps.policy.decision(PORTAL, name, this.deps.vm);
       if (d.verdict !== 'allow' || d.row?.arg !== name) continue;
-      if (net.type !== 'user') {
-        this.log.warn({ network: name, type: net.type }, `an allow row names this network, but ${NOT_BUILT}`);
-        continue;
-      }
       await this.attach(name, net, this.deps.nextRequestId(), { via: 'always', reason: 'policy', rule: describeRow(d.row) }).catch(() => undefined);
     }
   }
 
-  /** The VM stopped: every NIC went with it, and each passt, with --one-off, quits as QEMU closes its socket. */
+  /** The VM stopped: every NIC went with it, and each passt, with --one-off, quits as QEMU closes its socket; each tap is deleted. */
   private onVmmGone(): void {
     const gone = [...this.joined.entries()];
     this.joined.clear();
     for (const [name, j] of gone) {
       this.log.info({ network: name }, 'the VM stopped; off the network until it joins again');
-      if (j.passt) void stopPasst(j.passt, this.log);
+      void this.release(name, j);
+    }
+  }
+
+  /** What was behind a NIC that is gone: its passt stopped, or its tap deleted. Never throws; false when the tap stayed. */
+  private async release(name: string, j: Joined): Promise<boolean> {
+    if (j.passt) await stopPasst(j.passt, this.log);
+    if (!j.tap || !this.taps) return true;
+    try {
+      await this.taps.remove(name, j.tap);
+      return true;
+    } catch (err) {
+      this.log.warn({ network: name, tap: j.tap, err: (err as Error).message }, 'could not delete the tap of a NIC that is gone');
+      return false;
     }
   }
 
@@ -259,7 +294,7 @@ export class VmNetworks {
     const j = this.joined.get(e.id);
     if (!j) return;
     this.joined.delete(e.id);
-    if (j.passt) void stopPasst(j.passt, this.log);
+    void this.release(e.id, j);
     this.record(this.deps.nextRequestId(), 'revoke', 'failure', { network: e.id, detached: true, why: 'the NIC was removed without our asking (by the guest or the VMM)' });
     this.deps.notify({ network: e.id, joined: false, mac: j.mac });
   }

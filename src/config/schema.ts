@@ -118,9 +118,6 @@ export const PortForward = z
 export type PortForward = z.infer<typeof PortForward>;
 
 const BridgeName = z.string().regex(/^[A-Za-z0-9_.-]{1,15}$/, 'a bridge name is 1-15 letters, digits, "_", "." or "-"');
-const Ipv4Cidr = z
-  .string()
-  .regex(/^(25[0-5]|2[0-4]\d|1?\d?\d)(\.(25[0-5]|2[0-4]\d|1?\d?\d)){3}\/(1[6-9]|2[0-9]|30)$/, 'must be an IPv4 address with a prefix of /16 to /30, e.g. 10.77.0.1/24');
 
 export const Network = z.discriminatedUnion('type', [
   z
@@ -142,14 +139,17 @@ export const Network = z.discriminatedUnion('type', [
     .object({
       type: z.literal('vm-only'),
       description: NetworkDescription,
-      /** The bridge the helper creates on first use; default xdpvm-NAME. */
+      /** The bridge the helper creates on first use; default xdpvm-NAME. Its address is the admin's, in helper.conf. */
       bridge: BridgeName.optional(),
-      /** The host's own address on it, if the host takes part. */
-      hostAddress: Ipv4Cidr.optional(),
     })
     .strict(),
 ], { error: (issue) => (issue.code === 'invalid_union' ? 'a network\'s type is "user", "bridge" or "vm-only"' : undefined) });
 export type Network = z.infer<typeof Network>;
+
+/** The host bridge a bridge or vm-only network's taps go on; a vm-only network without one names its own. */
+export function bridgeOf(name: NetworkName, net: Extract<Network, { type: 'bridge' | 'vm-only' }>): string {
+  return net.bridge ?? `xdpvm-${name}`;
+}
 export type NetworkType = Network['type'];
 export type Networks = Record<NetworkName, Network>;
 
@@ -197,6 +197,19 @@ export const Config = z
         else if (to === from) ctx.addIssue({ code: 'custom', path: where, message: `links from "${from}" cannot target "${from}" itself: name another VM, or "host"` });
         else if (to !== OPEN_URI_HOST && !Object.hasOwn(cfg.vms, to)) ctx.addIssue({ code: 'custom', path: where, message: `no VM "${to}" is configured: a link target is "host" or a configured VM` });
       }
+    }
+    // One bridge is one network: two names for it would be one network asked about twice, under two answers.
+    const bridges = new Map<string, string>();
+    for (const [name, net] of Object.entries(cfg.networks ?? {})) {
+      if (net.type === 'user') continue;
+      const br = bridgeOf(name, net);
+      if (br.length > 15) {
+        ctx.addIssue({ code: 'custom', path: ['networks', name], message: `its default bridge name "${br}" is longer than the kernel's 15 characters: give it a "bridge"` });
+        continue;
+      }
+      const other = bridges.get(br);
+      if (other !== undefined) ctx.addIssue({ code: 'custom', path: ['networks', name, 'bridge'], message: `bridge ${br} is already network "${other}"` });
+      else bridges.set(br, name);
     }
     // passt binds each forward on the host's loopback: two networks cannot both hold one port.
     const hostPorts = new Map<number, string>();

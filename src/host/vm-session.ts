@@ -19,6 +19,7 @@ import { guestLogText } from '../guest-input.js';
 import { peerLogLimiter, type LimitedLevel } from '../protocol/log-limiter.js';
 import { VmNetworks } from '../../portals/network/vm-networks.js';
 import { NetworkChanged } from '../../portals/network/schema.js';
+import { HelperClient } from '../helper/client.js';
 
 /**
  * Everything the host holds for one VM: its current link (identified by the
@@ -64,7 +65,7 @@ export class VmSession {
     const { halves, networkDirs, ...portalDeps } = deps;
     const notify: HostPortalDeps['notify'] = (note, params) => (this.connected && this.conn ? this.conn.notify(note, params) : false);
     this.networks = networkDirs
-      ? new VmNetworks({ vm, devices: this.devices, policy: deps.policy, consent: deps.consent, nextRequestId: deps.nextRequestId, notify: (change) => notify(NetworkChanged, change), dirs: networkDirs, log: this.log })
+      ? new VmNetworks({ vm, devices: this.devices, policy: deps.policy, consent: deps.consent, nextRequestId: deps.nextRequestId, notify: (change) => notify(NetworkChanged, change), dirs: networkDirs, helper: () => HelperClient.connect(), log: this.log })
       : undefined;
     const handlers = hostHandlersFor(halves, {
       ...portalDeps,

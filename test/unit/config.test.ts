@@ -87,7 +87,7 @@ describe('config', () => {
           udp: { type: 'user', forwards: [{ host: 5353, guest: 53, protocol: 'udp' }] },
           br: { type: 'bridge' },
           mixed: { type: 'bridge', bridge: 'br0', forwards: [] },
-          lab: { type: 'vm-only', hostAddress: '10.77.0.1' },
+          lab: { type: 'vm-only', hostAddress: '10.77.0.1/24' },
         },
       });
       expect(p).toEqual(
@@ -102,7 +102,7 @@ describe('config', () => {
           expect.stringMatching(/^networks\.udp\.forwards\.0\.protocol: only "tcp"/),
           expect.stringMatching(/^networks\.br\.bridge: /),
           expect.stringMatching(/^networks\.mixed: unknown key\(s\) "forwards"/),
-          expect.stringMatching(/^networks\.lab\.hostAddress: must be an IPv4 address with a prefix/),
+          expect.stringMatching(/^networks\.lab: unknown key\(s\) "hostAddress"/),
         ]),
       );
       expect(p).toHaveLength(11);
@@ -117,6 +117,24 @@ describe('config', () => {
         },
       });
       expect(p).toEqual(['networks.dev.forwards.1.host: host port 3000 is already forwarded by this network', 'networks.dev.forwards.2.host: host port 2222 is already forwarded by network "web"']);
+    });
+    it('refuses one bridge named by two networks, and a default bridge name the kernel cannot take', () => {
+      const p = problems({
+        vms,
+        networks: {
+          lan: { type: 'bridge', bridge: 'br0' },
+          office: { type: 'bridge', bridge: 'br0' },
+          lab: { type: 'vm-only' },
+          other: { type: 'vm-only', bridge: 'xdpvm-lab' },
+          'a-long-lab-name': { type: 'vm-only' },
+          'a-long-one': { type: 'vm-only', bridge: 'xdpvm-long' },
+        },
+      });
+      expect(p).toEqual([
+        'networks.office.bridge: bridge br0 is already network "lan"',
+        'networks.other.bridge: bridge xdpvm-lab is already network "lab"',
+        'networks.a-long-lab-name: its default bridge name "xdpvm-a-long-lab-name" is longer than the kernel\'s 15 characters: give it a "bridge"',
+      ]);
     });
   });
 
