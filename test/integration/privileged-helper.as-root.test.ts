@@ -8,6 +8,7 @@ import { requireProgram } from '../../src/deps.js';
 import { ExecError, runProgram, startService, type Service } from '../../src/exec.js';
 import { HELPER_BUS_NAME, HELPER_INTERFACE, HELPER_PATH } from '../../src/helper/commands.js';
 import { packageRoot } from '../../src/paths.js';
+import { systemBusConfig } from '../../src/testbed/system-helper.js';
 
 /**
  * The privileged helper as it runs for real: root, on a bus configured like
@@ -66,39 +67,6 @@ try {
   client.close();
 }
 `;
-
-/** A system.conf of our own: Debian's default policy, listening in the scratch dir, with data/'s policy file included. */
-function systemBusConfig(dir: string): string {
-  mkdirSync(path.join(dir, 'system.d'), { recursive: true });
-  copyFileSync(path.join(repo, 'data', 'io.github.xdp_vm.Helper1.conf'), path.join(dir, 'system.d', 'io.github.xdp_vm.Helper1.conf'));
-  const file = path.join(dir, 'system.conf');
-  writeFileSync(
-    file,
-    `<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN" "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path=${dir}/system_bus_socket</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <deny own="*"/>
-    <deny send_type="method_call"/>
-    <allow send_type="signal"/>
-    <allow send_requested_reply="true" send_type="method_return"/>
-    <allow send_requested_reply="true" send_type="error"/>
-    <allow receive_type="method_call"/>
-    <allow receive_type="method_return"/>
-    <allow receive_type="error"/>
-    <allow receive_type="signal"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
-  </policy>
-  <includedir>${dir}/system.d</includedir>
-</busconfig>
-`,
-  );
-  return file;
-}
 
 /** Lay out /sys/bus/usb as the kernel does, for the devices the tests use. */
 async function fakeUsb(dir: string, nodes: string): Promise<void> {
