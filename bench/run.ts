@@ -13,6 +13,7 @@ import { benchHostRoute } from './host-route.js';
 import { benchRoundTrip } from './portal-round-trip.js';
 import { benchScale, benchSingleVmRate } from './scale.js';
 import { benchVm } from './vm.js';
+import { benchNetwork } from './network.js';
 import { fmt } from './stats.js';
 import { benchLinkFloor } from './link-floor.js';
 import { breakdownRows, linkRows, roundTripRows } from './own-cost.js';
@@ -88,6 +89,8 @@ async function main(): Promise<void> {
   console.log('in a QEMU guest: plug-in, new grants, 256 MiB reads ...');
   // A guest that fails (TCG on a loaded machine) must not take the figures above with it: they are printed, and the run still fails.
   const vm = await benchVm({ plugs: Number(process.env.BENCH_PLUGS ?? 20), grants: Number(process.env.BENCH_GRANTS ?? 20), reads: 3 }).catch((err: Error) => err);
+  console.log('two QEMU guests and the privileged helper: NIC hot-plug, VM↔VM ping ...');
+  const net = await benchNetwork({ joins: Number(process.env.BENCH_JOINS ?? 10), pings: Number(process.env.BENCH_PINGS ?? 200) }).catch((err: Error) => err);
 
   const w = [52, 12, 12, 22];
   const r4 = (cols: (string | number)[]) => row(cols, w);
@@ -129,11 +132,21 @@ async function main(): Promise<void> {
     lines.push(row(['  document view / folder share', (r.documentView.p50 / r.folderShare.p50).toFixed(2), '', '≥ 0.5'], w));
     lines.push(row(['  folder share / host read', (r.folderShare.p50 / r.hostRead.p50).toFixed(2), '', '≥ 0.9'], w));
   }
+  if (net instanceof Error) lines.push('', `networks in QEMU guests: FAILED: ${net.message}`);
+  else {
+    lines.push('', 'networks, two QEMU guests on a vm-only bridge');
+    lines.push(row(['measure', 'p50 ms', 'p99 ms', ''], w));
+    lines.push(row(['AttachNetwork → NIC present in the guest', fmt(net.joinToNic.p50), fmt(net.joinToNic.p99), ''], w));
+    lines.push(row(['  baseline: guest agent round trip (the wait\'s own cost)', fmt(net.agentRoundTrip.p50), fmt(net.agentRoundTrip.p99), ''], w));
+    lines.push(row(['VM↔VM ping, hot-plugged NICs (tap, vm-only bridge)', fmt(net.pingHotplugged.p50), fmt(net.pingHotplugged.p99), ''], w));
+    lines.push(row(['  baseline: NICs the VMs booted with (QEMU stream link)', fmt(net.pingBootNic.p50), fmt(net.pingBootNic.p99), ''], w));
+  }
   console.log(`\n${lines.join('\n')}`);
   const file = path.join(packageRoot(), 'bench-results.json');
-  writeFileSync(file, `${JSON.stringify({ date: new Date().toISOString(), node: process.version, cpus: os.cpus().length, roundTrip: rt, hostRoute: route, hops, link, docView, vm: vm instanceof Error ? { error: vm.message } : vm, scale: { ...scale, soloRate: solo } }, null, 2)}\n`);
+  writeFileSync(file, `${JSON.stringify({ date: new Date().toISOString(), node: process.version, cpus: os.cpus().length, roundTrip: rt, hostRoute: route, hops, link, docView, vm: vm instanceof Error ? { error: vm.message } : vm, network: net instanceof Error ? { error: net.message } : net, scale: { ...scale, soloRate: solo } }, null, 2)}\n`);
   console.log(`\nwrote ${file}`);
   if (vm instanceof Error) throw vm;
+  if (net instanceof Error) throw net;
 }
 
 main().then(

@@ -8,7 +8,7 @@ import { cliEntry } from '../../src/paths.js';
 import { bootPortalVm, type PortalVm } from '../../src/testbed/qemu/portal-vm.js';
 import { startSystemHelper, type SystemHelper } from '../../src/testbed/system-helper.js';
 import { World } from '../../src/testbed/world.js';
-import { dhcp, nicWithMac, pings, type Lease } from '../helpers/guest-net.js';
+import { dhcp, nicWithMac, pings, type Lease } from '../../src/testbed/qemu/guest-net.js';
 
 /**
  * Bridge and vm-only networks end to end, with real QEMU guests and the

@@ -7,7 +7,7 @@ import { parseAuditLines } from '../../src/host/audit.js';
 import { cliEntry } from '../../src/paths.js';
 import { bootPortalVm, type PortalVm } from '../../src/testbed/qemu/portal-vm.js';
 import { World } from '../../src/testbed/world.js';
-import { dhcp, nicWithMac as guestNic } from '../helpers/guest-net.js';
+import { dhcp, nicWithMac as guestNic } from '../../src/testbed/qemu/guest-net.js';
 
 /**
  * A `user` network end to end with a real QEMU guest: the guest asks

@@ -1,4 +1,4 @@
-import type { PortalVm } from '../../src/testbed/qemu/portal-vm.js';
+import type { PortalVm } from './portal-vm.js';
 
 /**
  * A guest's side of a network, as its own tools see it: which interface
