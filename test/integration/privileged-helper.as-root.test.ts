@@ -5,10 +5,10 @@ import path from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { Bus, BusCallError } from '../../src/dbus/bus.js';
 import { requireProgram } from '../../src/deps.js';
-import { ExecError, runProgram, startService, type Service } from '../../src/exec.js';
+import { ExecError, runProgram } from '../../src/exec.js';
 import { HELPER_BUS_NAME, HELPER_INTERFACE, HELPER_PATH } from '../../src/helper/commands.js';
 import { packageRoot } from '../../src/paths.js';
-import { systemBusConfig } from '../../src/testbed/system-helper.js';
+import { startSystemHelper, type SystemHelper } from '../../src/testbed/system-helper.js';
 
 /**
  * The privileged helper as it runs for real: root, on a bus configured like
@@ -31,16 +31,14 @@ let otherName = '';
 let userName = '';
 let scratch = '';
 let bundles = '';
-let busDir = '';
 let address = '';
 let allowList = '';
 let usb = '';
 let devUsb = '';
 let stateDir = '';
-let dbusDaemon: Service | undefined;
-let helper: Service | undefined;
+let system: SystemHelper | undefined;
 let root: Bus | undefined;
-const helperLog: string[] = [];
+let helperLog: string[] = [];
 
 const CLIENT = `
 import { closeSync, openSync, readFileSync, readSync } from 'node:fs';
@@ -105,9 +103,7 @@ const ALLOW = (name: string) =>
   ].join('\n');
 
 function writeAllowList(text: string): void {
-  writeFileSync(allowList, `${text}\n`, { mode: 0o644 });
-  chmodSync(allowList, 0o644);
-  chownSync(allowList, 0, 0);
+  system!.writeAllowList(text);
 }
 
 interface Reply {
@@ -139,7 +135,7 @@ async function cli(uid: number, ...args: string[]): Promise<{ code: number; stdo
 
 /** A command in the helper's network and mount namespaces (where /sys is that namespace's). */
 async function inNs(file: string, args: string[]): Promise<string> {
-  return (await runProgram(requireProgram('nsenter'), [`--target=${helper!.pid}`, '--net', '--mount', '--', file, ...args], { timeoutMs: 10_000 })).stdout;
+  return system!.inNs(file, args, { mount: true });
 }
 
 async function links(): Promise<{ ifname: string; master?: string; flags: string[]; linkinfo?: { info_kind?: string } }[]> {
@@ -210,38 +206,13 @@ beforeAll(async () => {
   await build({ ...common, entryPoints: { 'xdp-vm': path.join(repo, 'src', 'cli', 'main.ts') }, outdir: path.join(bundles, 'cli'), splitting: true, outExtension: { '.js': '.mjs' } });
   await build({ ...common, stdin: { contents: CLIENT, resolveDir: path.join(repo, 'src', 'helper'), loader: 'ts', sourcefile: 'client-runner.ts' }, outfile: path.join(bundles, 'client.mjs') });
 
-  busDir = path.join(scratch, 'bus');
-  mkdirSync(busDir, { mode: 0o755 });
-  const config = systemBusConfig(busDir);
-  address = `unix:path=${busDir}/system_bus_socket`;
-  dbusDaemon = startService('dbus-daemon', requireProgram('dbus-daemon'), ['--config-file', config, '--nofork', '--nopidfile'], {});
-  for (let i = 0; ; i++) {
-    try {
-      root = await Bus.connect(address);
-      break;
-    } catch (err) {
-      if (i > 200) throw new Error(`the system-like dbus-daemon did not come up: ${(err as Error).message}\n${dbusDaemon.stderr}`);
-      await new Promise((r) => setTimeout(r, 25));
-    }
-  }
-
-  allowList = path.join(scratch, 'etc', 'helper.conf');
-  mkdirSync(path.dirname(allowList), { mode: 0o755 });
-  writeAllowList(ALLOW(userName));
   usb = path.join(scratch, 'sys', 'bus', 'usb');
   devUsb = path.join(scratch, 'dev', 'bus', 'usb');
-  stateDir = path.join(scratch, 'run', 'xdp-vm-helper');
   await fakeUsb(usb, devUsb);
-
   // A private network namespace, and a mount namespace whose /sys is that network namespace's.
-  const args = [process.execPath, path.join(bundles, 'cli', 'xdp-vm.mjs'), 'helper', 'serve', '--bus', address, '--allow-list', allowList, '--usb-sysfs', usb, '--dev-usb', devUsb, '--state-dir', stateDir, '--idle-exit', '0'];
-  helper = startService('helper', requireProgram('unshare'), ['--net', '--mount', '--', '/bin/sh', '-c', 'mount -t sysfs sysfs /sys && exec "$0" "$@"', ...args], {
-    onStderrLine: (l) => helperLog.push(l),
-  });
-  for (let i = 0; !(await root.nameOwner(HELPER_BUS_NAME)); i++) {
-    if (!helper.running || i > 400) throw new Error(`the helper did not come up:\n${helperLog.join('\n')}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
+  system = await startSystemHelper({ allowList: ALLOW(userName), cli: [process.execPath, path.join(bundles, 'cli', 'xdp-vm.mjs')], serveArgs: ['--usb-sysfs', usb, '--dev-usb', devUsb] });
+  ({ address, allowList, stateDir, log: helperLog } = system);
+  root = await Bus.connect(address);
   await inNs(requireProgram('ip'), ['link', 'add', 'br0', 'type', 'bridge']);
   await inNs(requireProgram('ip'), ['link', 'add', 'br1', 'type', 'bridge']);
   await inNs(requireProgram('ip'), ['link', 'add', 'br2', 'type', 'bridge']);
@@ -252,17 +223,8 @@ beforeAll(async () => {
 }, 120_000);
 
 afterAll(async () => {
-  // dnsmasq daemonized into the helper's namespace; it would outlive it.
-  for (const f of stateDir && existsSync(stateDir) ? readdirSync(stateDir).filter((n) => n.endsWith('.pid')) : []) {
-    try {
-      process.kill(Number(readFileSync(path.join(stateDir, f), 'utf8')), 'SIGTERM');
-    } catch {
-      // gone already
-    }
-  }
   root?.close();
-  await helper?.stop();
-  await dbusDaemon?.stop();
+  await system?.stop();
   if (scratch) rmSync(scratch, { recursive: true, force: true });
   if (bundles) rmSync(bundles, { recursive: true, force: true });
 });
@@ -461,7 +423,7 @@ describe.skipIf(skip)('privileged helper: vm-only bridges', () => {
 });
 
 describe.skipIf(skip)('privileged helper: descriptors', () => {
-  const open = () => readdirSync(`/proc/${helper!.pid}/fd`).length;
+  const open = () => readdirSync(`/proc/${system!.pid}/fd`).length;
 
   it('closes every descriptor a caller sends it, and each one it sent once the reply is out', async () => {
     const before = open();
