@@ -1,4 +1,5 @@
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, existsSync, fstatSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
 import http from 'node:http';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -7,8 +8,8 @@ import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { requireProgram } from '../deps.js';
 import { runProgram } from '../exec.js';
 import { packageRoot } from '../paths.js';
-import { capabilitiesOf, lackOf, type VmmEvent } from './adapter.js';
-import { CloudHypervisorAdapter, fsConfigFor } from './cloud-hypervisor.js';
+import { capabilitiesOf, lackOf, VmmError, type NetSpec, type VmmEvent } from './adapter.js';
+import { CloudHypervisorAdapter, fsConfigFor, netConfigFor } from './cloud-hypervisor.js';
 
 /**
  * No cloud-hypervisor binary exists here, so the adapter talks to a fake API
@@ -108,17 +109,35 @@ interface Seen {
   body: unknown;
 }
 
+/** A descriptor the SCM_RIGHTS proxy (below) received, as it saw it. */
+interface ReceivedFd {
+  /** Byte offset in the connection's stream at which it arrived: 0 is with the request line. */
+  offset: number;
+  dev: string;
+  ino: string;
+  /** The file position in /proc/self/fdinfo: shared by every copy of one open file. */
+  pos: number;
+}
+
 class FakeCloudHypervisor {
   readonly requests: Seen[] = [];
   readonly violations: string[] = [];
   state = 'Running';
   created = true;
   fs: Record<string, unknown>[] = [{ tag: 'rootfs', socket: '/run/vfs-root.sock', num_queues: 1, queue_size: 1024, id: '_fs0' }];
+  net: Record<string, unknown>[] = [{ tap: 'vmtap0', mac: '52:54:00:12:34:56', num_queues: 2, queue_size: 256, id: '_net0' }];
+  /** Per vm.add-net request, the descriptors that came with it (through the proxy's header; undefined without the proxy). */
+  readonly addNetFds: (ReceivedFd[] | undefined)[] = [];
+  /** Descriptors that came with any other request. */
+  readonly strayFds: ReceivedFd[] = [];
   /** The guest's ACPI eject takes this long after vm.remove-device. */
   ejectDelayMs = 0;
   /** Answer vm.add-fs with this status instead of doing it. */
   addFsStatus: number | undefined;
-  private slots = new Map<string, number>([['_fs0', 4]]);
+  /** Answer vm.add-net with this status instead of doing it. */
+  addNetStatus: number | undefined;
+  private slots = new Map<string, number>([['_net0', 3], ['_fs0', 4]]);
+  private nextSlot = 6;
   private server = http.createServer((req, res) => this.handle(req, res));
 
   async listen(socketPath: string): Promise<void> {
@@ -142,6 +161,10 @@ class FakeCloudHypervisor {
       const op = spec.paths[route]?.[method];
       const body = raw ? (JSON.parse(raw) as unknown) : undefined;
       this.requests.push({ method: req.method ?? '', path: route, body });
+      const header = req.headers['x-fake-received-fds'];
+      const fds = typeof header === 'string' ? (JSON.parse(header) as ReceivedFd[]) : undefined;
+      if (route === '/vm.add-net') this.addNetFds.push(fds);
+      else if (fds?.length) this.strayFds.push(...fds);
       if (!op) {
         this.violations.push(`${req.method} ${url} is not in the spec`);
         return this.reply(res, undefined, 404);
@@ -169,12 +192,25 @@ class FakeCloudHypervisor {
       const id = typeof body.id === 'string' ? body.id : `_fs${this.fs.length}`;
       if (this.fs.some((f) => f.id === id)) return this.reply(res, op, 409);
       this.fs.push({ ...body, id });
-      this.slots.set(id, 5 + this.slots.size);
+      this.slots.set(id, this.nextSlot++);
+      return this.reply(res, op, 200, { id, bdf: this.bdf(id) });
+    }
+    if (call === 'PUT /vm.add-net') {
+      if (this.addNetStatus) return this.reply(res, op, this.addNetStatus, this.addNetStatus === 200 ? undefined : 'Error from device manager: fake failure');
+      const id = typeof body.id === 'string' ? body.id : `_net${this.net.length}`;
+      // The spec lists no 409 for vm.add-net; cloud-hypervisor answers a duplicate id with 400.
+      if (this.net.some((n) => n.id === id) || this.fs.some((f) => f.id === id)) return this.reply(res, op, 400, `Identifier ${id} is not unique`);
+      this.net.push({ ...body, id });
+      this.slots.set(id, this.nextSlot++);
       return this.reply(res, op, 200, { id, bdf: this.bdf(id) });
     }
     if (call === 'PUT /vm.remove-device') {
-      if (!this.fs.some((f) => f.id === body.id)) return this.reply(res, op, 404);
-      setTimeout(() => (this.fs = this.fs.filter((f) => f.id !== body.id)), this.ejectDelayMs).unref();
+      const has = (list: Record<string, unknown>[]) => list.some((d) => d.id === body.id);
+      if (!has(this.fs) && !has(this.net)) return this.reply(res, op, 404);
+      setTimeout(() => {
+        this.fs = this.fs.filter((f) => f.id !== body.id);
+        this.net = this.net.filter((n) => n.id !== body.id);
+      }, this.ejectDelayMs).unref();
       return this.reply(res, op, 204);
     }
     this.violations.push(`the fake does not implement ${call}`);
@@ -183,6 +219,7 @@ class FakeCloudHypervisor {
 
   removeByGuest(id: string): void {
     this.fs = this.fs.filter((f) => f.id !== id);
+    this.net = this.net.filter((n) => n.id !== id);
   }
 
   private bdf(id: string): string {
@@ -198,8 +235,9 @@ class FakeCloudHypervisor {
         memory: { size: 536870912, shared: true },
         payload: { kernel: '/boot/vmlinux', cmdline: 'console=hvc0 root=rootfs' },
         fs: this.fs,
+        net: this.net,
       },
-      device_tree: Object.fromEntries(this.fs.map((f) => [f.id as string, { id: f.id, resources: [], children: [], pci_bdf: this.bdf(f.id as string) }])),
+      device_tree: Object.fromEntries([...this.net, ...this.fs].map((d) => [d.id as string, { id: d.id, resources: [], children: [], pci_bdf: this.bdf(d.id as string) }])),
     };
   }
 
@@ -213,8 +251,125 @@ class FakeCloudHypervisor {
       else this.violations.push(...validate(schema, body, `answer ${status}`, false));
     }
     if (body === undefined) return void res.writeHead(status).end();
-    const text = typeof body === 'string' ? body : JSON.stringify(body);
-    res.writeHead(status, { 'Content-Type': typeof body === 'string' ? 'text/plain' : 'application/json' }).end(text);
+    // Framed by Content-Length, as cloud-hypervisor's HTTP server does (never chunked).
+    const text = Buffer.from(typeof body === 'string' ? body : JSON.stringify(body));
+    res.writeHead(status, { 'Content-Type': typeof body === 'string' ? 'text/plain' : 'application/json', 'Content-Length': text.length }).end(text);
+  }
+}
+
+// ---- a proxy that sees SCM_RIGHTS --------------------------------------------------
+
+/**
+ * Node cannot receive ancillary data and the project's addon only sends it,
+ * so a python3 proxy sits on the API socket in front of the fake: it relays
+ * every byte both ways, takes the descriptors each connection carries
+ * (socket.recv_fds), describes each (fstat dev/ino, and the file position
+ * from /proc/self/fdinfo, which only the same open file shares), closes its
+ * copy, and tells the fake in a header after the request line. Descriptors
+ * arriving after that point are printed as "late" on its stdout.
+ */
+const FD_PROXY = String.raw`
+import json, os, socket, sys, threading
+listen_path, backend_path = sys.argv[1], sys.argv[2]
+lock = threading.Lock()
+def say(obj):
+    with lock:
+        sys.stdout.write(json.dumps(obj) + "\n")
+        sys.stdout.flush()
+def describe(fd, offset):
+    st = os.fstat(fd)
+    pos = None
+    with open("/proc/self/fdinfo/%d" % fd) as f:
+        for line in f:
+            if line.startswith("pos:"):
+                pos = int(line.split()[1])
+    os.close(fd)
+    return {"offset": offset, "dev": str(st.st_dev), "ino": str(st.st_ino), "pos": pos}
+def pump(src, dst):
+    try:
+        while True:
+            data = src.recv(65536)
+            if not data:
+                break
+            dst.sendall(data)
+    except OSError:
+        pass
+    try:
+        dst.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+def serve(client):
+    backend = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    backend.connect(backend_path)
+    back = threading.Thread(target=pump, args=(backend, client), daemon=True)
+    back.start()
+    buf, fds, offset, injected = b"", [], 0, False
+    try:
+        while True:
+            data, got, _flags, _addr = socket.recv_fds(client, 65536, 16)
+            described = [describe(fd, offset) for fd in got]
+            if injected and described:
+                say({"late": described})
+            fds.extend(described)
+            if not data:
+                break
+            offset += len(data)
+            if injected:
+                backend.sendall(data)
+                continue
+            buf += data
+            end = buf.find(b"\r\n")
+            if end >= 0:
+                header = b"X-Fake-Received-Fds: " + json.dumps(fds).encode() + b"\r\n"
+                backend.sendall(buf[:end + 2] + header + buf[end + 2:])
+                injected, buf = True, b""
+    except OSError:
+        pass
+    try:
+        backend.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+    back.join()
+    backend.close()
+    client.close()
+server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+server.bind(listen_path)
+server.listen(16)
+say({"ready": True})
+while True:
+    conn, _ = server.accept()
+    threading.Thread(target=serve, args=(conn,), daemon=True).start()
+`;
+
+class FdProxy {
+  readonly late: unknown[] = [];
+  private constructor(private readonly child: ChildProcess) {}
+
+  static async start(listenPath: string, backendPath: string): Promise<FdProxy> {
+    const child = spawn(requireProgram('python3'), ['-c', FD_PROXY, listenPath, backendPath], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const proxy = new FdProxy(child);
+    await new Promise<void>((resolve, reject) => {
+      let pending = '';
+      child.once('error', reject);
+      child.once('exit', (code) => reject(new Error(`the SCM_RIGHTS proxy exited (${code}) before it was ready`)));
+      child.stdout!.on('data', (chunk: Buffer) => {
+        pending += chunk.toString('utf8');
+        for (let nl = pending.indexOf('\n'); nl >= 0; nl = pending.indexOf('\n')) {
+          const msg = JSON.parse(pending.slice(0, nl)) as { ready?: boolean; late?: unknown };
+          pending = pending.slice(nl + 1);
+          if (msg.ready) resolve();
+          if (msg.late) proxy.late.push(msg.late);
+        }
+      });
+    });
+    return proxy;
+  }
+
+  async stop(): Promise<void> {
+    if (this.child.exitCode !== null || this.child.signalCode !== null) return;
+    const exited = new Promise((r) => this.child.once('exit', r));
+    this.child.kill();
+    await exited;
   }
 }
 
@@ -256,6 +411,8 @@ function nextEvent(adapter: CloudHypervisorAdapter, type: VmmEvent['type']): Pro
 }
 
 const SHARE = { id: 'xdpvm-doc', tag: 'xdp-vm-doc', socketPath: '/run/user/1000/xdp-vm/work-doc.sock', queueSize: 1024 };
+/** A NIC spec for pure checks; the one attached in tests carries a real descriptor. */
+const NIC = { id: 'lan', backend: { type: 'tap' as const, tapName: 'xdpvm-t0', fd: 99 }, mac: '02:5a:00:00:00:01' };
 
 describe('the OpenAPI checks themselves', () => {
   it('reject bodies the spec forbids and accept the one the adapter builds', () => {
@@ -269,6 +426,17 @@ describe('the OpenAPI checks themselves', () => {
     expect(spec.paths['/vm.add-fs']?.put).toBeDefined();
     expect(spec.paths['/vm.remove-device']?.put).toBeDefined();
     expect(spec.paths['/vm.info']?.get).toBeDefined();
+  });
+
+  it('hold a NetConfig to the spec: ours passes; descriptor numbers in the body, or misspelt fields, do not', () => {
+    const netConfig = { $ref: '#/components/schemas/NetConfig' };
+    expect(spec.paths['/vm.add-net']?.put?.requestBody?.content['application/json']?.schema).toEqual(netConfig);
+    expect(validate(netConfig, netConfigFor(NIC), 'body', true)).toEqual([]);
+    // cloud-hypervisor takes descriptors only as SCM_RIGHTS; its NetConfig has no `fds`.
+    expect(validate(netConfig, { ...netConfigFor(NIC), fds: [7] }, 'body', true)).toEqual(['body: property "fds" is not in the schema']);
+    expect(validate(netConfig, { id: 'n', 'num-queues': 2 }, 'body', true)).toEqual(['body: property "num-queues" is not in the schema']);
+    expect(validate(netConfig, { id: 'n', num_queues: '2' }, 'body', true)).toEqual(['body.num_queues: expected integer, got "2"']);
+    expect(validate({ $ref: '#/components/schemas/PciDeviceInfo' }, { id: 'n' }, 'answer', false)).toEqual(['answer: missing required "bdf"']);
   });
 });
 
@@ -390,10 +558,163 @@ describe('cloud-hypervisor adapter against a spec-checked fake', () => {
     await expect(CloudHypervisorAdapter.connect(path.join(dir, 'absent.sock'), { logger: quiet })).rejects.toThrow(/vmm.ping at .*absent.sock: .*ENOENT/);
   });
 
-  it('has the shares capability only, and says in words naming itself what it lacks', async () => {
+  it('has the shares and net capabilities, and says in words naming itself what it lacks', async () => {
     const adapter = await connect();
-    expect(capabilitiesOf(adapter)).toEqual(['shares']);
+    expect(capabilitiesOf(adapter)).toEqual(['shares', 'net']);
+    expect(lackOf(adapter, 'net')).toBeUndefined();
     expect(lackOf(adapter, 'usb')).toBe("this VM's VMM, cloud-hypervisor, cannot attach USB devices through xdp-vm");
     expect(lackOf(adapter, 'shares')).toBeUndefined();
+  });
+});
+
+describe('cloud-hypervisor NICs, with the descriptor seen arriving over SCM_RIGHTS', () => {
+  let proxy: FdProxy;
+  let tapFile: string;
+  let tapFd: number;
+  /** Bytes written through tapFd before it is sent: its file position, which the receiver must see too. */
+  const WRITTEN = 37;
+
+  beforeEach(async () => {
+    // The fake moves behind the proxy, which takes over the API socket.
+    await fake.stop();
+    fake = new FakeCloudHypervisor();
+    await fake.listen(path.join(dir, 'fake.sock'));
+    proxy = await FdProxy.start(socket, path.join(dir, 'fake.sock'));
+    // A plain file stands in for the tap's queue: SCM_RIGHTS passes any descriptor.
+    tapFile = path.join(dir, 'tap-queue');
+    tapFd = openSync(tapFile, 'w+');
+    writeSync(tapFd, 'x'.repeat(WRITTEN));
+  });
+
+  afterEach(async () => {
+    await proxy.stop();
+    closeSync(tapFd);
+    expect(proxy.late).toEqual([]);
+    expect(fake.strayFds).toEqual([]);
+  });
+
+  const nic = (over: Partial<NetSpec> = {}): NetSpec => ({ id: 'lan', backend: { type: 'tap', tapName: 'xdpvm-t0', fd: tapFd }, mac: '02:5a:00:00:00:01', ...over });
+  const addNets = () => fake.requests.filter((r) => r.path === '/vm.add-net');
+
+  it('attaching sends vm.add-net with exactly our NetConfig, the tap descriptor riding on the request line', async () => {
+    const adapter = await connect();
+    const handle = await adapter.attachNet(nic());
+    expect(handle).toEqual({ kind: 'net', id: 'lan', deviceId: 'xdpvm-net-lan', location: '0000:00:06.0' });
+    expect(addNets()).toEqual([{ method: 'PUT', path: '/vm.add-net', body: { id: 'xdpvm-net-lan', mac: '02:5a:00:00:00:01', num_queues: 2, queue_size: 256 } }]);
+    // One descriptor, with the first byte of the request, and the very file we opened: same inode, same open file (shared position).
+    const st = fstatSync(tapFd, { bigint: true });
+    expect(fake.addNetFds).toEqual([[{ offset: 0, dev: String(st.dev), ino: String(st.ino), pos: WRITTEN }]]);
+    // Every call went through the proxy; only vm.add-net carried a descriptor (checked after each test).
+    expect(fake.requests.map((r) => r.path)).toEqual(['/vmm.ping', '/vm.info', '/vm.info', '/vm.add-net']);
+    // The descriptor stays the caller's.
+    expect(fstatSync(tapFd).ino).toBe(Number(st.ino));
+  });
+
+  it('without a MAC, cloud-hypervisor picks one: the NetConfig names none', async () => {
+    const adapter = await connect();
+    await adapter.attachNet(nic({ mac: undefined }));
+    expect(addNets()[0]?.body).toEqual({ id: 'xdpvm-net-lan', num_queues: 2, queue_size: 256 });
+  });
+
+  it('lists the VM\'s own NICs as foreign and ours by id, at their PCI address', async () => {
+    const adapter = await connect();
+    await adapter.attachNet(nic());
+    const expected = [
+      { kind: 'net', id: undefined, deviceId: '_net0', location: '0000:00:03.0' },
+      { kind: 'net', id: 'lan', deviceId: 'xdpvm-net-lan', location: '0000:00:06.0' },
+    ];
+    expect(await adapter.listNet()).toEqual(expected);
+    // A restarted daemon recognises its NIC by the naming alone.
+    expect(await (await connect()).listNet()).toEqual(expected);
+  });
+
+  it('detaching runs beforeDetach, removes the device by our id, and waits until it has left config.net', async () => {
+    const adapter = await connect();
+    await adapter.attachNet(nic());
+    fake.ejectDelayMs = 300;
+    const detached = nextEvent(adapter, 'device-detached');
+    const order: string[] = [];
+    const started = Date.now();
+    await adapter.detachNet('lan', { beforeDetach: async () => void order.push(`before (removes so far: ${fake.requests.filter((r) => r.path === '/vm.remove-device').length})`) });
+    expect(Date.now() - started).toBeGreaterThanOrEqual(290);
+    expect(order).toEqual(['before (removes so far: 0)']);
+    expect(fake.requests.filter((r) => r.path === '/vm.remove-device')).toEqual([{ method: 'PUT', path: '/vm.remove-device', body: { id: 'xdpvm-net-lan' } }]);
+    expect(await detached).toEqual({ type: 'device-detached', kind: 'net', id: 'lan', deviceId: 'xdpvm-net-lan', expected: true });
+    expect((await adapter.listNet()).map((n) => n.deviceId)).toEqual(['_net0']);
+  });
+
+  it('a NIC left by an earlier daemon can be detached by its id; one that is not there fails plainly', async () => {
+    await (await connect()).attachNet(nic());
+    const later = await connect();
+    await later.detachNet('lan');
+    expect(fake.net.map((n) => n.id)).toEqual(['_net0']);
+    let ran = false;
+    await expect(later.detachNet('lan', { beforeDetach: async () => void (ran = true) })).rejects.toThrow('NIC lan is not attached to this VM');
+    expect(ran).toBe(false);
+    expect(fake.requests.filter((r) => r.path === '/vm.remove-device')).toHaveLength(1);
+  });
+
+  it('a detach the guest never completes times out with the reason', async () => {
+    const adapter = await connect();
+    await adapter.attachNet(nic());
+    fake.ejectDelayMs = 60_000;
+    await expect(adapter.detachNet('lan', { timeoutMs: 300 })).rejects.toThrow(/xdpvm-net-lan was still in the VM 300 ms after vm.remove-device/);
+  });
+
+  it('a NIC that leaves config.net without our asking is reported as an unexpected detach', async () => {
+    const adapter = await connect();
+    await adapter.attachNet(nic());
+    const detached = nextEvent(adapter, 'device-detached');
+    fake.removeByGuest('xdpvm-net-lan');
+    expect(await detached).toEqual({ type: 'device-detached', kind: 'net', id: 'lan', deviceId: 'xdpvm-net-lan', expected: false });
+    expect(await adapter.listNet()).toHaveLength(1);
+  });
+
+  it('refuses a stream (passt) backend, saying why, before any request', async () => {
+    const adapter = await connect();
+    const before = fake.requests.length;
+    await expect(adapter.attachNet({ id: 'lan', backend: { type: 'stream', socketPath: '/run/user/1000/passt.sock' } })).rejects.toThrow(
+      new VmmError(
+        'NIC lan: cloud-hypervisor cannot connect a NIC to the stream socket /run/user/1000/passt.sock: its NetConfig has no stream backend, ' +
+          'only a tap (by name or by descriptor) or a vhost-user-net socket (vhost_user), and a stream socket is not vhost-user; use a tap network for this VM',
+      ),
+    );
+    expect(fake.requests.length).toBe(before);
+  });
+
+  it('refuses a bad MAC, a bad id and a tap without its descriptor, before any request', async () => {
+    const adapter = await connect();
+    const before = fake.requests.length;
+    for (const mac of ['02:5A:00:00:00:01', '01:00:5e:00:00:01', '02:5a:00:00:00', '02-5a-00-00-00-01', ' 02:5a:00:00:00:01']) {
+      await expect(adapter.attachNet(nic({ mac }))).rejects.toThrow(`NIC lan: MAC ${JSON.stringify(mac)} must be a unicast address like 02:12:34:56:78:9a (lowercase)`);
+    }
+    await expect(adapter.attachNet(nic({ id: 'lan/../x' }))).rejects.toThrow(/NIC id "lan\/..\/x" must start with a letter/);
+    await expect(adapter.detachNet('9lan')).rejects.toThrow(/NIC id "9lan" must start with a letter/);
+    await expect(adapter.attachNet(nic({ backend: { type: 'tap', tapName: 'xdpvm-t0' } }))).rejects.toThrow(
+      "NIC lan: a tap NIC needs the tap's descriptor from the privileged helper; cloud-hypervisor is not given the right to open xdpvm-t0 itself",
+    );
+    expect(fake.requests.length).toBe(before);
+  });
+
+  it('refuses a NIC id the VM already has, and reports an API failure with its status and text', async () => {
+    const adapter = await connect();
+    fake.net.push({ num_queues: 2, queue_size: 256, id: 'xdpvm-net-lan' });
+    await expect(adapter.attachNet(nic())).rejects.toThrow('NIC lan: device xdpvm-net-lan is already in the VM; detach it first');
+    expect(addNets()).toEqual([]);
+    fake.net.pop();
+    fake.addNetStatus = 400;
+    await expect(adapter.attachNet(nic())).rejects.toThrow('NIC lan: vm.add-net failed with HTTP 400: Error from device manager: fake failure');
+    expect(await adapter.listNet()).toHaveLength(1);
+  });
+
+  it('a device cold-added (204) is attached with no location', async () => {
+    const adapter = await connect();
+    fake.addNetStatus = 204;
+    expect(await adapter.attachNet(nic())).toEqual({ kind: 'net', id: 'lan', deviceId: 'xdpvm-net-lan', location: undefined });
+  });
+
+  it('a descriptor that is not open fails the send, naming the call', async () => {
+    const adapter = await connect();
+    await expect(adapter.attachNet(nic({ backend: { type: 'tap', tapName: 'xdpvm-t0', fd: 1_000_000 } }))).rejects.toThrow(/PUT vm.add-net at .*: could not send the request with its descriptors: .*EBADF/);
   });
 });

@@ -7,20 +7,27 @@ import {
   type AttachedShare,
   type AttachOptions,
   type DetachOptions,
+  type DeviceHandle,
+  type DeviceInfo,
+  type NetCapability,
+  type NetSpec,
   type ShareInfo,
   type ShareCapability,
   type ShareSpec,
   type VmmAdapter,
 } from './adapter.js';
 import { AdapterBase, checkShareSpec } from './adapter-base.js';
-import { shareDeviceId } from './qemu.js';
+import { requestWithFds } from './ch-http-fds.js';
+import { nicDeviceId, shareDeviceId } from './qemu.js';
 
 /**
  * The cloud-hypervisor adapter: its REST API (HTTP/1.1 on the `--api-socket`
- * Unix socket) adds a virtio-fs device with `vm.add-fs` and removes it with
- * `vm.remove-device`. The API has no event stream, so `vm.info` is polled: a
- * VMM that stops answering, or a VM no longer running, is gone; a device that
- * left `config.fs` without our asking was removed by the guest.
+ * Unix socket) adds a virtio-fs device with `vm.add-fs`, a virtio-net device
+ * on a tap descriptor with `vm.add-net` (the descriptor rides on the request
+ * as SCM_RIGHTS), and removes either with `vm.remove-device`. The API has no
+ * event stream, so `vm.info` is polled: a VMM that stops answering, or a VM no
+ * longer running, is gone; a device that left `config.fs` or `config.net`
+ * without our asking was removed by the guest.
  */
 
 export interface CloudHypervisorOptions {
@@ -53,9 +60,17 @@ export const ChFsConfig = z.looseObject({
 });
 export type ChFsConfig = z.infer<typeof ChFsConfig>;
 
+/** `NetConfig` of the API, as far as we read it back. */
+export const ChNetConfig = z.looseObject({
+  id: z.string().nullish(),
+  mac: z.string().nullish(),
+  tap: z.string().nullish(),
+});
+export type ChNetConfig = z.infer<typeof ChNetConfig>;
+
 export const ChVmInfo = z.looseObject({
   state: z.string().min(1),
-  config: z.looseObject({ fs: z.array(ChFsConfig).nullish() }),
+  config: z.looseObject({ fs: z.array(ChFsConfig).nullish(), net: z.array(ChNetConfig).nullish() }),
   device_tree: z.record(z.string(), z.looseObject({ pci_bdf: z.string().nullish() })).nullish(),
 });
 export type ChVmInfo = z.infer<typeof ChVmInfo>;
@@ -66,6 +81,38 @@ export const ChVmmPing = z.looseObject({ version: z.string() });
 /** The body of `PUT vm.add-fs`. */
 export function fsConfigFor(spec: ShareSpec): Record<string, unknown> {
   return { tag: spec.tag, socket: spec.socketPath, num_queues: 1, queue_size: spec.queueSize ?? 1024, id: shareDeviceId(spec.id) };
+}
+
+/** A unicast MAC, spelt as QEMU's adapter accepts it; the group bit set would make every frame to it a multicast. */
+const MAC = /^[0-9a-f][02468ace](:[0-9a-f]{2}){5}$/;
+/** One descriptor is one queue pair; cloud-hypervisor requires `num_queues` to be twice the descriptors it is given. */
+const NET_QUEUES_PER_FD = 2;
+const NET_QUEUE_SIZE = 256;
+
+/** The tap descriptor a NIC is plugged on; cloud-hypervisor has no other backend we can give it. */
+export function tapFdOf(spec: NetSpec): number {
+  if (spec.backend.type === 'stream') {
+    throw new VmmError(
+      `NIC ${spec.id}: cloud-hypervisor cannot connect a NIC to the stream socket ${spec.backend.socketPath}: its NetConfig has no stream backend, ` +
+        'only a tap (by name or by descriptor) or a vhost-user-net socket (vhost_user), and a stream socket is not vhost-user; use a tap network for this VM',
+    );
+  }
+  const { fd, tapName } = spec.backend;
+  if (fd === undefined) throw new VmmError(`NIC ${spec.id}: a tap NIC needs the tap's descriptor from the privileged helper; cloud-hypervisor is not given the right to open ${tapName} itself`);
+  if (!Number.isInteger(fd) || fd < 0) throw new VmmError(`NIC ${spec.id}: the tap's descriptor ${String(fd)} is not a descriptor number`);
+  return fd;
+}
+
+/**
+ * The body of `PUT vm.add-net` for a NIC on one tap descriptor. The
+ * descriptor itself goes as SCM_RIGHTS on the same request: cloud-hypervisor
+ * takes the ones that arrive that way and ignores (warns about) any `fds`
+ * in the body, which its OpenAPI NetConfig does not list. No `tap` name
+ * either: given one, cloud-hypervisor would open the tap itself instead.
+ */
+export function netConfigFor(spec: NetSpec): Record<string, unknown> {
+  tapFdOf(spec);
+  return { id: nicDeviceId(spec.id), ...(spec.mac ? { mac: spec.mac } : {}), num_queues: NET_QUEUES_PER_FD, queue_size: NET_QUEUE_SIZE };
 }
 
 export class ChApiError extends VmmError {
@@ -140,17 +187,48 @@ export function chRequest(
   });
 }
 
+/**
+ * `PUT endpoint` with `fds` passed as SCM_RIGHTS on the request, which Node's
+ * http cannot do; rejects, as chRequest does, only when no HTTP answer came.
+ */
+export async function chRequestWithFds(
+  socketPath: string,
+  endpoint: string,
+  body: unknown,
+  fds: number[],
+  opts: { timeoutMs?: number; signal?: AbortSignal } = {},
+): Promise<ChResponse> {
+  try {
+    const res = await requestWithFds(
+      socketPath,
+      { method: 'PUT', path: `${API}/${endpoint}`, body: Buffer.from(JSON.stringify(body)), contentType: 'application/json', fds },
+      { timeoutMs: opts.timeoutMs ?? 10_000, maxBodyBytes: MAX_BODY_BYTES, ...(opts.signal ? { signal: opts.signal } : {}) },
+    );
+    return { status: res.status, body: res.body.toString('utf8') };
+  } catch (cause) {
+    const err = cause as NodeJS.ErrnoException;
+    throw new ChApiError(endpoint, undefined, err.code, `cloud-hypervisor API PUT ${endpoint} at ${socketPath}: ${err.message}`, { cause });
+  }
+}
+
 interface Tracked {
   id: string;
   tag: string;
   deviceId: string;
 }
 
+interface TrackedNic {
+  deviceId: string;
+}
+
 export class CloudHypervisorAdapter extends AdapterBase implements VmmAdapter {
   readonly kind = 'cloud-hypervisor' as const;
-  /** Virtiofs shares: the one capability this adapter has so far. */
+  /** Virtiofs shares. */
   readonly shares: ShareCapability = this;
+  /** NICs on a tap whose descriptor we are handed. */
+  readonly net: NetCapability = this;
   private readonly ourShares = new Map<string, Tracked>();
+  private readonly ourNics = new Map<string, TrackedNic>();
   private readonly detaching = new Set<string>();
   protected readonly log: Logger;
   private poll: NodeJS.Timeout | undefined;
@@ -201,6 +279,30 @@ export class CloudHypervisorAdapter extends AdapterBase implements VmmAdapter {
     });
   }
 
+  async attachNet(spec: NetSpec, opts: AttachOptions = {}): Promise<DeviceHandle> {
+    assertSafeId('NIC', spec.id);
+    if (spec.mac !== undefined && !MAC.test(spec.mac)) throw new VmmError(`NIC ${spec.id}: MAC ${JSON.stringify(spec.mac)} must be a unicast address like 02:12:34:56:78:9a (lowercase)`);
+    const fd = tapFdOf(spec);
+    const body = netConfigFor(spec);
+    return this.serialized(() => this.doAttachNet(spec, body, fd, opts));
+  }
+
+  async detachNet(id: string, opts: DetachOptions = {}): Promise<void> {
+    assertSafeId('NIC', id);
+    return this.serialized(() => this.doDetachNet(id, opts));
+  }
+
+  /** Every virtio-net device the VM has, ours (by our naming) and those it was started with. */
+  async listNet(): Promise<DeviceInfo[]> {
+    const info = await this.vmInfo();
+    const prefix = nicDeviceId('');
+    return (info.config.net ?? []).map((n) => {
+      const deviceId = n.id ?? undefined;
+      const id = deviceId?.startsWith(prefix) ? deviceId.slice(prefix.length) : undefined;
+      const location = deviceId ? (info.device_tree?.[deviceId]?.pci_bdf ?? undefined) : undefined;
+      return { kind: 'net', id, deviceId, location };
+    });
+  }
 
   async close(): Promise<void> {
     this.closed = true;
@@ -242,7 +344,7 @@ export class CloudHypervisorAdapter extends AdapterBase implements VmmAdapter {
         if (res.status !== 204 && res.status !== 404) {
           throw new VmmError(`share ${id}: vm.remove-device ${deviceId} failed with HTTP ${res.status}: ${excerpt(res.body)}`);
         }
-        await this.waitRemoved(deviceId, timeoutMs, opts.signal);
+        await this.waitRemoved(deviceId, 'fs', timeoutMs, opts.signal);
       }
     } finally {
       this.detaching.delete(deviceId);
@@ -252,11 +354,54 @@ export class CloudHypervisorAdapter extends AdapterBase implements VmmAdapter {
     this.emit({ type: 'device-detached', kind: 'share', id, deviceId, expected: true });
   }
 
-  /** The guest's eject completes the removal; until then the device stays in `config.fs`. */
-  private async waitRemoved(deviceId: string, timeoutMs: number, signal?: AbortSignal): Promise<void> {
+  private async doAttachNet(spec: NetSpec, body: Record<string, unknown>, fd: number, opts: AttachOptions): Promise<DeviceHandle> {
+    const deviceId = nicDeviceId(spec.id);
+    if (this.ourNics.has(spec.id) || (await this.vmInfo()).config.net?.some((n) => n.id === deviceId)) {
+      throw new VmmError(`NIC ${spec.id}: device ${deviceId} is already in the VM; detach it first`);
+    }
+    const res = await chRequestWithFds(this.socketPath, 'vm.add-net', body, [fd], {
+      timeoutMs: opts.timeoutMs ?? this.opts.timeoutMs ?? 10_000,
+      ...(opts.signal ? { signal: opts.signal } : {}),
+    });
+    // 200 carries where the device went; 204 means it was added to a VM not yet booted.
+    let location: string | undefined;
+    if (res.status === 200) location = parseJson('vm.add-net', res.body, ChPciDeviceInfo).bdf;
+    else if (res.status !== 204) throw new VmmError(`NIC ${spec.id}: vm.add-net failed with HTTP ${res.status}: ${excerpt(res.body)}`);
+    this.ourNics.set(spec.id, { deviceId });
+    const tapName = spec.backend.type === 'tap' ? spec.backend.tapName : undefined;
+    this.log.info({ nic: spec.id, deviceId, location, mac: spec.mac, tap: tapName }, 'NIC attached');
+    return { kind: 'net', id: spec.id, deviceId, location };
+  }
+
+  private async doDetachNet(id: string, opts: DetachOptions): Promise<void> {
+    const deviceId = nicDeviceId(id);
+    const present = (await this.vmInfo()).config.net?.some((n) => n.id === deviceId) ?? false;
+    if (!this.ourNics.has(id) && !present) throw new VmmError(`NIC ${id} is not attached to this VM`);
+    await opts.beforeDetach?.();
+    const timeoutMs = opts.timeoutMs ?? 10_000;
+    this.detaching.add(deviceId);
+    try {
+      if (present) {
+        const res = await this.send('PUT', 'vm.remove-device', { id: deviceId }, opts);
+        // 404: gone between our look and our request.
+        if (res.status !== 204 && res.status !== 404) {
+          throw new VmmError(`NIC ${id}: vm.remove-device ${deviceId} failed with HTTP ${res.status}: ${excerpt(res.body)}`);
+        }
+        await this.waitRemoved(deviceId, 'net', timeoutMs, opts.signal);
+      }
+    } finally {
+      this.detaching.delete(deviceId);
+    }
+    this.ourNics.delete(id);
+    this.log.info({ nic: id, deviceId }, 'NIC detached');
+    this.emit({ type: 'device-detached', kind: 'net', id, deviceId, expected: true });
+  }
+
+  /** The guest's eject completes the removal; until then the device stays in `config.fs` or `config.net`. */
+  private async waitRemoved(deviceId: string, list: 'fs' | 'net', timeoutMs: number, signal?: AbortSignal): Promise<void> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
-      if (!(await this.vmInfo()).config.fs?.some((fs) => fs.id === deviceId)) return;
+      if (!(await this.vmInfo()).config[list]?.some((d) => d.id === deviceId)) return;
       if (signal?.aborted) throw new VmmError(`detach of ${deviceId} was aborted`);
       if (Date.now() > deadline) {
         throw new VmmError(`${deviceId} was still in the VM ${timeoutMs} ms after vm.remove-device; ACPI hot-unplug needs a running guest that releases the device`);
@@ -292,12 +437,19 @@ export class CloudHypervisorAdapter extends AdapterBase implements VmmAdapter {
     }
     this.pollFailures = 0;
     if (!LIVE_STATES.has(info.state)) return this.markGone(`the VM is ${info.state}`);
-    const present = new Set((info.config.fs ?? []).map((fs) => fs.id));
-    for (const [id, share] of this.ourShares) {
-      if (present.has(share.deviceId) || this.detaching.has(share.deviceId)) continue;
-      this.ourShares.delete(id);
-      this.log.warn({ share: id, deviceId: share.deviceId }, 'share removed without our asking');
-      this.emit({ type: 'device-detached', kind: 'share', id, deviceId: share.deviceId, expected: false });
+    this.reapRemoved('share', this.ourShares, info.config.fs ?? []);
+    this.reapRemoved('net', this.ourNics, info.config.net ?? []);
+  }
+
+  /** Tracked devices no longer in the VM's config that we did not ask to remove: the guest (or someone else) removed them. */
+  private reapRemoved(kind: 'share' | 'net', tracked: Map<string, { deviceId: string }>, config: readonly { id?: string | null | undefined }[]): void {
+    const present = new Set(config.map((d) => d.id));
+    for (const [id, device] of tracked) {
+      if (present.has(device.deviceId) || this.detaching.has(device.deviceId)) continue;
+      tracked.delete(id);
+      if (kind === 'share') this.log.warn({ share: id, deviceId: device.deviceId }, 'share removed without our asking');
+      else this.log.warn({ nic: id, deviceId: device.deviceId }, 'NIC removed without our asking');
+      this.emit({ type: 'device-detached', kind, id, deviceId: device.deviceId, expected: false });
     }
   }
 
