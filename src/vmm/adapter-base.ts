@@ -1,5 +1,5 @@
 import type { Logger } from '../log.js';
-import { assertSafeId, VmmError, type ShareSpec, type VmmEvent, type VmmEvents } from './adapter.js';
+import { assertSafeId, VmmError, type NetSpec, type ShareSpec, type VmmEvent, type VmmEvents } from './adapter.js';
 import { SubscriptionQueue } from './subscription-queue.js';
 
 /**
@@ -14,6 +14,15 @@ export function checkShareSpec(spec: ShareSpec): void {
   if (spec.tag === '' || Buffer.byteLength(spec.tag) > MAX_TAG_BYTES) {
     throw new VmmError(`virtiofs tag ${JSON.stringify(spec.tag)} must be 1 to ${MAX_TAG_BYTES} bytes`);
   }
+}
+
+/** A unicast MAC, lowercase; the group bit set would make every frame to it a multicast. */
+const MAC = /^[0-9a-f][02468ace](:[0-9a-f]{2}){5}$/;
+
+/** A NIC's id and MAC, checked before anything reaches a VMM. */
+export function checkNetSpec(spec: NetSpec): void {
+  assertSafeId('NIC', spec.id);
+  if (spec.mac !== undefined && !MAC.test(spec.mac)) throw new VmmError(`NIC ${spec.id}: MAC ${JSON.stringify(spec.mac)} must be a unicast address like 02:12:34:56:78:9a (lowercase)`);
 }
 
 export abstract class AdapterBase {

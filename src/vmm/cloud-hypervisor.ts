@@ -16,7 +16,7 @@ import {
   type ShareSpec,
   type VmmAdapter,
 } from './adapter.js';
-import { AdapterBase, checkShareSpec } from './adapter-base.js';
+import { AdapterBase, checkNetSpec, checkShareSpec } from './adapter-base.js';
 import { requestWithFds } from './ch-http-fds.js';
 import { nicDeviceId, shareDeviceId } from './qemu.js';
 
@@ -83,8 +83,6 @@ export function fsConfigFor(spec: ShareSpec): Record<string, unknown> {
   return { tag: spec.tag, socket: spec.socketPath, num_queues: 1, queue_size: spec.queueSize ?? 1024, id: shareDeviceId(spec.id) };
 }
 
-/** A unicast MAC, spelt as QEMU's adapter accepts it; the group bit set would make every frame to it a multicast. */
-const MAC = /^[0-9a-f][02468ace](:[0-9a-f]{2}){5}$/;
 /** One descriptor is one queue pair; cloud-hypervisor requires `num_queues` to be twice the descriptors it is given. */
 const NET_QUEUES_PER_FD = 2;
 const NET_QUEUE_SIZE = 256;
@@ -280,8 +278,7 @@ export class CloudHypervisorAdapter extends AdapterBase implements VmmAdapter {
   }
 
   async attachNet(spec: NetSpec, opts: AttachOptions = {}): Promise<DeviceHandle> {
-    assertSafeId('NIC', spec.id);
-    if (spec.mac !== undefined && !MAC.test(spec.mac)) throw new VmmError(`NIC ${spec.id}: MAC ${JSON.stringify(spec.mac)} must be a unicast address like 02:12:34:56:78:9a (lowercase)`);
+    checkNetSpec(spec);
     const fd = tapFdOf(spec);
     const body = netConfigFor(spec);
     return this.serialized(() => this.doAttachNet(spec, body, fd, opts));

@@ -15,7 +15,7 @@ import {
   type ShareSpec,
   type VmmAdapter,
 } from './adapter.js';
-import { AdapterBase, checkShareSpec } from './adapter-base.js';
+import { AdapterBase, checkNetSpec, checkShareSpec } from './adapter-base.js';
 import { QmpClient, QmpError, type QmpEvent } from './qmp.js';
 
 /**
@@ -70,8 +70,6 @@ export function nicNetdevId(id: string): string {
   return `${NETDEV_PREFIX}${id}`;
 }
 
-/** A unicast MAC in QEMU's spelling; the group bit set would make every frame to it a multicast. */
-const MAC = /^[0-9a-f][02468ace](:[0-9a-f]{2}){5}$/;
 
 /** The name a tap's descriptor has in QEMU's monitor between `getfd` and the `netdev_add` that takes it. */
 export function tapFdName(id: string): string {
@@ -189,8 +187,7 @@ export class QemuAdapter extends AdapterBase implements VmmAdapter {
   }
 
   async attachNet(spec: NetSpec, opts: AttachOptions = {}): Promise<DeviceHandle> {
-    assertSafeId('NIC', spec.id);
-    if (spec.mac !== undefined && !MAC.test(spec.mac)) throw new VmmError(`NIC ${spec.id}: MAC ${JSON.stringify(spec.mac)} must be a unicast address like 02:12:34:56:78:9a (lowercase)`);
+    checkNetSpec(spec);
     const netdev = netdevArgs(spec);
     return this.serialized(() => this.doAttachNet(spec, netdev, opts));
   }
