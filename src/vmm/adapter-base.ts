@@ -16,13 +16,13 @@ export function checkShareSpec(spec: ShareSpec): void {
   }
 }
 
-/** A unicast MAC, lowercase; the group bit set would make every frame to it a multicast. */
-const MAC = /^[0-9a-f][02468ace](:[0-9a-f]{2}){5}$/;
+/** Unicast (group bit clear: set, every frame to it is a multicast) and locally administered (bit 1 of the first octet set), lowercase. */
+const MAC = /^[0-9a-f][26ae](:[0-9a-f]{2}){5}$/;
 
 /** A NIC's id and MAC, checked before anything reaches a VMM. */
 export function checkNetSpec(spec: NetSpec): void {
   assertSafeId('NIC', spec.id);
-  if (spec.mac !== undefined && !MAC.test(spec.mac)) throw new VmmError(`NIC ${spec.id}: MAC ${JSON.stringify(spec.mac)} must be a unicast address like 02:12:34:56:78:9a (lowercase)`);
+  if (spec.mac !== undefined && !MAC.test(spec.mac)) throw new VmmError(`NIC ${spec.id}: MAC ${JSON.stringify(spec.mac)} must be a unicast, locally administered address like 02:12:34:56:78:9a (lowercase)`);
 }
 
 export abstract class AdapterBase {

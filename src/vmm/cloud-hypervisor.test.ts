@@ -686,7 +686,7 @@ describe('cloud-hypervisor NICs, with the descriptor seen arriving over SCM_RIGH
     const adapter = await connect();
     const before = fake.requests.length;
     for (const mac of ['02:5A:00:00:00:01', '01:00:5e:00:00:01', '02:5a:00:00:00', '02-5a-00-00-00-01', ' 02:5a:00:00:00:01']) {
-      await expect(adapter.attachNet(nic({ mac }))).rejects.toThrow(`NIC lan: MAC ${JSON.stringify(mac)} must be a unicast address like 02:12:34:56:78:9a (lowercase)`);
+      await expect(adapter.attachNet(nic({ mac }))).rejects.toThrow(`NIC lan: MAC ${JSON.stringify(mac)} must be a unicast, locally administered address like 02:12:34:56:78:9a (lowercase)`);
     }
     await expect(adapter.attachNet(nic({ id: 'lan/../x' }))).rejects.toThrow(/NIC id "lan\/..\/x" must start with a letter/);
     await expect(adapter.detachNet('9lan')).rejects.toThrow(/NIC id "9lan" must start with a letter/);

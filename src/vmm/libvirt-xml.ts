@@ -1,6 +1,7 @@
 import { z } from 'zod';
-import { VmmError, type ShareSpec } from './adapter.js';
-import { shareDeviceId } from './qemu.js';
+import { VmmError, type NetSpec, type ShareSpec } from './adapter.js';
+import { checkNetSpec } from './adapter-base.js';
+import { nicDeviceId, shareDeviceId } from './qemu.js';
 
 /**
  * The XML the libvirt adapter writes (device definitions for `virsh
@@ -15,6 +16,16 @@ export const ALIAS_PREFIX = `ua-${shareDeviceId('')}`;
 export function shareAlias(id: string): string {
   return `${ALIAS_PREFIX}${id}`;
 }
+
+/** NICs follow the QEMU adapter's device naming too: `ua-xdpvm-net-<id>`. */
+export const NIC_ALIAS_PREFIX = `ua-${nicDeviceId('')}`;
+
+export function nicAlias(id: string): string {
+  return `${NIC_ALIAS_PREFIX}${id}`;
+}
+
+/** A Linux interface name (IFNAMSIZ 16 with the NUL), inside libvirt's deviceName alphabet. */
+const TAP_NAME = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}$/;
 
 // ---- XML out
 
@@ -42,6 +53,42 @@ export function filesystemXml(spec: ShareSpec): string {
     xmlElement('source', { socket: spec.socketPath }),
     xmlElement('target', { dir: spec.tag }),
     xmlElement('alias', { name: shareAlias(spec.id) }),
+  ]);
+}
+
+/**
+ * The `<interface>` device for a NIC, after checking everything in it. Only
+ * tap backends: `type='ethernet'` with `managed='no'` has libvirt open the
+ * existing tap by name (the privileged helper made it and gave it to this
+ * user) and neither create, reconfigure nor delete it. The backend's `fd` is
+ * not used: libvirt opens its own queue of the tap; the caller still closes it.
+ *
+ * Stream backends are refused. libvirt 9.0 (Debian 12) has no way to hand
+ * QEMU the socket of a passt someone else started: `<interface type='user'>`
+ * with `<backend type='passt'/>` makes libvirt start and own a passt of its
+ * own (its schema has no socket for it, only `<source dev>`, the host
+ * interface passt copies), `type='vhostuser'` speaks vhost-user rather than
+ * passt's length-prefixed frames, and `type='client'`/`'server'` take an IPv4
+ * address and a TCP port only, while passt listens on a Unix socket.
+ */
+export function interfaceXml(spec: NetSpec): string {
+  checkNetSpec(spec);
+  const backend = spec.backend;
+  if (backend.type === 'stream') {
+    throw new VmmError(
+      `NIC ${spec.id}: libvirt cannot connect a NIC to the passt listening on ${backend.socketPath}: ` +
+        "libvirt 9.0 starts passt itself for <interface type='user'><backend type='passt'/> and has no interface type that takes the Unix socket of a passt already running; " +
+        'give this VM a bridge or vm-only network (a tap) instead',
+    );
+  }
+  if (!TAP_NAME.test(backend.tapName)) {
+    throw new VmmError(`NIC ${spec.id}: tap name ${JSON.stringify(backend.tapName)} must be 1 to 15 letters, digits, '_', '.' and '-', not starting with '.' or '-'`);
+  }
+  return xmlElement('interface', { type: 'ethernet' }, [
+    xmlElement('target', { dev: backend.tapName, managed: 'no' }),
+    ...(spec.mac === undefined ? [] : [xmlElement('mac', { address: spec.mac })]),
+    xmlElement('model', { type: 'virtio' }),
+    xmlElement('alias', { name: nicAlias(spec.id) }),
   ]);
 }
 
@@ -104,8 +151,8 @@ export const DomainFilesystem = z.object({
 });
 export type DomainFilesystem = z.infer<typeof DomainFilesystem>;
 
-/** The virtiofs devices in a domain's XML; 9p and other filesystems are left out. */
-export function domainFilesystems(xml: string): DomainFilesystem[] {
+/** A domain's `<devices>`, and where a device in it sits: the alias of its PCI controller (`pci.3`), as for every device type. */
+function domainDevices(xml: string): { devices: XmlNode; locationOf: (device: XmlNode) => string | undefined } {
   const domain = child(parseXml(xml), 'domain');
   const devices = child(domain, 'devices');
   if (!devices) throw new VmmError('the domain XML has no <devices>');
@@ -114,20 +161,64 @@ export function domainFilesystems(xml: string): DomainFilesystem[] {
       .filter((c) => c.name === 'controller' && c.attrs.type === 'pci' && c.attrs.index !== undefined)
       .map((c) => [Number(c.attrs.index), child(c, 'alias')?.attrs.name]),
   );
+  const locationOf = (device: XmlNode) => {
+    const address = child(device, 'address');
+    const bus = address?.attrs.type === 'pci' && address.attrs.bus !== undefined ? Number(address.attrs.bus) : undefined;
+    return bus === undefined ? undefined : (controllers.get(bus) ?? `pci bus ${bus}`);
+  };
+  return { devices, locationOf };
+}
+
+/** The virtiofs devices in a domain's XML; 9p and other filesystems are left out. */
+export function domainFilesystems(xml: string): DomainFilesystem[] {
+  const { devices, locationOf } = domainDevices(xml);
   return devices.children
     .filter((c) => c.name === 'filesystem' && child(c, 'driver')?.attrs.type === 'virtiofs')
     .map((fs) => {
-      const address = child(fs, 'address');
-      const bus = address?.attrs.type === 'pci' && address.attrs.bus !== undefined ? Number(address.attrs.bus) : undefined;
       const parsed = DomainFilesystem.safeParse({
         tag: child(fs, 'target')?.attrs.dir,
         alias: child(fs, 'alias')?.attrs.name,
         socket: child(fs, 'source')?.attrs.socket,
-        location: bus === undefined ? undefined : (controllers.get(bus) ?? `pci bus ${bus}`),
+        location: locationOf(fs),
       });
       if (!parsed.success) throw new VmmError(`unexpected virtiofs <filesystem> in the domain XML: ${parsed.error.message}`);
       return parsed.data;
     });
+}
+
+/** One `<interface>` of a domain, as read from `virsh dumpxml`. */
+export const DomainInterface = z.object({
+  /** libvirt's interface type: `ethernet` for ours, `network`, `bridge`, `user`, … */
+  type: z.string().min(1),
+  alias: z.string().min(1).optional(),
+  mac: z.string().optional(),
+  /** The host side (tap) when libvirt names one. */
+  tap: z.string().optional(),
+  location: z.string().optional(),
+});
+export type DomainInterface = z.infer<typeof DomainInterface>;
+
+/** Every NIC in a domain's XML, whatever its type. */
+export function domainInterfaces(xml: string): DomainInterface[] {
+  const { devices, locationOf } = domainDevices(xml);
+  return devices.children
+    .filter((c) => c.name === 'interface')
+    .map((nic) => {
+      const parsed = DomainInterface.safeParse({
+        type: nic.attrs.type,
+        alias: child(nic, 'alias')?.attrs.name,
+        mac: child(nic, 'mac')?.attrs.address,
+        tap: child(nic, 'target')?.attrs.dev,
+        location: locationOf(nic),
+      });
+      if (!parsed.success) throw new VmmError(`unexpected <interface> in the domain XML: ${parsed.error.message}`);
+      return parsed.data;
+    });
+}
+
+/** Whether any device in the domain's XML has `alias`. */
+export function hasAlias(xml: string, alias: string): boolean {
+  return domainDevices(xml).devices.children.some((c) => child(c, 'alias')?.attrs.name === alias);
 }
 
 // ---- virsh event

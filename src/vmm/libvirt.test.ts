@@ -1,17 +1,21 @@
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync, appendFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { requireProgram } from '../deps.js';
 import { ExecError, runProgram } from '../exec.js';
-import { domainFilesystems, filesystemXml, parseEventLine, parseXml, shareAlias, xmlAttr, xmlElement } from './libvirt-xml.js';
+import { VmmError, type NetSpec, type VmmEvent } from './adapter.js';
+import { LibvirtAdapter } from './libvirt.js';
+import { domainFilesystems, domainInterfaces, filesystemXml, interfaceXml, nicAlias, parseEventLine, parseXml, shareAlias, xmlAttr, xmlElement } from './libvirt-xml.js';
 
 /**
  * The XML the libvirt adapter builds, checked by libvirt's own RelaxNG schema
  * (xmllint, libxml2-utils; the schema ships with libvirt0), and the `virsh
  * dumpxml` and `virsh event` output it reads. The dumpxml fixture is what
- * libvirt 9.0 printed here for a TCG q35 domain with two hot-plugged shares,
- * plus a 9p share, trimmed; it is itself checked against domain.rng.
+ * libvirt 9.0 printed here for a TCG q35 domain with two hot-plugged shares
+ * and a hot-plugged NIC on a tap, plus a 9p share and a NIC on a libvirt
+ * network, trimmed; it is itself checked against domain.rng. The adapter's NIC
+ * calls run against a stand-in virsh that serves that XML.
  */
 
 const SCHEMAS = '/usr/share/libvirt/schemas';
@@ -26,6 +30,10 @@ beforeAll(() => {
   writeFileSync(
     path.join(dir, 'filesystem.rng'),
     `<grammar xmlns="http://relaxng.org/ns/structure/1.0"><include href="${SCHEMAS}/domaincommon.rng"/><start><ref name="filesystem"/></start></grammar>`,
+  );
+  writeFileSync(
+    path.join(dir, 'interface.rng'),
+    `<grammar xmlns="http://relaxng.org/ns/structure/1.0"><include href="${SCHEMAS}/domaincommon.rng"/><start><ref name="interface"/></start></grammar>`,
   );
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -44,6 +52,7 @@ async function relaxng(schema: string, xml: string): Promise<string> {
 }
 
 const validDevice = (xml: string) => relaxng(path.join(dir, 'filesystem.rng'), xml);
+const validInterface = (xml: string) => relaxng(path.join(dir, 'interface.rng'), xml);
 
 const SPEC = { id: 'xdpvm-doc', tag: 'xdp-vm-doc', socketPath: '/run/user/1000/xdp-vm/work-doc.sock', queueSize: 1024 };
 
@@ -88,6 +97,61 @@ describe('device XML for virsh attach-device', () => {
   });
 });
 
+const NIC: NetSpec = { id: 'lan', backend: { type: 'tap', tapName: 'xdpvm7', fd: 42 }, mac: '02:5a:4c:56:00:01' };
+
+describe('interface XML for virsh attach-device', () => {
+  it('is an ethernet interface on the existing tap (managed=no), with our MAC and alias, and passes the schema', async () => {
+    const xml = interfaceXml(NIC);
+    expect(xml).toBe(
+      '<interface type="ethernet"><target dev="xdpvm7" managed="no"/><mac address="02:5a:4c:56:00:01"/>' +
+        '<model type="virtio"/><alias name="ua-xdpvm-net-lan"/></interface>',
+    );
+    expect(await validInterface(xml)).toBe('');
+    // No MAC: libvirt picks one.
+    const noMac = interfaceXml({ id: 'lan', backend: { type: 'tap', tapName: 'xdpvm7' } });
+    expect(noMac).not.toContain('<mac');
+    expect(await validInterface(noMac)).toBe('');
+  });
+
+  it('the schema itself rejects what libvirt would (so the check above means something)', async () => {
+    const xml = interfaceXml(NIC);
+    expect(await validInterface(xml.replace('02:5a:4c:56:00:01', '03:5a:4c:56:00:01'))).toMatch(/fails to validate/);
+    expect(await validInterface(xml.replace('dev="xdpvm7"', 'dev="xdp vm7"'))).toMatch(/fails to validate/);
+    expect(await validInterface(xml.replace('managed="no"', 'managed="maybe"'))).toMatch(/fails to validate/);
+    expect(await validInterface(xml.replace('type="ethernet"', 'type="tap"'))).toMatch(/fails to validate/);
+    expect(await validInterface(xml.replace('ua-xdpvm-net-lan', 'ua xdpvm'))).toMatch(/fails to validate/);
+  });
+
+  it('refuses MACs that are not unicast and locally administered, before they reach XML', () => {
+    for (const mac of ['03:5a:4c:56:00:01', '00:16:3e:00:00:01', '02:5A:4C:56:00:01', '02:5a:4c:56:00', '02-5a-4c-56-00-01', '02:5a:4c:56:00:01"/><x a="']) {
+      expect(() => interfaceXml({ ...NIC, mac })).toThrow(new VmmError(`NIC lan: MAC ${JSON.stringify(mac)} must be a unicast, locally administered address like 02:12:34:56:78:9a (lowercase)`));
+    }
+  });
+
+  it('refuses tap names Linux or libvirt would not take', () => {
+    for (const tapName of ['', 'a'.repeat(16), 'tap 0', '-tap', '.tap', 'a/b', 'tap:0', 'tap\n0']) {
+      expect(() => interfaceXml({ ...NIC, backend: { type: 'tap', tapName } })).toThrow(
+        new VmmError(`NIC lan: tap name ${JSON.stringify(tapName)} must be 1 to 15 letters, digits, '_', '.' and '-', not starting with '.' or '-'`),
+      );
+    }
+    expect(interfaceXml({ ...NIC, backend: { type: 'tap', tapName: 'a'.repeat(15) } })).toContain(`dev="${'a'.repeat(15)}"`);
+  });
+
+  it('refuses stream (passt) backends: libvirt 9.0 cannot connect to a passt it did not start', () => {
+    expect(() => interfaceXml({ id: 'lan', backend: { type: 'stream', socketPath: '/run/user/1000/xdp-vm/passt-lan.sock' } })).toThrow(
+      new VmmError("NIC lan: libvirt cannot connect a NIC to the passt listening on /run/user/1000/xdp-vm/passt-lan.sock: libvirt 9.0 starts passt itself for <interface type='user'><backend type='passt'/> " +
+        'and has no interface type that takes the Unix socket of a passt already running; give this VM a bridge or vm-only network (a tap) instead'),
+    );
+  });
+
+  it('refuses unsafe ids, and its aliases follow libvirt\'s rule without meeting the shares\'', () => {
+    expect(() => interfaceXml({ ...NIC, id: 'a b' })).toThrow(/^NIC id "a b" must start with a letter/);
+    expect(nicAlias('lan')).toMatch(/^ua-[a-zA-Z0-9_.-]+$/);
+    expect(nicAlias('x').startsWith(shareAlias(''))).toBe(false);
+    expect(shareAlias('x').startsWith(nicAlias(''))).toBe(false);
+  });
+});
+
 const DUMPXML = `<domain type='qemu' id='6'>
   <name>work &amp; play</name>
   <uuid>99d597e4-18f2-4915-8805-d28db87586ba</uuid>
@@ -121,11 +185,23 @@ const DUMPXML = `<domain type='qemu' id='6'>
       <alias name='pci.1'/>
       <address type='pci' domain='0x0000' bus='0x00' slot='0x01' function='0x0' multifunction='on'/>
     </controller>
+    <controller type='pci' index='2' model='pcie-root-port'>
+      <model name='pcie-root-port'/>
+      <target chassis='2' port='0x9'/>
+      <alias name='pci.2'/>
+      <address type='pci' domain='0x0000' bus='0x00' slot='0x01' function='0x1'/>
+    </controller>
     <controller type='pci' index='3' model='pcie-root-port'>
       <model name='pcie-root-port'/>
       <target chassis='3' port='0xa'/>
       <alias name='pci.3'/>
       <address type='pci' domain='0x0000' bus='0x00' slot='0x01' function='0x2'/>
+    </controller>
+    <controller type='pci' index='4' model='pcie-root-port'>
+      <model name='pcie-root-port'/>
+      <target chassis='4' port='0xb'/>
+      <alias name='pci.4'/>
+      <address type='pci' domain='0x0000' bus='0x00' slot='0x01' function='0x3'/>
     </controller>
     <filesystem type='mount' accessmode='passthrough'>
       <driver type='virtiofs' queue='1024'/>
@@ -146,6 +222,21 @@ const DUMPXML = `<domain type='qemu' id='6'>
       <target dir='ninep'/>
       <alias name='fs1'/>
     </filesystem>
+    <interface type='network'>
+      <mac address='52:54:00:6b:3c:58'/>
+      <source network='default' portid='0b1b6e4a-4e0f-4b0a-9d55-3f4c1e2a7c11' bridge='virbr0'/>
+      <target dev='vnet0'/>
+      <model type='virtio'/>
+      <alias name='net0'/>
+      <address type='pci' domain='0x0000' bus='0x02' slot='0x00' function='0x0'/>
+    </interface>
+    <interface type='ethernet'>
+      <mac address='02:5a:4c:56:00:01'/>
+      <target dev='xdpvm7' managed='no'/>
+      <model type='virtio'/>
+      <alias name='ua-xdpvm-net-lan'/>
+      <address type='pci' domain='0x0000' bus='0x04' slot='0x00' function='0x0'/>
+    </interface>
     <channel type='unix'>
       <source mode='bind' path='/tmp/vm/agent.sock'/>
       <target type='virtio' name='org.xdpvm.agent' state='connected'/>
@@ -171,6 +262,15 @@ describe('reading virsh dumpxml', () => {
       { tag: 'hostroot', alias: 'fs0', socket: '/tmp/vm/root.sock', location: 'pci.1' },
       { tag: 'xdp-vm-doc', alias: 'ua-xdpvm-fs-xdpvm-doc', socket: '/run/user/1000/xdp-vm/work-doc.sock', location: 'pci.3' },
     ]);
+  });
+
+  it('finds every NIC, ours and foreign, with its alias, MAC, tap and root port', () => {
+    expect(domainInterfaces(DUMPXML)).toEqual([
+      { type: 'network', alias: 'net0', mac: '52:54:00:6b:3c:58', tap: 'vnet0', location: 'pci.2' },
+      { type: 'ethernet', alias: 'ua-xdpvm-net-lan', mac: '02:5a:4c:56:00:01', tap: 'xdpvm7', location: 'pci.4' },
+    ]);
+    expect(domainInterfaces(`<domain><devices><interface type='user'><model type='virtio'/></interface></devices></domain>`)).toEqual([{ type: 'user' }]);
+    expect(() => domainInterfaces(`<domain><devices><interface><mac address='02:00:00:00:00:01'/></interface></devices></domain>`)).toThrow(/unexpected <interface>/);
   });
 
   it('copes with an inactive definition, which has no aliases or addresses', () => {
@@ -207,5 +307,80 @@ describe('reading virsh event lines', () => {
     expect(parseEventLine('')).toBeUndefined();
     expect(parseEventLine("event 'reboot' for domain 'work'")).toBeUndefined();
     expect(parseEventLine('events received: 3')).toBeUndefined();
+  });
+});
+
+/**
+ * The adapter's NIC calls against a stand-in virsh: `domstate` says running,
+ * `dumpxml` prints the fixture file, `attach-device` keeps the XML it was
+ * given and (when there is one) swaps in the next dumpxml, `event` follows a
+ * file the test appends lines to. Every call is logged.
+ */
+describe('the libvirt adapter\'s NICs, against a stand-in virsh', () => {
+  let fake: string;
+  let adapter: LibvirtAdapter;
+  const calls = () => readFileSync(path.join(fake, 'calls.log'), 'utf8').trim().split('\n');
+
+  beforeAll(async () => {
+    fake = mkdtempSync(path.join(tmpdir(), 'xdpvm-fake-virsh-'));
+    const virsh = path.join(fake, 'virsh');
+    writeFileSync(
+      virsh,
+      `#!/bin/sh
+d='${fake}'
+shift 2
+echo "$*" >> "$d/calls.log"
+case "$1" in
+  domstate) echo running ;;
+  dumpxml) cat "$d/dumpxml.xml" ;;
+  attach-device) cp "$5" "$d/attached.xml"; [ -f "$d/next.xml" ] && mv "$d/next.xml" "$d/dumpxml.xml"; exit 0 ;;
+  event) exec tail -n 0 -F "$d/events.log" ;;
+  *) echo "error: unexpected $*" >&2; exit 1 ;;
+esac
+`,
+    );
+    chmodSync(virsh, 0o755);
+    writeFileSync(path.join(fake, 'dumpxml.xml'), DUMPXML);
+    writeFileSync(path.join(fake, 'events.log'), '');
+    adapter = await LibvirtAdapter.connect({ domain: 'lv', uri: 'test:///fake', virsh, pollMs: 60_000 });
+  });
+  afterAll(async () => {
+    await adapter?.close();
+    rmSync(fake, { recursive: true, force: true });
+  });
+
+  it('listNet recovers our id from the alias, leaves the foreign NIC without one, and gives each its root port', async () => {
+    expect(adapter.net).toBe(adapter);
+    expect(await adapter.listNet()).toEqual([
+      { kind: 'net', id: undefined, deviceId: 'net0', location: 'pci.2' },
+      { kind: 'net', id: 'lan', deviceId: 'ua-xdpvm-net-lan', location: 'pci.4' },
+    ]);
+  });
+
+  it('refuses a bad spec without calling virsh, and a NIC the domain already has', async () => {
+    const before = calls().length;
+    await expect(adapter.attachNet({ ...NIC, id: 'wifi', mac: '01:00:5e:00:00:01' })).rejects.toThrow('NIC wifi: MAC "01:00:5e:00:00:01" must be a unicast');
+    await expect(adapter.attachNet({ id: 'wifi', backend: { type: 'stream', socketPath: '/run/p.sock' } })).rejects.toThrow(/^NIC wifi: libvirt cannot connect a NIC to the passt/);
+    await expect(adapter.detachNet('a b')).rejects.toThrow(/^NIC id "a b" must start/);
+    expect(calls().length).toBe(before);
+    await expect(adapter.attachNet(NIC)).rejects.toThrow(
+      'NIC lan: device ua-xdpvm-net-lan is already in domain lv (started with it, or left by an earlier daemon); detach it first',
+    );
+    await expect(adapter.detachNet('wifi')).rejects.toThrow('NIC wifi is not attached to domain lv');
+    expect(calls().some((c) => c.startsWith('attach-device') || c.startsWith('detach-device'))).toBe(false);
+  });
+
+  it('attaches with attach-device --live, and a removal it did not ask for is an unexpected detach', async () => {
+    const wifi: NetSpec = { id: 'wifi', backend: { type: 'tap', tapName: 'xdpvm8' }, mac: '02:5a:4c:56:00:02' };
+    const ours = interfaceXml(wifi).replace('/>', '/><address type="pci" domain="0x0000" bus="0x03" slot="0x00" function="0x0"/>');
+    writeFileSync(path.join(fake, 'next.xml'), DUMPXML.replace('</devices>', `${ours}</devices>`));
+    const handle = await adapter.attachNet(wifi);
+    expect(handle).toEqual({ kind: 'net', id: 'wifi', deviceId: 'ua-xdpvm-net-wifi', location: 'pci.3' });
+    expect(readFileSync(path.join(fake, 'attached.xml'), 'utf8')).toBe(interfaceXml(wifi));
+    expect(calls().find((c) => c.startsWith('attach-device'))).toMatch(/^attach-device --domain lv --file \S+\/device\.xml --live$/);
+
+    const detached = new Promise<VmmEvent>((resolve) => adapter.events.subscribe((e) => e.type === 'device-detached' && resolve(e)));
+    appendFileSync(path.join(fake, 'events.log'), "event 'device-removed' for domain 'lv': ua-xdpvm-net-wifi\n");
+    expect(await detached).toEqual({ type: 'device-detached', kind: 'net', id: 'wifi', deviceId: 'ua-xdpvm-net-wifi', expected: false });
   });
 });

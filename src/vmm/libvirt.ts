@@ -11,18 +11,36 @@ import {
   type AttachedShare,
   type AttachOptions,
   type DetachOptions,
+  type DeviceHandle,
+  type DeviceInfo,
+  type NetCapability,
+  type NetSpec,
   type ShareInfo,
   type ShareCapability,
   type ShareSpec,
   type VmmAdapter,
 } from './adapter.js';
 import { AdapterBase, checkShareSpec } from './adapter-base.js';
-import { ALIAS_PREFIX, domainFilesystems, filesystemXml, parseEventLine, shareAlias, type DomainEvent, type DomainFilesystem } from './libvirt-xml.js';
+import {
+  ALIAS_PREFIX,
+  domainFilesystems,
+  domainInterfaces,
+  filesystemXml,
+  hasAlias,
+  interfaceXml,
+  NIC_ALIAS_PREFIX,
+  nicAlias,
+  parseEventLine,
+  shareAlias,
+  type DomainEvent,
+  type DomainFilesystem,
+  type DomainInterface,
+} from './libvirt-xml.js';
 
 /**
- * The libvirt adapter: virtiofs shares hot-plugged into a running domain with
- * `virsh attach-device --live`, naming each device by a user alias (`ua-…`) so
- * it can be found and removed again. libvirt picks the free PCI slot itself;
+ * The libvirt adapter: virtiofs shares and NICs (on a tap) hot-plugged into a
+ * running domain with `virsh attach-device --live`, naming each device by a
+ * user alias (`ua-…`) so it can be found and removed again. libvirt picks the free PCI slot itself;
  * the domain needs spare pcie-root-port controllers and shared memory. virsh is
  * the one client: it keeps us off libvirt's C API and works for any URI.
  */
@@ -51,9 +69,13 @@ interface Tracked {
 
 export class LibvirtAdapter extends AdapterBase implements VmmAdapter {
   readonly kind = 'libvirt' as const;
-  /** Virtiofs shares: the one capability this adapter has so far. */
+  /** Virtiofs shares. */
   readonly shares: ShareCapability = this;
+  /** NICs on a tap libvirt opens by name; stream (passt) backends are refused, see interfaceXml. */
+  readonly net: NetCapability = this;
   private readonly ourShares = new Map<string, Tracked>();
+  /** NIC id → alias, for the NICs this instance attached (or adopted by detaching). */
+  private readonly ourNics = new Map<string, string>();
   private readonly detaching = new Set<string>();
   private readonly removedWaiters = new Map<string, () => void>();
   protected readonly log: Logger;
@@ -102,6 +124,25 @@ export class LibvirtAdapter extends AdapterBase implements VmmAdapter {
     });
   }
 
+  async attachNet(spec: NetSpec, opts: AttachOptions = {}): Promise<DeviceHandle> {
+    const xml = interfaceXml(spec); // checks id, MAC, tap name and backend before taking the lock
+    return this.serialized(() => this.doAttachNet(spec, xml, opts));
+  }
+
+  async detachNet(id: string, opts: DetachOptions = {}): Promise<void> {
+    assertSafeId('NIC', id);
+    return this.serialized(() => this.doDetachNet(id, opts));
+  }
+
+  /** Every NIC the domain has, ours (by our alias) and those it was started with. */
+  async listNet(): Promise<DeviceInfo[]> {
+    return (await this.interfaces()).map((nic) => ({
+      kind: 'net',
+      id: nic.alias?.startsWith(NIC_ALIAS_PREFIX) ? nic.alias.slice(NIC_ALIAS_PREFIX.length) : undefined,
+      deviceId: nic.alias,
+      location: nic.location,
+    }));
+  }
 
   async close(): Promise<void> {
     this.closed = true;
@@ -120,29 +161,60 @@ export class LibvirtAdapter extends AdapterBase implements VmmAdapter {
           'detach it or leave it alone',
       );
     }
-    // virsh reads device XML only from a file, and /dev/stdin is no good: Node's stdio pipes are sockets.
-    const dir = mkdtempSync(path.join(tmpdir(), 'xdpvm-virsh-'));
-    try {
-      const file = path.join(dir, 'device.xml');
-      writeFileSync(file, filesystemXml(spec), { mode: 0o600 });
-      await this.virsh(['attach-device', '--domain', this.opts.domain, '--file', file, '--live'], opts);
-    } catch (cause) {
+    await this.attachDevice(filesystemXml(spec), opts).catch((cause: unknown) => {
       throw new VmmError(`share ${spec.id}: attach-device failed: ${virshReason(cause)}${attachHint(cause)}`, { cause });
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
+    });
     const location = (await this.filesystems()).find((fs) => fs.alias === alias)?.location;
     this.ourShares.set(spec.id, { id: spec.id, tag: spec.tag, alias });
     this.log.info({ share: spec.id, tag: spec.tag, alias, location }, 'share attached');
     return { id: spec.id, tag: spec.tag, deviceId: alias, location };
   }
 
-  private async doDetachShare(id: string, opts: DetachOptions): Promise<void> {
-    const alias = shareAlias(id);
-    if (!this.ourShares.has(id) && !(await this.filesystems()).some((fs) => fs.alias === alias)) {
-      throw new VmmError(`share ${id} is not attached to domain ${this.opts.domain}`);
+  private async doAttachNet(spec: NetSpec, xml: string, opts: AttachOptions): Promise<DeviceHandle> {
+    const alias = nicAlias(spec.id);
+    if (this.ourNics.has(spec.id) || (await this.interfaces()).some((nic) => nic.alias === alias)) {
+      throw new VmmError(
+        `NIC ${spec.id}: device ${alias} is already in domain ${this.opts.domain} (started with it, or left by an earlier daemon); ` +
+          'detach it first',
+      );
+    }
+    await this.attachDevice(xml, opts).catch((cause: unknown) => {
+      throw new VmmError(`NIC ${spec.id}: attach-device failed: ${virshReason(cause)}${attachHint(cause)}`, { cause });
+    });
+    const location = (await this.interfaces()).find((nic) => nic.alias === alias)?.location;
+    this.ourNics.set(spec.id, alias);
+    const tap = spec.backend.type === 'tap' ? spec.backend.tapName : undefined;
+    this.log.info({ nic: spec.id, alias, location, tap, mac: spec.mac }, 'NIC attached');
+    return { kind: 'net', id: spec.id, deviceId: alias, location };
+  }
+
+  private async doDetachNet(id: string, opts: DetachOptions): Promise<void> {
+    const alias = nicAlias(id);
+    if (!this.ourNics.has(id) && !(await this.interfaces()).some((nic) => nic.alias === alias)) {
+      throw new VmmError(`NIC ${id} is not attached to domain ${this.opts.domain}`);
     }
     await opts.beforeDetach?.();
+    await this.detachAlias(`NIC ${id}`, alias, opts);
+    this.ourNics.delete(id);
+    this.log.info({ nic: id, alias }, 'NIC detached');
+    this.emit({ type: 'device-detached', kind: 'net', id, deviceId: alias, expected: true });
+  }
+
+  /** `virsh attach-device --live` of one device's XML. */
+  private async attachDevice(xml: string, opts: AttachOptions): Promise<void> {
+    // virsh reads device XML only from a file, and /dev/stdin is no good: Node's stdio pipes are sockets.
+    const dir = mkdtempSync(path.join(tmpdir(), 'xdpvm-virsh-'));
+    try {
+      const file = path.join(dir, 'device.xml');
+      writeFileSync(file, xml, { mode: 0o600 });
+      await this.virsh(['attach-device', '--domain', this.opts.domain, '--file', file, '--live'], opts);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }
+
+  /** Ask libvirt to unplug `alias` and wait until it is gone; `what` names the device in errors. */
+  private async detachAlias(what: string, alias: string, opts: DetachOptions): Promise<void> {
     const timeoutMs = opts.timeoutMs ?? 10_000;
     this.detaching.add(alias);
     try {
@@ -153,14 +225,14 @@ export class LibvirtAdapter extends AdapterBase implements VmmAdapter {
         await this.virsh(['detach-device-alias', '--domain', this.opts.domain, '--alias', alias, '--live'], opts);
       } catch (cause) {
         if (!/no device found with alias/i.test(virshReason(cause))) {
-          throw new VmmError(`share ${id}: detach-device-alias ${alias} failed: ${virshReason(cause)}`, { cause });
+          throw new VmmError(`${what}: detach-device-alias ${alias} failed: ${virshReason(cause)}`, { cause });
         }
       }
       try {
         await removed;
       } catch (cause) {
         throw new VmmError(
-          `share ${id}: ${alias} was still in domain ${this.opts.domain} after ${timeoutMs} ms; ` +
+          `${what}: ${alias} was still in domain ${this.opts.domain} after ${timeoutMs} ms; ` +
             'ACPI hot-unplug needs a running guest that releases the device',
           { cause },
         );
@@ -168,6 +240,15 @@ export class LibvirtAdapter extends AdapterBase implements VmmAdapter {
     } finally {
       this.detaching.delete(alias);
     }
+  }
+
+  private async doDetachShare(id: string, opts: DetachOptions): Promise<void> {
+    const alias = shareAlias(id);
+    if (!this.ourShares.has(id) && !(await this.filesystems()).some((fs) => fs.alias === alias)) {
+      throw new VmmError(`share ${id} is not attached to domain ${this.opts.domain}`);
+    }
+    await opts.beforeDetach?.();
+    await this.detachAlias(`share ${id}`, alias, opts);
     this.ourShares.delete(id);
     this.log.info({ share: id, alias }, 'share detached');
     this.emit({ type: 'device-detached', kind: 'share', id, deviceId: alias, expected: true });
@@ -195,7 +276,7 @@ export class LibvirtAdapter extends AdapterBase implements VmmAdapter {
         if (done) return;
         if (Date.now() > deadline) return finish(new VmmError(`timed out waiting for ${alias} to go`));
         try {
-          if (!(await this.filesystems()).some((fs) => fs.alias === alias)) return finish();
+          if (!hasAlias(await this.dumpxml(), alias)) return finish();
         } catch (err) {
           return finish(err as Error);
         }
@@ -245,6 +326,12 @@ export class LibvirtAdapter extends AdapterBase implements VmmAdapter {
       this.log.warn({ share: id, alias }, 'share removed without our asking');
       this.emit({ type: 'device-detached', kind: 'share', id, deviceId: alias, expected: false });
     }
+    for (const [id, tracked] of this.ourNics) {
+      if (tracked !== alias) continue;
+      this.ourNics.delete(id);
+      this.log.warn({ nic: id, alias }, 'NIC removed without our asking');
+      this.emit({ type: 'device-detached', kind: 'net', id, deviceId: alias, expected: false });
+    }
   }
 
   private async checkAlive(): Promise<void> {
@@ -268,14 +355,20 @@ export class LibvirtAdapter extends AdapterBase implements VmmAdapter {
     }
   }
 
-  private async filesystems(): Promise<DomainFilesystem[]> {
-    let xml: string;
+  private async dumpxml(): Promise<string> {
     try {
-      xml = await this.virsh(['dumpxml', '--domain', this.opts.domain], { timeoutMs: 10_000 });
+      return await this.virsh(['dumpxml', '--domain', this.opts.domain], { timeoutMs: 10_000 });
     } catch (cause) {
       throw new VmmError(`dumpxml of domain ${this.opts.domain} failed: ${virshReason(cause)}`, { cause });
     }
-    return domainFilesystems(xml);
+  }
+
+  private async filesystems(): Promise<DomainFilesystem[]> {
+    return domainFilesystems(await this.dumpxml());
+  }
+
+  private async interfaces(): Promise<DomainInterface[]> {
+    return domainInterfaces(await this.dumpxml());
   }
 
   private async virsh(args: string[], opts: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<string> {
