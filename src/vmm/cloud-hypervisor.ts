@@ -332,20 +332,7 @@ export class CloudHypervisorAdapter extends AdapterBase implements VmmAdapter {
     const present = (await this.vmInfo()).config.fs?.some((fs) => fs.id === deviceId) ?? false;
     if (!this.ourShares.has(id) && !present) throw new VmmError(`share ${id} is not attached to this VM`);
     await opts.beforeDetach?.();
-    const timeoutMs = opts.timeoutMs ?? 10_000;
-    this.detaching.add(deviceId);
-    try {
-      if (present) {
-        const res = await this.send('PUT', 'vm.remove-device', { id: deviceId }, opts);
-        // 404: gone between our look and our request.
-        if (res.status !== 204 && res.status !== 404) {
-          throw new VmmError(`share ${id}: vm.remove-device ${deviceId} failed with HTTP ${res.status}: ${excerpt(res.body)}`);
-        }
-        await this.waitRemoved(deviceId, 'fs', timeoutMs, opts.signal);
-      }
-    } finally {
-      this.detaching.delete(deviceId);
-    }
+    if (present) await this.removeDevice(`share ${id}`, deviceId, 'fs', opts);
     this.ourShares.delete(id);
     this.log.info({ share: id, deviceId }, 'share detached');
     this.emit({ type: 'device-detached', kind: 'share', id, deviceId, expected: true });
@@ -375,23 +362,25 @@ export class CloudHypervisorAdapter extends AdapterBase implements VmmAdapter {
     const present = (await this.vmInfo()).config.net?.some((n) => n.id === deviceId) ?? false;
     if (!this.ourNics.has(id) && !present) throw new VmmError(`NIC ${id} is not attached to this VM`);
     await opts.beforeDetach?.();
-    const timeoutMs = opts.timeoutMs ?? 10_000;
-    this.detaching.add(deviceId);
-    try {
-      if (present) {
-        const res = await this.send('PUT', 'vm.remove-device', { id: deviceId }, opts);
-        // 404: gone between our look and our request.
-        if (res.status !== 204 && res.status !== 404) {
-          throw new VmmError(`NIC ${id}: vm.remove-device ${deviceId} failed with HTTP ${res.status}: ${excerpt(res.body)}`);
-        }
-        await this.waitRemoved(deviceId, 'net', timeoutMs, opts.signal);
-      }
-    } finally {
-      this.detaching.delete(deviceId);
-    }
+    if (present) await this.removeDevice(`NIC ${id}`, deviceId, 'net', opts);
     this.ourNics.delete(id);
     this.log.info({ nic: id, deviceId }, 'NIC detached');
     this.emit({ type: 'device-detached', kind: 'net', id, deviceId, expected: true });
+  }
+
+  /** `vm.remove-device`, then wait for the guest to let go; the poller meanwhile knows it is ours going. `what` names it in errors. */
+  private async removeDevice(what: string, deviceId: string, list: 'fs' | 'net', opts: DetachOptions): Promise<void> {
+    this.detaching.add(deviceId);
+    try {
+      const res = await this.send('PUT', 'vm.remove-device', { id: deviceId }, opts);
+      // 404: gone between our look and our request.
+      if (res.status !== 204 && res.status !== 404) {
+        throw new VmmError(`${what}: vm.remove-device ${deviceId} failed with HTTP ${res.status}: ${excerpt(res.body)}`);
+      }
+      await this.waitRemoved(deviceId, list, opts.timeoutMs ?? 10_000, opts.signal);
+    } finally {
+      this.detaching.delete(deviceId);
+    }
   }
 
   /** The guest's eject completes the removal; until then the device stays in `config.fs` or `config.net`. */
