@@ -2,7 +2,7 @@ import { closeSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:
 import path from 'node:path';
 import { BusCallError } from '../../src/dbus/bus.js';
 import type { HelperClient } from '../../src/helper/client.js';
-import { systemBusAddress } from '../../src/helper/commands.js';
+import { systemBusAddress, tapNameProblem } from '../../src/helper/commands.js';
 
 /**
  * The taps behind a VM's bridge and vm-only NICs, all made by the privileged
@@ -58,7 +58,7 @@ export class Taps {
   recorded(name: string): string | undefined {
     try {
       const tap = readFileSync(this.file(name), 'utf8').trim();
-      return /^xdpvm[0-9]{1,4}$/.test(tap) ? tap : undefined;
+      return tapNameProblem(tap) === undefined ? tap : undefined;
     } catch {
       return undefined;
     }

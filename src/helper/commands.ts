@@ -40,8 +40,13 @@ const TAP_NAME = new RegExp(`^${TAP_PREFIX}(0|[1-9][0-9]{0,3})$`);
 /** A USB device's bus id: bus-port(.port)*, at most 7 tiers deep; root hubs (usbN) are not devices to hand out. */
 const BUS_ID = /^[1-9][0-9]{0,2}-[1-9][0-9]{0,2}(\.[1-9][0-9]{0,2}){0,5}$/;
 
+/** Whether `name` is a network interface name the kernel takes and no tool reads as an option. */
+export function isInterfaceName(name: string): boolean {
+  return IFNAME.test(name);
+}
+
 export function bridgeNameProblem(name: string): string | undefined {
-  if (IFNAME.test(name)) return undefined;
+  if (isInterfaceName(name)) return undefined;
   return 'a bridge name is 1-15 letters, digits, "_", "." and "-", not starting with "." or "-"';
 }
 

@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { VmmError, type NetSpec, type ShareSpec } from './adapter.js';
 import { checkNetSpec } from './adapter-base.js';
+import { isInterfaceName } from '../helper/commands.js';
 import { nicDeviceId, shareDeviceId } from './qemu.js';
 
 /**
@@ -23,9 +24,6 @@ export const NIC_ALIAS_PREFIX = `ua-${nicDeviceId('')}`;
 export function nicAlias(id: string): string {
   return `${NIC_ALIAS_PREFIX}${id}`;
 }
-
-/** A Linux interface name (IFNAMSIZ 16 with the NUL), inside libvirt's deviceName alphabet. */
-const TAP_NAME = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}$/;
 
 // ---- XML out
 
@@ -81,7 +79,8 @@ export function interfaceXml(spec: NetSpec): string {
         'give this VM a bridge or vm-only network (a tap) instead',
     );
   }
-  if (!TAP_NAME.test(backend.tapName)) {
+  // A Linux interface name (IFNAMSIZ 16 with the NUL) is inside libvirt's deviceName alphabet.
+  if (!isInterfaceName(backend.tapName)) {
     throw new VmmError(`NIC ${spec.id}: tap name ${JSON.stringify(backend.tapName)} must be 1 to 15 letters, digits, '_', '.' and '-', not starting with '.' or '-'`);
   }
   return xmlElement('interface', { type: 'ethernet' }, [

@@ -6,6 +6,7 @@ import { requireProgram } from '../../src/deps.js';
 import { parseAuditLines } from '../../src/host/audit.js';
 import { cliEntry } from '../../src/paths.js';
 import { bootPortalVm, type PortalVm } from '../../src/testbed/qemu/portal-vm.js';
+import { sessionUser } from '../../src/testbed/as-user.js';
 import { startSystemHelper, type SystemHelper } from '../../src/testbed/system-helper.js';
 import { World } from '../../src/testbed/world.js';
 import { dhcp, nicWithMac, pings, type Lease } from '../../src/testbed/qemu/guest-net.js';
@@ -62,7 +63,7 @@ async function boot(name: string): Promise<PortalVm> {
 
 beforeAll(async () => {
   if (skip) return;
-  const user = (await import('../../src/testbed/as-user.js')).sessionUser();
+  const user = sessionUser();
   helper = await startSystemHelper({ allowList: ['# the e2e allow list', `vm-only ${user.name} xdpvm-lab ${LAB.host}/24`, `bridge ${user.name} br0`].join('\n') });
   const ip = requireProgram('ip');
   for (const args of [['link', 'add', 'br0', 'type', 'bridge', 'stp_state', '0'], ['addr', 'add', `${LAN.router}/24`, 'dev', 'br0'], ['link', 'set', 'br0', 'up']]) await helper.inNs(ip, args);
