@@ -59,11 +59,20 @@ function fakeHelper(opts: { refuse?: string } = {}) {
   return { connect: async () => client, calls, fds, connections: () => closed };
 }
 
-function setup(opts: { rows?: PolicyRow[]; consent?: boolean; present?: string[]; helper?: ReturnType<typeof fakeHelper>; failAttach?: string } = {}) {
+/** What each VMM offers a user network: QEMU both, libvirt its own without forwards, cloud-hypervisor none. */
+const USER_NETWORKING = {
+  qemu: { modes: ['passt', 'own'], ownForwards: true },
+  libvirt: { modes: ['own'], ownForwards: false },
+  'cloud-hypervisor': { modes: [], ownForwards: false },
+} as const;
+
+function setup(opts: { rows?: PolicyRow[]; consent?: boolean; present?: string[]; helper?: ReturnType<typeof fakeHelper>; failAttach?: string; vmm?: keyof typeof USER_NETWORKING; passt?: boolean } = {}) {
   const attached: NetSpec[] = [];
   const detached: string[] = [];
   const present = new Set(opts.present ?? []);
+  const kind = opts.vmm ?? 'qemu';
   const net = {
+    userNetworking: USER_NETWORKING[kind],
     attachNet: async (spec: NetSpec) => {
       if (opts.failAttach) throw new Error(opts.failAttach);
       return attached.push(spec), present.add(spec.id), { kind: 'net' as const, id: spec.id, deviceId: `xdpvm-net-${spec.id}`, location: 'rp1' };
@@ -72,7 +81,7 @@ function setup(opts: { rows?: PolicyRow[]; consent?: boolean; present?: string[]
     listNet: async () => [...present].map((id) => ({ kind: 'net' as const, id, deviceId: `xdpvm-net-${id}`, location: 'rp1' })),
   };
   const devices = Object.assign(new EventEmitter(), {
-    vmm: { kind: 'qemu', net },
+    vmm: { kind, net },
     require: () => net,
   }) as unknown as VmDevices;
   const rows = opts.rows ?? [];
@@ -89,7 +98,7 @@ function setup(opts: { rows?: PolicyRow[]; consent?: boolean; present?: string[]
   const cap = captureLogger();
   const runtime = mkdtempSync(path.join(tmpdir(), 'vmnet-'));
   configureAudit({ logger: cap.log, file: null });
-  const nets = new VmNetworks({ vm, devices, policy, consent, nextRequestId: () => `r${++seq}`, notify: (c) => (told.push(c), true), dirs: { runtime, logs: '/log' }, ...(opts.helper ? { helper: opts.helper.connect } : {}), log: captureLogger().log });
+  const nets = new VmNetworks({ vm, devices, policy, consent, nextRequestId: () => `r${++seq}`, notify: (c) => (told.push(c), true), dirs: { runtime, logs: '/log' }, passtInstalled: () => opts.passt ?? true, ...(opts.helper ? { helper: opts.helper.connect } : {}), log: captureLogger().log });
   const audits = () => cap.lines().filter((l) => l.audit === true);
   return { nets, devices, attached, detached, asked, told, audits, runtime };
 }
@@ -133,6 +142,37 @@ describe('VmNetworks', () => {
     expect(stopped).toEqual([path.join(t.runtime, 'work-net-dev.sock')]);
     expect(t.told.at(-1)).toEqual({ network: 'dev', joined: false, mac: macFor('work', 'dev') });
     expect(await t.nets.leave('dev', 'cli')).toBe(false);
+  });
+
+  it('QEMU without passt installed: its own user networking, with the forwards; nothing of ours to stop on leave', async () => {
+    const t = setup({ consent: true, passt: false });
+    const r = await t.nets.join('web', 'guest');
+    expect(started).toEqual([]);
+    expect(t.attached).toEqual([{ id: 'web', backend: { type: 'user', forwards: [{ host: 2222, guest: 22 }] }, mac: r.mac }]);
+    expect(t.audits().at(-1)).toMatchObject({ decision: 'allow', asked: { network: 'web', type: 'user', attached: true, userNet: 'vmm', forwards: ['2222:22'] } });
+    expect(await t.nets.leave('web', 'guest')).toBe(true);
+    expect(t.detached).toEqual(['web']);
+    expect(stopped).toEqual([]);
+  });
+
+  it("libvirt: a user network is libvirt's own, even with passt installed; one with forwards is refused before anyone is asked", async () => {
+    const t = setup({ consent: true, vmm: 'libvirt' });
+    await t.nets.join('dev', 'guest');
+    expect(t.attached).toEqual([{ id: 'dev', backend: { type: 'user', forwards: [] }, mac: macFor('work', 'dev') }]);
+    expect(started).toEqual([]);
+    await expect(t.nets.join('web', 'guest')).rejects.toThrow(
+      "network 'web' forwards host ports (2222→22), and libvirt's own user networking cannot forward ports; remove the forwards, or reach this VM over a vm-only network",
+    );
+    expect(t.asked).toHaveLength(1);
+    expect(t.attached).toHaveLength(1);
+    expect(t.audits().at(-1)).toMatchObject({ decision: 'error', asked: { network: 'web', via: 'guest' } });
+  });
+
+  it('cloud-hypervisor: a user network is refused plainly; QEMU without passt or its own would name the package', async () => {
+    const t = setup({ consent: true, vmm: 'cloud-hypervisor' });
+    await expect(t.nets.join('dev', 'guest')).rejects.toThrow("network 'dev' is a user network, and cloud-hypervisor has no user-mode networking; give this VM a bridge or vm-only network");
+    expect(t.asked).toEqual([]);
+    expect(t.attached).toEqual([]);
   });
 
   it('without the helper a bridge network, and an unknown one anywhere, are refused before anyone is asked', async () => {

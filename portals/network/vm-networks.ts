@@ -6,7 +6,8 @@ import type { Logger } from '../../src/log.js';
 import { describeRow } from '../../src/policy/model.js';
 import type { PolicyDecider } from '../../src/policy/policy.js';
 import { ProtocolError } from '../../src/protocol/messages.js';
-import type { VmmEvent } from '../../src/vmm/adapter.js';
+import { dependency, MissingDependencyError, whichProgram } from '../../src/deps.js';
+import type { NetCapability, VmmEvent } from '../../src/vmm/adapter.js';
 import { macFor } from './mac.js';
 import { findPasst, passtFiles, startPasst, stopPasst, type PasstHandle } from './passt.js';
 import { describeNetwork, joinQuestion } from './question.js';
@@ -28,7 +29,9 @@ import { Taps, type HelperConnect } from './taps.js';
  *
  * A bridge or vm-only NIC is a tap the privileged helper makes for this user
  * on the network's bridge, handed to the VMM as a descriptor; the tap is
- * deleted when the NIC goes, or the VM stops.
+ * deleted when the NIC goes, or the VM stops. A user network is a passt of
+ * ours when the VMM takes one (QEMU) and passt is installed, and otherwise the
+ * VMM's own user networking (QEMU's slirp; libvirt's `type='user'`).
  */
 const PORTAL = 'Network';
 
@@ -44,8 +47,15 @@ export interface VmNetworksDeps {
   dirs: { runtime: string; logs: string };
   /** The privileged helper, for taps; without it only user networks can be joined. */
   helper?: HelperConnect;
+  /** Whether passt is installed; default: looked up on PATH each time. */
+  passtInstalled?: () => boolean;
   log: Logger;
 }
+
+/** How a user network reaches a VM: a passt we start, or the VMM's own user networking. */
+type UserRoute = 'passt' | 'own';
+
+const passtOnPath = () => whichProgram(dependency('passt').candidates) !== undefined;
 
 /** Who asked: the guest (consent), the host's CLI or bus API, or a row at VM start. */
 export type Via = 'guest' | 'cli' | 'always';
@@ -180,7 +190,8 @@ export class VmNetworks {
     else if (!this.deps.devices) why = `VM "${this.deps.vm.name}" has no VMM socket in its config ("vmm"), and NICs are hot-plugged through it`;
     else {
       try {
-        this.deps.devices.require('net');
+        const cap = this.deps.devices.require('net');
+        if (net.type === 'user') this.userRoute(name, net, cap);
       } catch (err) {
         why = (err as Error).message;
       }
@@ -198,7 +209,11 @@ export class VmNetworks {
     try {
       const cap = this.deps.devices?.require('net');
       if (!cap) throw new Error(`VM "${this.deps.vm.name}" has no VMM socket in its config ("vmm")`);
-      if (net.type === 'user') {
+      if (net.type === 'user' && this.userRoute(name, net, cap) === 'own') {
+        await cap.attachNet({ id: name, backend: { type: 'user', forwards: net.forwards.map((f) => ({ host: f.host, guest: f.guest })) }, mac });
+        this.joined.set(name, { mac });
+        extra = { userNet: 'vmm', ...(net.forwards.length ? { forwards: net.forwards.map((f) => `${f.host}:${f.guest}`) } : {}) };
+      } else if (net.type === 'user') {
         const passt = await startPasst(this.files(name), net.forwards, this.log.child({ network: name }));
         try {
           await cap.attachNet({ id: name, backend: { type: 'stream', socketPath: passt.socket }, mac });
@@ -207,7 +222,7 @@ export class VmNetworks {
           throw err;
         }
         this.joined.set(name, { mac, passt });
-        if (net.forwards.length) extra = { forwards: net.forwards.map((f) => `${f.host}:${f.guest}`) };
+        extra = { userNet: 'passt', ...(net.forwards.length ? { forwards: net.forwards.map((f) => `${f.host}:${f.guest}`) } : {}) };
       } else {
         if (!this.taps) throw new Error('this daemon has no privileged helper to make a tap');
         const bridge = bridgeOf(name, net);
@@ -232,6 +247,28 @@ export class VmNetworks {
     this.record(request, 'allow', how.reason, { ...facts, attached: true, mac, ...extra }, how.rule);
     this.log.info({ ...facts, mac, ...extra }, 'joined the network');
     this.deps.notify({ network: name, joined: true, mac });
+  }
+
+  /**
+   * Which user networking `net` gets on this VMM: passt when the VMM takes it
+   * and it is installed, else the VMM's own. Throws, in words, when neither
+   * can serve, or the VMM's own cannot forward the ports `net` forwards.
+   */
+  private userRoute(name: string, net: Extract<Network, { type: 'user' }>, cap: NetCapability): UserRoute {
+    const { modes, ownForwards } = cap.userNetworking;
+    const vmm = this.deps.devices?.vmm?.kind ?? 'this VMM';
+    if (modes.includes('passt') && (this.deps.passtInstalled ?? passtOnPath)()) return 'passt';
+    if (modes.includes('own')) {
+      if (net.forwards.length && !ownForwards) {
+        throw new Error(
+          `network '${name}' forwards host ports (${net.forwards.map((f) => `${f.host}→${f.guest}`).join(', ')}), and ${vmm}'s own user networking cannot forward ports; ` +
+            'remove the forwards, or reach this VM over a vm-only network',
+        );
+      }
+      return 'own';
+    }
+    if (modes.includes('passt')) throw new MissingDependencyError(dependency('passt'));
+    throw new Error(`network '${name}' is a user network, and ${vmm} has no user-mode networking; give this VM a bridge or vm-only network`);
   }
 
   private async onVmmUp(): Promise<void> {

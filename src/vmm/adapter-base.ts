@@ -23,7 +23,17 @@ const MAC = /^[0-9a-f][26ae](:[0-9a-f]{2}){5}$/;
 export function checkNetSpec(spec: NetSpec): void {
   assertSafeId('NIC', spec.id);
   if (spec.mac !== undefined && !MAC.test(spec.mac)) throw new VmmError(`NIC ${spec.id}: MAC ${JSON.stringify(spec.mac)} must be a unicast, locally administered address like 02:12:34:56:78:9a (lowercase)`);
+  if (spec.backend.type === 'user') {
+    const ports = spec.backend.forwards;
+    if (ports.length > MAX_FORWARDS) throw new VmmError(`NIC ${spec.id}: at most ${MAX_FORWARDS} port forwards, not ${ports.length}`);
+    for (const f of ports) {
+      if (![f.host, f.guest].every((p) => Number.isInteger(p) && p >= 1 && p <= 65535)) throw new VmmError(`NIC ${spec.id}: port forward ${JSON.stringify(f)} must map a TCP port 1-65535 to another`);
+    }
+  }
 }
+
+/** As the config allows per network. */
+const MAX_FORWARDS = 32;
 
 export abstract class AdapterBase {
   readonly events: VmmEvents;

@@ -68,8 +68,10 @@ export interface UsbSpec {
 
 /**
  * Where a NIC's frames go: a tap the privileged helper has created and
- * handed to this user (bridge and vm-only networks), or a stream socket a
- * user-mode network daemon (passt) listens on, which the VMM connects to.
+ * handed to this user (bridge and vm-only networks), a stream socket a
+ * user-mode network daemon (passt) listens on, which the VMM connects to, or
+ * the VMM's own user-mode networking (QEMU's built-in slirp, which libvirt
+ * also starts for `<interface type='user'>`).
  */
 export type NetBackend =
   /**
@@ -79,7 +81,20 @@ export type NetBackend =
    * keeps and closes `fd`: the VMM holds its own copy once attached.
    */
   | { type: 'tap'; tapName: string; fd?: number }
-  | { type: 'stream'; socketPath: string };
+  | { type: 'stream'; socketPath: string }
+  /** `forwards`: TCP from 127.0.0.1:host on the host to the guest's port; none for outbound only. */
+  | { type: 'user'; forwards: readonly { host: number; guest: number }[] };
+
+/**
+ * The user-mode networking a VMM can give a NIC, best first: `passt`, a
+ * stream socket to a passt we start (NetBackend `stream`); `own`, the VMM's
+ * own (NetBackend `user`), with `ownForwards` saying whether it takes port
+ * forwards.
+ */
+export interface UserNetworking {
+  modes: readonly ('passt' | 'own')[];
+  ownForwards: boolean;
+}
 
 export interface NetSpec {
   id: string;
@@ -133,6 +148,7 @@ export interface UsbCapability {
 }
 
 export interface NetCapability {
+  readonly userNetworking: UserNetworking;
   attachNet(spec: NetSpec, opts?: AttachOptions): Promise<DeviceHandle>;
   detachNet(id: string, opts?: DetachOptions): Promise<void>;
   listNet(): Promise<DeviceInfo[]>;

@@ -95,6 +95,7 @@ export function tapFdOf(spec: NetSpec): number {
         'only a tap (by name or by descriptor) or a vhost-user-net socket (vhost_user), and a stream socket is not vhost-user; use a tap network for this VM',
     );
   }
+  if (spec.backend.type === 'user') throw new VmmError(`NIC ${spec.id}: cloud-hypervisor has no user-mode networking of its own; use a tap network for this VM`);
   const { fd, tapName } = spec.backend;
   if (fd === undefined) throw new VmmError(`NIC ${spec.id}: a tap NIC needs the tap's descriptor from the privileged helper; cloud-hypervisor is not given the right to open ${tapName} itself`);
   if (!Number.isInteger(fd) || fd < 0) throw new VmmError(`NIC ${spec.id}: the tap's descriptor ${String(fd)} is not a descriptor number`);
@@ -225,6 +226,8 @@ export class CloudHypervisorAdapter extends AdapterBase implements VmmAdapter {
   readonly shares: ShareCapability = this;
   /** NICs on a tap whose descriptor we are handed. */
   readonly net: NetCapability = this;
+  /** None: its NetConfig takes a tap or vhost-user only. */
+  readonly userNetworking = { modes: [], ownForwards: false } as const;
   private readonly ourShares = new Map<string, Tracked>();
   private readonly ourNics = new Map<string, TrackedNic>();
   private readonly detaching = new Set<string>();

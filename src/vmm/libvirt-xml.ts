@@ -55,19 +55,23 @@ export function filesystemXml(spec: ShareSpec): string {
 }
 
 /**
- * The `<interface>` device for a NIC, after checking everything in it. Only
- * tap backends: `type='ethernet'` with `managed='no'` has libvirt open the
- * existing tap by name (the privileged helper made it and gave it to this
- * user) and neither create, reconfigure nor delete it. The backend's `fd` is
- * not used: libvirt opens its own queue of the tap; the caller still closes it.
+ * The `<interface>` device for a NIC, after checking everything in it.
+ * - A tap: `type='ethernet'` with `managed='no'` has libvirt open the
+ *   existing tap by name (the privileged helper made it and gave it to this
+ *   user) and neither create, reconfigure nor delete it. The backend's `fd` is
+ *   not used: libvirt opens its own queue of the tap; the caller still closes it.
+ * - The VMM's own user networking: `type='user'` with no `<backend>`, QEMU's
+ *   slirp, which libvirt sets up and tears down with the NIC. Without port
+ *   forwards: libvirt 9.0 has `<portForward>` only for its passt backend, and
+ *   its parser rejects `<backend type='passt'/>` ("Invalid value for attribute
+ *   'type' in element 'backend': 'passt'"), so neither passt nor forwards can
+ *   be had through it.
  *
  * Stream backends are refused. libvirt 9.0 (Debian 12) has no way to hand
- * QEMU the socket of a passt someone else started: `<interface type='user'>`
- * with `<backend type='passt'/>` makes libvirt start and own a passt of its
- * own (its schema has no socket for it, only `<source dev>`, the host
- * interface passt copies), `type='vhostuser'` speaks vhost-user rather than
- * passt's length-prefixed frames, and `type='client'`/`'server'` take an IPv4
- * address and a TCP port only, while passt listens on a Unix socket.
+ * QEMU the socket of a passt someone else started: `type='vhostuser'` speaks
+ * vhost-user rather than passt's length-prefixed frames, and
+ * `type='client'`/`'server'` take an IPv4 address and a TCP port only, while
+ * passt listens on a Unix socket.
  */
 export function interfaceXml(spec: NetSpec): string {
   checkNetSpec(spec);
@@ -75,20 +79,25 @@ export function interfaceXml(spec: NetSpec): string {
   if (backend.type === 'stream') {
     throw new VmmError(
       `NIC ${spec.id}: libvirt cannot connect a NIC to the passt listening on ${backend.socketPath}: ` +
-        "libvirt 9.0 starts passt itself for <interface type='user'><backend type='passt'/> and has no interface type that takes the Unix socket of a passt already running; " +
-        'give this VM a bridge or vm-only network (a tap) instead',
+        'libvirt 9.0 has no interface type that takes the Unix socket of a passt already running; ' +
+        "use libvirt's own user networking, or give this VM a bridge or vm-only network (a tap) instead",
     );
+  }
+  const tail = [...(spec.mac === undefined ? [] : [xmlElement('mac', { address: spec.mac })]), xmlElement('model', { type: 'virtio' }), xmlElement('alias', { name: nicAlias(spec.id) })];
+  if (backend.type === 'user') {
+    if (backend.forwards.length) {
+      throw new VmmError(
+        `NIC ${spec.id}: libvirt cannot forward host ports to a user-mode NIC: libvirt 9.0 has <portForward> only for its passt backend, which it fails to parse; ` +
+          'remove the forwards from this network, or reach the VM over a vm-only network',
+      );
+    }
+    return xmlElement('interface', { type: 'user' }, tail);
   }
   // A Linux interface name (IFNAMSIZ 16 with the NUL) is inside libvirt's deviceName alphabet.
   if (!isInterfaceName(backend.tapName)) {
     throw new VmmError(`NIC ${spec.id}: tap name ${JSON.stringify(backend.tapName)} must be 1 to 15 letters, digits, '_', '.' and '-', not starting with '.' or '-'`);
   }
-  return xmlElement('interface', { type: 'ethernet' }, [
-    xmlElement('target', { dev: backend.tapName, managed: 'no' }),
-    ...(spec.mac === undefined ? [] : [xmlElement('mac', { address: spec.mac })]),
-    xmlElement('model', { type: 'virtio' }),
-    xmlElement('alias', { name: nicAlias(spec.id) }),
-  ]);
+  return xmlElement('interface', { type: 'ethernet' }, [xmlElement('target', { dev: backend.tapName, managed: 'no' }), ...tail]);
 }
 
 // ---- XML in

@@ -139,8 +139,20 @@ describe('interface XML for virsh attach-device', () => {
 
   it('refuses stream (passt) backends: libvirt 9.0 cannot connect to a passt it did not start', () => {
     expect(() => interfaceXml({ id: 'lan', backend: { type: 'stream', socketPath: '/run/user/1000/xdp-vm/passt-lan.sock' } })).toThrow(
-      new VmmError("NIC lan: libvirt cannot connect a NIC to the passt listening on /run/user/1000/xdp-vm/passt-lan.sock: libvirt 9.0 starts passt itself for <interface type='user'><backend type='passt'/> " +
-        'and has no interface type that takes the Unix socket of a passt already running; give this VM a bridge or vm-only network (a tap) instead'),
+      new VmmError('NIC lan: libvirt cannot connect a NIC to the passt listening on /run/user/1000/xdp-vm/passt-lan.sock: libvirt 9.0 has no interface type that takes the Unix socket of a passt already running; ' +
+        "use libvirt's own user networking, or give this VM a bridge or vm-only network (a tap) instead"),
+    );
+  });
+
+  it("libvirt's own user networking: <interface type='user'> with no backend, valid by the schema", async () => {
+    const xml = interfaceXml({ id: 'web', backend: { type: 'user', forwards: [] }, mac: '02:5a:4c:56:00:02' });
+    expect(xml).toBe('<interface type="user"><mac address="02:5a:4c:56:00:02"/><model type="virtio"/><alias name="ua-xdpvm-net-web"/></interface>');
+    expect(await validInterface(xml)).toBe('');
+  });
+
+  it('refuses port forwards on user networking, which libvirt 9.0 has only for the passt backend it cannot parse', () => {
+    expect(() => interfaceXml({ id: 'web', backend: { type: 'user', forwards: [{ host: 2222, guest: 22 }] } })).toThrow(
+      new VmmError('NIC web: libvirt cannot forward host ports to a user-mode NIC: libvirt 9.0 has <portForward> only for its passt backend, which it fails to parse; remove the forwards from this network, or reach the VM over a vm-only network'),
     );
   });
 

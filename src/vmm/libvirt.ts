@@ -73,6 +73,8 @@ export class LibvirtAdapter extends AdapterBase implements VmmAdapter {
   readonly shares: ShareCapability = this;
   /** NICs on a tap libvirt opens by name; stream (passt) backends are refused, see interfaceXml. */
   readonly net: NetCapability = this;
+  /** libvirt's own `<interface type='user'>` (QEMU's slirp), without forwards; see interfaceXml. */
+  readonly userNetworking = { modes: ['own'], ownForwards: false } as const;
   private readonly ourShares = new Map<string, Tracked>();
   /** NIC id → alias, for the NICs this instance attached (or adopted by detaching). */
   private readonly ourNics = new Map<string, string>();

@@ -83,13 +83,20 @@ export function tapFdName(id: string): string {
  *   `server: false` makes QEMU the client.
  * - A `tap` netdev (NetdevTapOptions) takes `fd`, the name `getfd` gave the
  *   descriptor; QEMU then opens nothing itself and runs no script.
+ * - A `user` netdev (NetdevUserOptions) is QEMU's own slirp, for when passt
+ *   is not installed: `hostfwd` entries are `tcp:127.0.0.1:HOST-:GUEST`
+ *   (an empty guest address is slirp's first DHCP lease, 10.0.2.15).
  */
 export function netdevArgs(spec: NetSpec): Record<string, unknown> {
-  if (spec.backend.type === 'tap') {
-    if (spec.backend.fd === undefined) throw new VmmError(`NIC ${spec.id}: a tap NIC needs the tap's descriptor from the privileged helper; QEMU is not given the right to open ${spec.backend.tapName} itself`);
+  const b = spec.backend;
+  if (b.type === 'tap') {
+    if (b.fd === undefined) throw new VmmError(`NIC ${spec.id}: a tap NIC needs the tap's descriptor from the privileged helper; QEMU is not given the right to open ${b.tapName} itself`);
     return { type: 'tap', id: nicNetdevId(spec.id), fd: tapFdName(spec.id) };
   }
-  return { type: 'stream', id: nicNetdevId(spec.id), server: false, addr: { type: 'unix', path: spec.backend.socketPath } };
+  if (b.type === 'user') {
+    return { type: 'user', id: nicNetdevId(spec.id), ...(b.forwards.length ? { hostfwd: b.forwards.map((f) => ({ str: `tcp:127.0.0.1:${f.host}-:${f.guest}` })) } : {}) };
+  }
+  return { type: 'stream', id: nicNetdevId(spec.id), server: false, addr: { type: 'unix', path: b.socketPath } };
 }
 
 export function nicDeviceArgs(spec: NetSpec, port: string): Record<string, unknown> {
@@ -108,6 +115,8 @@ export class QemuAdapter extends AdapterBase implements VmmAdapter {
   readonly shares: ShareCapability = this;
   /** NICs on a stream socket (passt) or on a tap whose descriptor we are handed. */
   readonly net: NetCapability = this;
+  /** passt when it is installed; QEMU's own slirp, with forwards, otherwise. */
+  readonly userNetworking = { modes: ['passt', 'own'], ownForwards: true } as const;
   private readonly ourShares = new Map<string, Tracked>();
   private readonly ourNics = new Map<string, TrackedNic>();
   /** Device ids we asked QEMU to remove, so their DEVICE_DELETED is not "unexpected". */

@@ -7,6 +7,8 @@ import type { VmmEvent } from '../../src/vmm/adapter.js';
 import { LibvirtAdapter } from '../../src/vmm/libvirt.js';
 import { QEMU_GUEST_MOUNT, World } from '../../src/testbed/world.js';
 import { sessionUser } from '../../src/testbed/as-user.js';
+import { serveLine } from '../../src/testbed/loopback.js';
+import { agentShell, dhcp, guestReads, nicWithMac } from '../../src/testbed/qemu/guest-net.js';
 import { startVirtiofsd } from '../../src/testbed/qemu/virtiofsd.js';
 import { bootLibvirtGuest, startPrivateLibvirtd, type LibvirtGuest, type PrivateLibvirtd } from '../../src/testbed/qemu/libvirt-guest.js';
 import { GUEST_APP, GUEST_ENV, guestSetupScript, PORTAL_PORT, type AppResult } from '../../src/testbed/qemu/portal-vm.js';
@@ -127,6 +129,27 @@ describe('libvirt adapter with a real libvirtd', () => {
     expect(ejected).toMatch(/^ejected 0000:\w+:00\.0\n$/);
     expect(await detached).toEqual({ type: 'device-detached', kind: 'share', id: 'eject-me', deviceId: 'ua-xdpvm-fs-eject-me', expected: false });
     expect((await adapter.listShares()).map((s) => s.tag)).toEqual(['hostroot']);
+  });
+
+  it("a NIC on libvirt's own user networking: hot-plugged, a lease from QEMU's slirp, the host's loopback through its gateway, and unplugged", async () => {
+    const mac = '02:5a:4c:56:00:02';
+    const server = await serveLine('hello from the host loopback');
+    const g = agentShell(guest.agent);
+    try {
+      const attached = await adapter.attachNet({ id: 'web', backend: { type: 'user', forwards: [] }, mac });
+      expect(attached).toEqual({ kind: 'net', id: 'web', deviceId: 'ua-xdpvm-net-web', location: expect.stringMatching(/^pci\.\d+$/) });
+      expect(await lv.virsh(['dumpxml', '--domain', guest.domain])).toMatch(/<interface type='user'>\s*<mac address='02:5a:4c:56:00:02'\/>/);
+      let nic = '';
+      await expect.poll(async () => (nic = await nicWithMac(g, mac)), { timeout: 30_000, interval: 200 }).toMatch(/^eth\d+$/);
+      expect(await dhcp(g, nic)).toEqual({ address: '10.0.2.15', router: '10.0.2.2', dns: '10.0.2.3' });
+      // This libvirtd's QEMU runs in the host's network namespace: slirp's gateway is the host's loopback.
+      expect(await guestReads(g, '10.0.2.2', server.port)).toBe('hello from the host loopback\n');
+      await adapter.detachNet('web');
+      expect(await nicWithMac(g, mac)).toBe('');
+      expect(await adapter.listNet()).toEqual([]);
+    } finally {
+      server.close();
+    }
   });
 
   it('a NIC on an existing tap is hot-plugged through libvirt, appears in the guest with its MAC, and is unplugged, the tap left alone', async () => {

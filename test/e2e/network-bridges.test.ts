@@ -9,7 +9,7 @@ import { bootPortalVm, type PortalVm } from '../../src/testbed/qemu/portal-vm.js
 import { sessionUser } from '../../src/testbed/as-user.js';
 import { startSystemHelper, type SystemHelper } from '../../src/testbed/system-helper.js';
 import { World } from '../../src/testbed/world.js';
-import { dhcp, nicWithMac, pings, type Lease } from '../../src/testbed/qemu/guest-net.js';
+import { dhcp, guestServes, nicWithMac, pings, type Lease } from '../../src/testbed/qemu/guest-net.js';
 
 /**
  * Bridge and vm-only networks end to end, with real QEMU guests and the
@@ -120,7 +120,7 @@ describe.skipIf(skip)('bridge and vm-only networks in real guests, through the p
     expect(await pings(shop, leases.get('work')!.address)).toBe(true);
     expect(await pings(work, LAB.host)).toBe(true);
     // ssh-like: the host connects to a guest's port and the guest's server answers.
-    await shop.sh(`setsid nohup ${NODE} -e 'require("net").createServer((s) => s.end("${FROM_GUEST}\\n")).listen(${GUEST_PORT})' > /tmp/listener.log 2>&1 < /dev/null &`);
+    await guestServes(shop, GUEST_PORT, FROM_GUEST);
     const connect = `const s = require("net").connect(${GUEST_PORT}, "${leases.get('shop')!.address}"); let got = ""; s.on("data", (d) => (got += d)); s.on("end", () => process.stdout.write(got)); s.on("error", (e) => { process.stdout.write(e.code); });`;
     await expect.poll(async () => (await helper.inNs(NODE, ['-e', connect], { timeoutMs: 15_000 })).trim(), { timeout: 60_000, interval: 1000 }).toBe(FROM_GUEST);
     // The bridge and its taps: one per VM, each owned by the user the daemon runs as; the daemon is not root.

@@ -1,5 +1,4 @@
 import { existsSync, readFileSync } from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { macFor } from '../../portals/network/mac.js';
@@ -7,7 +6,8 @@ import { parseAuditLines } from '../../src/host/audit.js';
 import { cliEntry } from '../../src/paths.js';
 import { bootPortalVm, type PortalVm } from '../../src/testbed/qemu/portal-vm.js';
 import { World } from '../../src/testbed/world.js';
-import { dhcp, nicWithMac as guestNic } from '../../src/testbed/qemu/guest-net.js';
+import { dhcp, guestReads, guestServes, nicWithMac as guestNic } from '../../src/testbed/qemu/guest-net.js';
+import { freePort, readFrom, serveLine } from '../../src/testbed/loopback.js';
 
 /**
  * A `user` network end to end with a real QEMU guest: the guest asks
@@ -23,7 +23,7 @@ import { dhcp, nicWithMac as guestNic } from '../../src/testbed/qemu/guest-net.j
  */
 let world: World;
 let vm: PortalVm | undefined;
-let server: net.Server;
+let server: { port: number; close(): void };
 let serverPort: number;
 let hostPort: number;
 const FROM_HOST = 'hello from the host loopback';
@@ -33,21 +33,10 @@ const MAC = macFor('work', 'web');
 const NODE = process.execPath;
 const CLI = cliEntry();
 
-/** A TCP port free on the host's loopback now. */
-async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', resolve));
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise((resolve) => s.close(resolve));
-  return port;
-}
-
 beforeAll(async () => {
-  server = net.createServer((sock) => sock.end(`${FROM_HOST}\n`));
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  serverPort = (server.address() as net.AddressInfo).port;
+  server = await serveLine(FROM_HOST);
+  serverPort = server.port;
   hostPort = await freePort();
-  while (hostPort < 1024) hostPort = await freePort();
   world = await World.start([{ name: 'work', label: 'Work', qemu: true }], {
     config: {
       networks: {
@@ -87,25 +76,6 @@ const pidFile = () => path.join(world.hostEnv.XDG_RUNTIME_DIR!, 'xdp-vm', 'work-
 const hostList = async () => JSON.parse((await world.cli(['net', 'list', '--json'])).stdout) as { name: string; type: string; vms: string[] }[];
 const passtPid = () => Number(readFileSync(pidFile(), 'utf8').trim());
 
-/** Whether something in the guest listens on TCP `port` (state 0A in /proc/net/tcp*). */
-async function listening(g: PortalVm, port: number): Promise<boolean> {
-  const hex = port.toString(16).toUpperCase().padStart(4, '0');
-  return (await g.sh(`cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | awk '$2 ~ /:${hex}$/ && $4 == "0A"' | wc -l`)).trim() !== '0';
-}
-
-/** Read what a TCP server sends, from the host, after sending `say` (if any). */
-function readFrom(port: number, timeoutMs = 20_000, say?: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    let got = '';
-    const sock = net.connect(port, '127.0.0.1');
-    if (say !== undefined) sock.once('connect', () => sock.write(say));
-    sock.setTimeout(timeoutMs, () => sock.destroy(new Error('timed out')));
-    sock.on('data', (d) => (got += d.toString()));
-    sock.on('end', () => resolve(got));
-    sock.on('error', reject);
-  });
-}
-
 describe('a user network in a real guest', () => {
   let nic = '';
 
@@ -128,8 +98,7 @@ describe('a user network in a real guest', () => {
     expect(lease.address).toMatch(/^\d+\.\d+\.\d+\.\d+$/);
     expect(await g.sh(`ip -4 addr show dev ${nic}`)).toContain(lease.address);
     // passt maps the gateway to the host itself: the test's server listens on 127.0.0.1 only.
-    const got = await g.sh(`${NODE} -e 'require("net").connect(${serverPort}, "${lease.router}").on("data", (d) => process.stdout.write(d)).on("error", (e) => { console.error(e.message); process.exit(1); })'`);
-    expect(got.trim()).toBe(FROM_HOST);
+    expect(await guestReads(g, lease.router, serverPort)).toBe(`${FROM_HOST}\n`);
     expect((await hostList()).find((n) => n.name === 'web')!.vms).toEqual(['work']);
     const lines = audit();
     expect(lines).toContainEqual(expect.objectContaining({ vm: 'work', decision: 'allow', reason: 'policy', rule: 'Network web work allow' }));
@@ -138,9 +107,8 @@ describe('a user network in a real guest', () => {
 
   it('a port forward: the host\'s 127.0.0.1 port reaches a listener in the guest', async () => {
     const g = vm!;
-    await g.sh(`setsid nohup ${NODE} -e 'require("net").createServer((s) => s.end("${FROM_GUEST}\\n")).listen(${GUEST_PORT})' > /tmp/listener.log 2>&1 < /dev/null &`);
-    // node starts slowly in a TCG guest: connect only once it listens, or passt meets a closed port.
-    await expect.poll(() => listening(g, GUEST_PORT), { timeout: 60_000, interval: 500 }).toBe(true);
+    // Connect only once it listens, or passt meets a closed port.
+    await guestServes(g, GUEST_PORT, FROM_GUEST);
     // The client speaks first, as an ssh or HTTP client does: Debian 12's passt
     // (2023-03-09) completes a forwarded handshake only once the host side
     // sends something (its final ACK rides on the first data), so a
@@ -184,8 +152,7 @@ describe('a user network in a real guest', () => {
     await expect.poll(async () => (await hostList()).find((n) => n.name === 'web')!.vms, { timeout: 10_000 }).toEqual(['work']);
     expect(audit()).toContainEqual(expect.objectContaining({ vm: 'work', decision: 'allow', reason: 'policy', rule: 'Network web work allow', asked: expect.objectContaining({ via: 'always', attached: true, mac: MAC }) }));
     const lease = await dhcp(g, await nicWithMac(g));
-    const got = await g.sh(`${NODE} -e 'require("net").connect(${serverPort}, "${lease.router}").on("data", (d) => process.stdout.write(d))'`);
-    expect(got.trim()).toBe(FROM_HOST);
+    expect(await guestReads(g, lease.router, serverPort)).toBe(`${FROM_HOST}\n`);
   });
 
   it('the host CLI detaches and attaches without a question, audited as the CLI\'s; a restarted daemon adopts the NIC', async () => {
