@@ -96,6 +96,12 @@ export interface ServiceOptions extends Omit<ExecOptions, 'timeoutMs' | 'input'>
   onStderrLine?: (line: string) => void;
   onStdoutLine?: (line: string) => void;
   /**
+   * With a line callback: a line longer than this (UTF-16 units) is dropped
+   * whole, and no more than this plus one chunk is ever buffered, so a child
+   * that floods one endless line cannot grow our memory. Unbounded by default.
+   */
+  maxLineLength?: number;
+  /**
    * Let the child outlive us: its own session, not killed when we exit, and
    * its output appended to `logFile` (a pipe to us would break when we go).
    */
@@ -116,6 +122,9 @@ export class Service {
     const lines = (stream: NodeJS.ReadableStream | null, cb?: (l: string) => void, keep = false) => {
       if (!stream) return;
       let buf = '';
+      /** Inside a line already over maxLineLength: drop up to its newline. */
+      let skipping = false;
+      const max = opts.maxLineLength ?? Infinity;
       stream.setEncoding('utf8');
       stream.on('data', (chunk: string) => {
         if (keep) this.stderrTail = (this.stderrTail + chunk).slice(-65536);
@@ -123,8 +132,13 @@ export class Service {
         buf += chunk;
         let nl;
         while ((nl = buf.indexOf('\n')) >= 0) {
-          cb(buf.slice(0, nl));
+          if (!skipping && nl <= max) cb(buf.slice(0, nl));
+          skipping = false;
           buf = buf.slice(nl + 1);
+        }
+        if (buf.length > max) {
+          buf = '';
+          skipping = true;
         }
       });
     };

@@ -51,7 +51,13 @@ describe('the permission store encoding', () => {
 describe('arguments and subjects', () => {
   it('normalises a USB device id and rejects what is not one', () => {
     expect(checkArgument('Usb', 'usb:1050/04AB/CC12')).toEqual({ ok: true, arg: 'usb:1050/04ab/CC12' });
-    expect(checkArgument('Usb', 'usb:1050/0407/')).toEqual({ ok: true, arg: 'usb:1050/0407/' });
+    expect(checkArgument('Usb', 'usb:1050/0407/Yubico_YubiKey_OTP+FIDO+CCID')).toEqual({ ok: true, arg: 'usb:1050/0407/Yubico_YubiKey_OTP+FIDO+CCID' });
+    expect(checkArgument('Usb', 'usb:0781/5581/SanDisk_Ultra_4C530001\\x20ü')).toEqual({ ok: true, arg: 'usb:0781/5581/SanDisk_Ultra_4C530001\\x20ü' });
+    // udev never gives an empty ID_SERIAL, and no udev serial holds a slash, a space or a control character.
+    for (const bad of ['usb:1050/0407/', 'usb:1050/0407/a/b', 'usb:1050/0407/a b', 'usb:1050/0407/a\u202eb', `usb:1050/0407/${'x'.repeat(256)}`]) {
+      expect(checkArgument('Usb', bad).ok, bad).toBe(false);
+    }
+    expect(checkArgument('Usb', `usb:1050/0407/${'x'.repeat(255)}`).ok).toBe(true);
     const bad = checkArgument('Usb', '1050:0407');
     expect(bad.ok).toBe(false);
     if (!bad.ok) expect(bad.problem).toMatch(/usb:VID\/PID\/SERIAL/);

@@ -56,14 +56,29 @@ export interface AttachOptions {
   signal?: AbortSignal;
 }
 
-/** A USB device by the triple xdg-desktop-portal uses (`usb:VID/PID/SERIAL`) or by host address. */
+/**
+ * One host USB device, passed through by the VMM's own USB emulation
+ * (QEMU's usb-host, libvirt's hostdev). The caller has matched the device
+ * (vendor, product and ID_SERIAL, src/usb/devices.ts) and names it by where
+ * it is now: bus number and device address, which change on every replug.
+ * The VMMs' own matching by vendor and product cannot tell two identical
+ * devices apart, and neither has a serial property.
+ */
 export interface UsbSpec {
   id: string;
   vendorId: number;
   productId: number;
-  serial?: string;
-  hostBus?: number;
-  hostAddress?: number;
+  /** busnum and devnum in sysfs: /dev/bus/usb/BBB/DDD. */
+  hostBus: number;
+  hostAddress: number;
+  /**
+   * The device node, opened read-write by the privileged helper (usb-open),
+   * for a VMM that can take a descriptor (QEMU: add-fd, then usb-host's
+   * hostdevice=/dev/fdset/N), so that it needs no access to /dev/bus/usb.
+   * The adapter passes it on and never closes it; the caller does, once
+   * attach has returned or failed.
+   */
+  fd?: number;
 }
 
 /**
