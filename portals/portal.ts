@@ -8,6 +8,7 @@ import type { FloodControl } from '../src/host/flood.js';
 import type { Logger } from '../src/log.js';
 import type { PolicyDecider } from '../src/policy/policy.js';
 import type { VmNetworks } from './network/vm-networks.js';
+import type { HostUsb } from './usb/host-usb.js';
 import type { AnyHandler } from '../src/protocol/connection.js';
 import type { MethodDescriptor, NotificationDescriptor, NotificationHandler, NotificationParams, Params, ResultOf } from '../src/protocol/methods.js';
 
@@ -84,6 +85,8 @@ export interface HostPortalDeps {
   otherVm: (name: string) => OtherVm | undefined;
   /** The VM's networks (joined, joining, leaving), which its session owns; absent where a daemon serves none. */
   networks?: VmNetworks;
+  /** The host's USB devices, which every VM shares; absent where a daemon serves none. */
+  usb?: HostUsb;
 }
 
 /** Another VM as a host half may reach it: its label for dialogs, and its guest while one is connected. */

@@ -1,32 +1,27 @@
-import { z } from 'zod';
 import { definePortal } from '../portal.js';
+import { UsbDeviceId } from './key.js';
+import { USB_METHODS } from './schema.js';
 
 /**
- * Usb: a host USB device handed to one VM. Keys are xdg-desktop-portal's
- * own, usb:VID/PID/SERIAL (src/usb/devices.ts permissionKey).
- *
- * SERIAL is udev's ID_SERIAL for the device: vendor_model[_serial], never
- * empty, at most 255 bytes, each character one udev_replace_chars keeps
- * (letters, digits, `#+-.:=@_`, a backslash of a `\x` escape, or a valid
- * non-ASCII character). So a key is one path component, with no control or
- * format characters, whatever the device said about itself.
+ * Usb: a host USB device handed to one VM. The guest asks through
+ * io.github.xdp_vm.Usb1 (`xdp-vm usb attach` in the VM); the host asks its
+ * user unless a row decides, then attaches the device through the VM's
+ * device layer. Rows name the device by xdg-desktop-portal's own key,
+ * usb:VID/PID/SERIAL; an allow row naming it ("Always") attaches it whenever
+ * the VM starts or the device is plugged in. Its guest half exports no
+ * impl.portal interface: once attached, the device is on the guest's own USB
+ * bus, and the guest's own Usb portal serves its apps.
  */
-const SERIAL = /^usb:[0-9a-f]{4}\/[0-9a-f]{4}\/(?:[A-Za-z0-9#+\-.:=@_\\]|[^\x00-\x7f\p{C}])+$/u;
-const KEY_HELP = 'a USB device is usb:VID/PID/SERIAL with SERIAL udev\'s ID_SERIAL, e.g. usb:1050/0407/Yubico_YubiKey_OTP+FIDO+CCID (see xdp-vm usb list)';
-export const UsbDeviceId = z
-  .string()
-  .max(1024, KEY_HELP)
-  .transform((s) => s.replace(/^usb:([0-9A-Fa-f]{4})\/([0-9A-Fa-f]{4})\//, (_, v: string, p: string) => `usb:${v.toLowerCase()}/${p.toLowerCase()}/`))
-  .pipe(
-    z
-      .string()
-      .regex(SERIAL, KEY_HELP)
-      .refine((s) => Buffer.byteLength(s) - 'usb:0000/0000/'.length <= 255, 'a USB device\'s SERIAL (udev\'s ID_SERIAL) is at most 255 bytes'),
-  );
-
 export const USB = definePortal({
   name: 'Usb',
   interfaces: [],
-  methods: [],
-  policy: { argument: UsbDeviceId, describeArgument: 'a device as usb:VID/PID/SERIAL', whenNoRow: 'Usb asks', consent: 'when no row applies, the user is asked' },
+  methods: USB_METHODS,
+  policy: {
+    argument: UsbDeviceId,
+    describeArgument: 'a device as usb:VID/PID/SERIAL, as xdp-vm usb list shows its key',
+    whenNoRow: 'Usb asks',
+    consent: 'when no row applies, the user is asked, naming the VM and the device; allow (or "Always") attaches it whenever the VM starts or the device is plugged in, deny keeps it on the host',
+  },
+  guest: async () => (await import('./guest.js')).exportUsb,
+  host: async () => (await import('./host.js')).usbHost,
 });

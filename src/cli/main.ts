@@ -27,6 +27,7 @@ const VERBS: VerbEntry[] = [
   { name: 'uninstall-guest', summary: 'remove what install-guest installed', load: async () => (await import('./verb-install-guest.js')).uninstallGuestVerb },
   { name: 'helper', summary: 'the privileged helper (root, system bus): taps on allowed bridges, allowed USB devices', load: async () => (await import('./verb-helper.js')).helperVerb },
   { name: 'net', summary: 'networks: list, join or leave (in a VM), attach or detach a VM (on the host)', load: async () => (await import('./verb-net.js')).netVerb },
+  { name: 'usb', summary: 'host USB devices: list, attach or detach (in a VM, or on the host for a VM)', load: async () => (await import('./verb-usb.js')).usbVerb },
   { name: 'open-uri', summary: 'hand a link to the host (in a VM: the "Open on host" handler runs it)', load: async () => (await import('./verb-open-uri.js')).openUriVerb },
   { name: 'mount-agent', summary: 'mount the document share in a VM (root service)', load: async () => (await import('./verb-mount-agent.js')).mountAgentVerb },
 ];

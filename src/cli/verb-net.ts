@@ -19,8 +19,7 @@ client configures it (nothing here writes the VM's network config).
 In a VM, join asks the host, which asks its user unless a policy row decides
 (xdp-vm permissions set VM Network allow|deny NETWORK on the host); "Always"
 joins it whenever the VM starts. On the host, attach asks nobody: you are the
-user. Only "user" networks (passt: outbound through the host's connection,
-port forwards from the host's 127.0.0.1) can be joined in this version.
+user. What each kind of network gives a VM: README.md, Networks.
 
 Which side this is: the host when the host daemon's bus name
 (${CONTROL_BUS_NAME}) is on this session bus, else a VM, where it asks the

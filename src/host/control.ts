@@ -11,13 +11,15 @@ import { FILE_CHOOSER } from '../../portals/file-chooser/index.js';
 import { folderControl } from './folders/control.js';
 import type { FolderStore } from './folders/store.js';
 import { networkControl } from '../../portals/network/control.js';
+import { usbControl } from '../../portals/usb/control.js';
+import type { HostUsb } from '../../portals/usb/host-usb.js';
 
 /** io.github.xdp_vm.Host1: what the CLI asks the running daemon. */
 export const CONTROL_BUS_NAME = 'io.github.xdp_vm.Host';
 export const CONTROL_PATH = '/io/github/xdp_vm/Host';
 export const CONTROL_INTERFACE = 'io.github.xdp_vm.Host1';
-/** 2: folder shares (AddShare, ListShares, RemoveShare). 3: networks (ListNetworks, AttachNetwork, DetachNetwork). */
-export const CONTROL_VERSION = 3;
+/** 2: folder shares (AddShare, ListShares, RemoveShare). 3: networks (ListNetworks, AttachNetwork, DetachNetwork). 4: USB (ListUsbDevices, AttachUsb, DetachUsb). */
+export const CONTROL_VERSION = 4;
 
 export function grantRow(g: Grant, guestMount: string): [string, string, Buffer, string, boolean] {
   return [g.vm, g.id, Buffer.concat([g.pathBytes, Buffer.from([0])]), guestPathOf(g, guestMount), g.writable];
@@ -41,7 +43,7 @@ interface NamedVm {
   session: VmSession | undefined;
 }
 
-export function exportControl(bus: Bus, sessions: ReadonlyMap<string, VmSession>, docs: DocumentStore, folders: FolderStore): () => void {
+export function exportControl(bus: Bus, sessions: ReadonlyMap<string, VmSession>, docs: DocumentStore, folders: FolderStore, usb?: HostUsb): () => void {
   const configured = () => new Set(sessions.keys());
   const removed = (): NamedVm[] => removedVmsWithDocuments(docs, configured()).map((name) => ({ name, guestMount: DEFAULT_GUEST_MOUNT, session: undefined }));
   const named = (name: string): NamedVm => {
@@ -94,6 +96,7 @@ export function exportControl(bus: Bus, sessions: ReadonlyMap<string, VmSession>
       },
       ...folderControl({ sessions, store: folders, documentStore: docs.mountPoint }),
       ...networkControl(sessions),
+      ...usbControl(usb),
     },
     { version: () => variant('u', CONTROL_VERSION) },
   );

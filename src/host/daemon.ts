@@ -21,6 +21,9 @@ import { VmFolders } from './folders/vm-folders.js';
 import { VmSession } from './vm-session.js';
 import { loadHostHalves } from '../../portals/host.js';
 import { retireLeftoverVirtiofsds } from './removed-vms.js';
+import { HelperClient } from '../helper/client.js';
+import { HostUsb } from '../../portals/usb/host-usb.js';
+import { watchHostUsb } from '../../portals/usb/host-watch.js';
 
 /**
  * The host daemon: one per user session. It listens on every VM's endpoint,
@@ -67,16 +70,18 @@ export async function startHostDaemon(opts: HostDaemonOptions): Promise<HostDaem
   const folderStore = new FolderStore(opts.folderStore).load();
   // Each network's passt: its socket beside the VM's other sockets, its log beside virtiofsd's.
   const networkDirs = { runtime: opts.config.runtimeDir ?? path.join(runtimeDir(), 'xdp-vm'), logs: path.join(stateHome(), 'xdp-vm') };
-  for (const vm of vmConfigs(opts.config)) sessions.set(vm.name, new VmSession(vm, { hostBus, docs, log, nextRequestId, policy, flood, consent, halves, otherVm, networkDirs }));
+  const usb = new HostUsb({ policy, consent, nextRequestId, log, helper: () => HelperClient.connect() });
+  for (const vm of vmConfigs(opts.config)) sessions.set(vm.name, new VmSession(vm, { hostBus, docs, log, nextRequestId, policy, flood, consent, halves, otherVm, networkDirs, usb }));
 
   const stoppers: (() => Promise<void> | void)[] = [];
   try {
     if (opts.shares !== false) stoppers.push(...(await startShares(opts.config, sessions, docs)));
     if (opts.shares !== false) stoppers.push(...(await startFolders(opts.config, sessions, folderStore, log.child({ component: 'folders' }))));
     stoppers.push(...(await startDevices(sessions)));
+    stoppers.push(watchHostUsb(usb, log.child({ component: 'usb' })));
     retireLeftoverVirtiofsds(docs, new Set(sessions.keys()), log.child({ component: 'removed-vms' }));
     stoppers.push(...(await startTransports(sessions, log)));
-    stoppers.push(exportControl(hostBus, sessions, docs, folderStore));
+    stoppers.push(exportControl(hostBus, sessions, docs, folderStore, usb));
     await hostBus.requestName(CONTROL_BUS_NAME);
   } catch (err) {
     for (const stop of stoppers.reverse()) await stop();
@@ -98,6 +103,7 @@ export async function startHostDaemon(opts: HostDaemonOptions): Promise<HostDaem
     busGone,
     async stop() {
       for (const s of sessions.values()) s.close('host daemon stopping');
+      usb.close();
       for (const stop of stoppers.reverse()) await stop();
       flood.close();
       await policy.close();

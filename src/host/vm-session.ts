@@ -20,6 +20,8 @@ import { peerLogLimiter, type LimitedLevel } from '../protocol/log-limiter.js';
 import { VmNetworks } from '../../portals/network/vm-networks.js';
 import { NetworkChanged } from '../../portals/network/schema.js';
 import { HelperClient } from '../helper/client.js';
+import type { HostUsb } from '../../portals/usb/host-usb.js';
+import { UsbChanged } from '../../portals/usb/schema.js';
 
 /**
  * Everything the host holds for one VM: its current link (identified by the
@@ -29,7 +31,9 @@ import { HelperClient } from '../helper/client.js';
 const METHODS = methodTable(ALL_METHODS);
 
 /** What the daemon gives every VM; the session adds the VM itself and its share. */
-export type VmSessionDeps = Omit<HostPortalDeps, 'vm' | 'ensureShare' | 'notify' | 'networks'> & {
+export type VmSessionDeps = Omit<HostPortalDeps, 'vm' | 'ensureShare' | 'notify' | 'networks' | 'usb'> & {
+  /** The daemon's USB devices, shared by every VM; without it the VM is served none. */
+  usb?: HostUsb;
   halves: HostHalves;
   /** Where each network's passt keeps its socket and pid file, and its logs; without it the VM joins no network. */
   networkDirs?: { runtime: string; logs: string };
@@ -53,6 +57,8 @@ export class VmSession {
   /** The VM's networks; undefined where the daemon serves none (no directories given). */
   readonly networks: VmNetworks | undefined;
   private mountConfirmed: { conn: Connection; generation: number } | undefined;
+  private readonly usb: HostUsb | undefined;
+  private readonly forgetUsb: () => void;
   readonly log: Logger;
 
   constructor(
@@ -62,11 +68,13 @@ export class VmSession {
     this.log = deps.log.child({ vm: vm.name });
     const connector = vmmConnector(vm, this.log);
     this.devices = connector ? new VmDevices(connector, this.log.child({ component: 'vmm' })) : undefined;
-    const { halves, networkDirs, ...portalDeps } = deps;
+    const { halves, networkDirs, usb, ...portalDeps } = deps;
     const notify: HostPortalDeps['notify'] = (note, params) => (this.connected && this.conn ? this.conn.notify(note, params) : false);
     this.networks = networkDirs
       ? new VmNetworks({ vm, devices: this.devices, policy: deps.policy, consent: deps.consent, nextRequestId: deps.nextRequestId, notify: (change) => notify(NetworkChanged, change), dirs: networkDirs, helper: () => HelperClient.connect(), log: this.log })
       : undefined;
+    this.usb = usb;
+    this.forgetUsb = usb ? usb.register({ vm, devices: this.devices, notify: (event, device) => notify(UsbChanged, { event, device }) }) : () => undefined;
     const handlers = hostHandlersFor(halves, {
       ...portalDeps,
       vm,
@@ -74,6 +82,7 @@ export class VmSession {
       ensureShare: () => this.ensureShare(),
       notify,
       ...(this.networks ? { networks: this.networks } : {}),
+      ...(usb ? { usb } : {}),
     });
     this.handlers = new Map<string, AnyHandler>([[Ping.name, async (params) => ({ seq: (params as { seq: number }).seq })], ...handlers.methods]);
     this.notificationHandlers = new Map(handlers.notifications);
@@ -147,6 +156,7 @@ export class VmSession {
         this.ensureShare().catch((err: Error) => this.log.error({ err: err.message }, 'could not plug the share in'));
         void this.folders?.onGuestConnected();
         void this.networks?.onGuestConnected();
+        void this.usb?.guestConnected(this.vm.name);
       },
       (err: Error) => this.churn('link-failed', 'warn', { endpoint, reason: guestLogText(err.message, 200) }, 'guest link failed before the handshake'),
     );
@@ -156,6 +166,7 @@ export class VmSession {
   close(reason: string): void {
     this.conn?.close(reason);
     this.networks?.close();
+    this.forgetUsb();
   }
 
   /** A guest that reconnects in a loop must not write a line per link: these share the VM's log bursts. */

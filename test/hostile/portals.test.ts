@@ -122,6 +122,37 @@ describe('OpenURI, from a hostile guest', () => {
   });
 });
 
+describe('Usb, from a hostile guest', () => {
+  it('names a device by its id and nothing else: paths, keys, VM names and oversized ids are invalid-params, and nothing is asked', async () => {
+    const { link, request } = await rawLink('evil');
+    const bad: [string, unknown][] = [
+      ['a path', { id: '../../dev/bus/usb/001/005' }],
+      ['a bus id', { id: '1-2' }],
+      ['a permission key', { id: 'usb:1050/0407/Yubico_YubiKey' }],
+      ['address 0', { id: 'b1d0' }],
+      ['a four-digit bus', { id: 'b1000d1' }],
+      ['an id past its cap', { id: `b1d${'1'.repeat(300)}` }],
+      ['the guest naming the VM', { id: 'b1d5', vm: 'work' }],
+      ['the guest naming the route', { id: 'b1d5', hostBus: 1, hostAddress: 5 }],
+      ['no id', {}],
+    ];
+    let id = 1;
+    for (const [what, params] of bad) {
+      expect(await request(id++, 'usb.acquire', params), what).toMatchObject({ t: 'err', code: 'invalid-params' });
+      expect(await request(id++, 'usb.release', params), what).toMatchObject({ t: 'err', code: 'invalid-params' });
+    }
+    expect(await request(id++, 'usb.list', { all: true })).toMatchObject({ t: 'err', code: 'invalid-params' });
+    expect(auditOf('evil', 'Usb')).toEqual([]);
+    // Well-formed: answered on its merits. This machine has no USB bus, so there is nothing to have.
+    expect(await request(id++, 'usb.list', {})).toMatchObject({ t: 'res', result: { devices: [] } });
+    expect(await request(id++, 'usb.acquire', { id: 'b1d5' })).toMatchObject({ t: 'err', code: 'invalid-params', message: expect.stringMatching(/no USB device b1d5 on the host now/) });
+    expect(await request(id++, 'usb.release', { id: 'b1d5' })).toMatchObject({ t: 'res', result: { released: false } });
+    expect(auditOf('evil', 'Usb')).toEqual([expect.objectContaining({ decision: 'error', reason: 'failure', asked: expect.objectContaining({ device: 'b1d5', via: 'guest' }) })]);
+    expect(link.closed).toBe(false);
+    link.destroy();
+  });
+});
+
 describe('host-to-guest methods, called by a guest', () => {
   it('folder.mount, folder.unmount, share.mount and openUri.launch are unknown methods to the host; the link stays up', async () => {
     const { link, request } = await rawLink('evil');

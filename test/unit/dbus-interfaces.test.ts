@@ -18,7 +18,8 @@ describe('dbus-interfaces', () => {
 
   it('our control interface parses with its methods and property', () => {
     const i = loadInterface('io.github.xdp_vm.Host1');
-    expect([...i.methods.keys()].sort()).toEqual(['AddShare', 'AttachNetwork', 'DetachNetwork', 'ListGrants', 'ListNetworks', 'ListShares', 'ListVms', 'RemoveShare', 'Revoke', 'RevokeAll']);
+    expect([...i.methods.keys()].sort()).toEqual(['AddShare', 'AttachNetwork', 'AttachUsb', 'DetachNetwork', 'DetachUsb', 'ListGrants', 'ListNetworks', 'ListShares', 'ListUsbDevices', 'ListVms', 'RemoveShare', 'Revoke', 'RevokeAll']);
+    expect(i.methods.get('AttachUsb')!.outSignature).toBe('ss');
     expect(i.methods.get('ListGrants')!.outSignature).toBe('a(ssaysb)');
     expect(i.properties.get('version')!.type).toBe('u');
   });
@@ -27,6 +28,13 @@ describe('dbus-interfaces', () => {
     const i = loadInterface('io.github.xdp_vm.Network1');
     expect([...i.methods.values()].map((m) => `${m.name}(${m.inSignature})->(${m.outSignature})`).sort()).toEqual(['Join(s)->(s)', 'Leave(s)->(b)', 'List()->(a(ssbs))']);
     expect(i.signals.get('Changed')!.signature).toBe('sbs');
+    expect(i.properties.get('version')!.type).toBe('u');
+  });
+
+  it('the guest\'s USB interface: EnumerateDevices, AcquireDevice, ReleaseDevice, the DeviceEvents signal and a version', () => {
+    const i = loadInterface('io.github.xdp_vm.Usb1');
+    expect([...i.methods.values()].map((m) => `${m.name}(${m.inSignature})->(${m.outSignature})`).sort()).toEqual(['AcquireDevice(s)->(s)', 'EnumerateDevices()->(a(sa{sv}))', 'ReleaseDevice(s)->(b)']);
+    expect(i.signals.get('DeviceEvents')!.signature).toBe('a(ssa{sv})');
     expect(i.properties.get('version')!.type).toBe('u');
   });
 });

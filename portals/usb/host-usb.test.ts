@@ -1,0 +1,354 @@
+import { EventEmitter } from 'node:events';
+import { fstatSync, openSync } from 'node:fs';
+import { describe, expect, it } from 'vitest';
+import { captureLogger } from '../../test/helpers/log-capture.js';
+import type { VmConfig } from '../../src/config/schema.js';
+import { configureAudit } from '../../src/host/audit.js';
+import type { ConsentAsker, ConsentQuestion } from '../../src/host/consent.js';
+import type { VmDevices } from '../../src/host/vm-devices.js';
+import type { PolicyRow } from '../../src/policy/model.js';
+import type { PolicyDecider } from '../../src/policy/policy.js';
+import type { BlockDevice, UsbHostDevice } from '../../src/usb/devices.js';
+import type { UsbSpec, VmmKind } from '../../src/vmm/adapter.js';
+import { HostUsb } from './host-usb.js';
+import type { UsbEntry, UsbEvent } from './schema.js';
+
+/**
+ * HostUsb with its edges faked: the host's devices (as src/usb/devices.ts
+ * reads them from sysfs, tested against a real kernel in
+ * test/e2e/usb-enumerate.test.ts), the VMs' device layers (a VMM with or
+ * without the `usb` capability, recording what it is asked), the policy
+ * rows, the consent answer and the privileged helper. What is asserted is
+ * who gets asked, what gets attached where, what each guest is told, and
+ * what is audited.
+ */
+function device(over: Partial<UsbHostDevice> & Pick<UsbHostDevice, 'busid' | 'devnum'>): UsbHostDevice {
+  return {
+    busnum: 1,
+    major: 189,
+    minor: over.devnum - 1,
+    vendorId: '1050',
+    productId: '0407',
+    bcdDevice: '0543',
+    manufacturer: 'Yubico',
+    product: 'YubiKey 5 NFC',
+    serial: undefined,
+    deviceClass: '00',
+    configuration: 1,
+    interfaces: [{ name: `${over.busid}:1.0`, number: 0, class: '0b', subclass: '00', protocol: '00', driver: undefined }],
+    speed: '12',
+    removable: 'removable',
+    driver: 'usb',
+    idSerial: 'Yubico_YubiKey_OTP+FIDO+CCID',
+    idSerialFrom: 'udev',
+    ...over,
+  };
+}
+
+const YUBIKEY = device({ busid: '1-2', devnum: 5 });
+const KEY = 'usb:1050/0407/Yubico_YubiKey_OTP+FIDO+CCID';
+const KEYBOARD = device({ busid: '1-3', devnum: 6, vendorId: '0627', productId: '0001', manufacturer: 'QEMU', product: 'QEMU USB Keyboard', idSerial: 'QEMU_QEMU_USB_Keyboard_42', interfaces: [{ name: '1-3:1.0', number: 0, class: '03', subclass: '01', protocol: '01', driver: 'usbhid' }] });
+const HUB = device({ busid: '1-1', devnum: 2, vendorId: '0409', productId: '55aa', product: 'QEMU USB Hub', deviceClass: '09', idSerial: 'QEMU_QEMU_USB_Hub', interfaces: [{ name: '1-1:1.0', number: 0, class: '09', subclass: '00', protocol: '00', driver: 'hub' }] });
+const WEBCAM = device({ busid: '1-4', devnum: 3, vendorId: '04f2', productId: 'b6dd', product: 'Integrated Camera', removable: 'fixed', idSerial: 'Chicony_Integrated_Camera' });
+const STICK = device({ busid: '1-5', devnum: 7, vendorId: '46f4', productId: '0001', manufacturer: 'QEMU', product: 'QEMU USB HARDDRIVE', idSerial: 'QEMU_QEMU_USB_HARDDRIVE_1', interfaces: [{ name: '1-5:1.0', number: 0, class: '08', subclass: '06', protocol: '50', driver: 'usb-storage' }] });
+
+const vmConfig = (name: string, label: string) => ({ name, label, color: '#3366cc', tags: [] }) as unknown as VmConfig;
+
+interface FakeVm {
+  attached: UsbSpec[];
+  detached: string[];
+  told: { event: UsbEvent; device: UsbEntry }[];
+  devices: VmDevices & EventEmitter;
+  present: Set<string>;
+  fdWasOpen: boolean[];
+}
+
+function fakeVm(kind: VmmKind | 'none', opts: { failAttach?: string; present?: string[] } = {}): FakeVm {
+  const attached: UsbSpec[] = [];
+  const detached: string[] = [];
+  const present = new Set(opts.present ?? []);
+  const fdWasOpen: boolean[] = [];
+  const usb = {
+    attachUsb: async (spec: UsbSpec) => {
+      if (spec.fd !== undefined) fdWasOpen.push(fstatSync(spec.fd).isFile() || fstatSync(spec.fd).isCharacterDevice());
+      if (opts.failAttach) throw new Error(opts.failAttach);
+      attached.push(spec);
+      present.add(spec.id);
+      return { kind: 'usb' as const, id: spec.id, deviceId: `xdpvm-usb-${spec.id}`, location: 'xdpvm-xhci.0' };
+    },
+    detachUsb: async (id: string) => void (detached.push(id), present.delete(id)),
+    listUsb: async () => [...present].map((id) => ({ kind: 'usb' as const, id, deviceId: `xdpvm-usb-${id}`, location: 'xdpvm-xhci.0' })),
+  };
+  const vmm = kind === 'none' ? undefined : { kind, ...(kind === 'cloud-hypervisor' ? {} : { usb }) };
+  const devices = Object.assign(new EventEmitter(), {
+    vmm,
+    require: () => {
+      if (!vmm) throw new Error('the host cannot reach this VM\'s VMM (VMM not connected yet)');
+      if (kind === 'cloud-hypervisor') throw new Error('cloud-hypervisor cannot attach USB devices: it has no USB emulation');
+      return usb;
+    },
+  }) as unknown as VmDevices & EventEmitter;
+  return { attached, detached, told: [], devices, present, fdWasOpen };
+}
+
+function setup(opts: { rows?: (PolicyRow & { vm?: string })[]; consent?: boolean | ((q: ConsentQuestion) => boolean); vms?: Record<string, FakeVm>; devices?: UsbHostDevice[]; mounted?: Record<string, BlockDevice[]>; helper?: { refuse?: string } } = {}) {
+  const hostDevices = [...(opts.devices ?? [YUBIKEY, KEYBOARD, HUB, WEBCAM, STICK])];
+  const rows = opts.rows ?? [];
+  const policy = {
+    decision: async (_portal: string, arg: string | undefined, vm: { name: string }) => {
+      const mine = rows.filter((r) => (r.vm ?? r.subject) === vm.name);
+      const row = mine.find((r) => r.arg === arg) ?? mine.find((r) => r.arg === undefined);
+      return row ? { verdict: row.verdict, row } : { verdict: 'ask' as const };
+    },
+  } as unknown as PolicyDecider;
+  const asked: ConsentQuestion[] = [];
+  const consent: ConsentAsker = async (q) => {
+    asked.push(q);
+    const allowed = typeof opts.consent === 'function' ? opts.consent(q) : (opts.consent ?? false);
+    return { allowed, reason: 'user' };
+  };
+  const helperCalls: string[] = [];
+  const cap = captureLogger();
+  configureAudit({ logger: cap.log, file: null });
+  let seq = 0;
+  const usb = new HostUsb({
+    policy,
+    consent,
+    nextRequestId: () => `r${++seq}`,
+    log: captureLogger().log,
+    readDevices: () => hostDevices,
+    mounted: (d) => opts.mounted?.[d.busid] ?? [],
+    ...(opts.helper
+      ? {
+          helper: async () => ({
+            usbOpen: async (busid: string) => {
+              helperCalls.push(`usb-open ${busid}`);
+              if (opts.helper!.refuse) throw new Error(opts.helper!.refuse);
+              return openSync('/dev/null', 'r+');
+            },
+            close: () => undefined,
+          }),
+        }
+      : {}),
+  });
+  const vms = opts.vms ?? { work: fakeVm('qemu'), personal: fakeVm('qemu') };
+  const labels: Record<string, string> = { work: 'Work', personal: 'Personal', sandbox: 'Sandbox' };
+  for (const [name, v] of Object.entries(vms)) usb.register({ vm: vmConfig(name, labels[name] ?? name), devices: v.devices, notify: (event, device) => (v.told.push({ event, device }), true) });
+  const audits = () => cap.lines().filter((l) => l.audit === true);
+  return { usb, vms, asked, audits, hostDevices, helperCalls };
+}
+
+describe('HostUsb: what a VM is offered', () => {
+  it('lists what may be handed out, never a hub or a built-in device, and warns about a keyboard', async () => {
+    const t = setup();
+    const list = await t.usb.list('work');
+    expect(list.map((d) => d.id)).toEqual(['b1d5', 'b1d6', 'b1d7']);
+    expect(list[0]).toEqual({
+      id: 'b1d5',
+      key: KEY,
+      vendorId: '1050',
+      productId: '0407',
+      vendor: 'Yubico',
+      product: 'YubiKey 5 NFC',
+      serial: '',
+      deviceClass: '00',
+      interfaceClasses: ['0b'],
+      state: 'free',
+      warning: '',
+    });
+    expect(list[1]!.warning).toMatch(/is a keyboard: while the VM has it, this computer loses that keyboard/);
+    // The host's user sees everything, and why the hub and the camera are never offered.
+    const host = t.usb.hostList();
+    expect(host.find((r) => r.id === 'b1d2')!.offer).toMatchObject({ offered: false, why: expect.stringMatching(/is a USB hub/) });
+    expect(host.find((r) => r.id === 'b1d3')!.offer).toMatchObject({ offered: false, why: expect.stringMatching(/built into this computer/) });
+  });
+
+  it('a deny row for a device hides it from that VM only', async () => {
+    const t = setup({ rows: [{ portal: 'Usb', subject: 'work', verdict: 'deny', arg: KEY }] });
+    expect((await t.usb.list('work')).map((d) => d.id)).toEqual(['b1d6', 'b1d7']);
+    expect((await t.usb.list('personal')).map((d) => d.id)).toEqual(['b1d5', 'b1d6', 'b1d7']);
+  });
+
+  it('the host resolves a device by id, port, key or unique VID:PID, and says what is ambiguous', () => {
+    const twin = device({ busid: '2-1', devnum: 4, busnum: 2 });
+    const t = setup({ devices: [YUBIKEY, twin, KEYBOARD] });
+    expect(t.usb.resolve('b1d6').id).toBe('b1d6');
+    expect(t.usb.resolve('1-3').id).toBe('b1d6');
+    expect(t.usb.resolve('0627:0001').id).toBe('b1d6');
+    expect(() => t.usb.resolve('1050:0407')).toThrow(/2 devices are 1050:0407 \(b1d5, b2d4\): name one by its id/);
+    expect(() => t.usb.resolve(KEY)).toThrow(/no USB device/);
+    expect(() => t.usb.resolve('b9d9')).toThrow(/no USB device "b9d9" on this host; xdp-vm usb list shows them \(b1d5, b2d4, b1d6\)/);
+  });
+});
+
+describe('HostUsb: acquiring and releasing', () => {
+  it('a guest asks: the user is asked in plain words naming the VM and the device; allowed, the VMM attaches it by bus and address', async () => {
+    const t = setup({ consent: true });
+    expect(await t.usb.acquire('work', 'b1d5', 'guest')).toEqual({ id: 'b1d5', key: KEY });
+    expect(t.asked.map((q) => q.summary)).toEqual(["Work wants to use the USB device 'YubiKey 5 NFC' (1050:0407)"]);
+    expect(t.asked[0]).toMatchObject({ portal: 'Usb', arg: KEY });
+    expect(t.vms.work!.attached).toEqual([{ id: 'b1d5', vendorId: 0x1050, productId: 0x0407, hostBus: 1, hostAddress: 5 }]);
+    expect(t.vms.work!.told.map((x) => [x.event, x.device.id, x.device.state])).toEqual([['attached', 'b1d5', 'here']]);
+    expect(t.audits().at(-1)).toMatchObject({ vm: 'work', portal: 'Usb', decision: 'allow', reason: 'user', asked: { device: 'b1d5', key: KEY, busid: '1-2', via: 'guest', attached: true, by: 'address' } });
+    // The other VM sees it taken, and not by whom.
+    expect((await t.usb.list('personal')).find((d) => d.id === 'b1d5')!.state).toBe('elsewhere');
+    expect(t.usb.hostList().find((r) => r.id === 'b1d5')!.holder).toBe('work');
+    // Asked again: it is here already.
+    await t.usb.acquire('work', 'b1d5', 'guest');
+    expect(t.asked).toHaveLength(1);
+  });
+
+  it('the user refuses: nothing is attached and the guest is told why', async () => {
+    const t = setup({ consent: false });
+    await expect(t.usb.acquire('work', 'b1d5', 'guest')).rejects.toMatchObject({ code: 'denied', message: "the user did not allow this VM to use 'YubiKey 5 NFC' (1050:0407)" });
+    expect(t.vms.work!.attached).toEqual([]);
+    expect(t.vms.work!.told).toEqual([]);
+  });
+
+  it('the keyboard question carries the warning that the host loses it', async () => {
+    const t = setup({ consent: true });
+    await t.usb.acquire('work', 'b1d6', 'guest');
+    expect(t.asked[0]!.details![0]).toEqual({ label: 'Warning', value: expect.stringMatching(/this computer loses that keyboard/) });
+  });
+
+  it('one VM at a time: a second VM is told it is in use (not by whom), and is never asked about; the host is told which VM', async () => {
+    const t = setup({ consent: true });
+    await t.usb.acquire('work', 'b1d5', 'guest');
+    await expect(t.usb.acquire('personal', 'b1d5', 'guest')).rejects.toMatchObject({ code: 'denied', message: "'YubiKey 5 NFC' (1050:0407) is in use by another VM; it can be had once that VM lets it go" });
+    await expect(t.usb.acquire('personal', 'b1d5', 'cli')).rejects.toThrow(/is attached to VM "work"; detach it there first \(xdp-vm usb detach b1d5\)/);
+    expect(t.asked).toHaveLength(1);
+    expect(t.vms.personal!.attached).toEqual([]);
+    expect(t.audits().at(-1)).toMatchObject({ vm: 'personal', decision: 'error', asked: { device: 'b1d5', attached: false } });
+  });
+
+  it('two VMs asked at once: the user allows both, one gets it, the other a clear answer', async () => {
+    const t = setup({ consent: true });
+    const results = await Promise.allSettled([t.usb.acquire('work', 'b1d5', 'guest'), t.usb.acquire('personal', 'b1d5', 'guest')]);
+    expect(results.map((r) => r.status).sort()).toEqual(['fulfilled', 'rejected']);
+    expect((results.find((r) => r.status === 'rejected') as PromiseRejectedResult).reason.message).toMatch(/was attached to another VM meanwhile/);
+    expect(t.asked).toHaveLength(2);
+    expect(t.vms.work!.attached.length + t.vms.personal!.attached.length).toBe(1);
+  });
+
+  it('a stick with a filesystem mounted on the host is refused before anyone is asked, naming the mount', async () => {
+    const t = setup({ consent: true, mounted: { '1-5': [{ name: 'sdb1', dev: '8:17', mountPoints: ['/media/me/STICK'] }] } });
+    await expect(t.usb.acquire('work', 'b1d7', 'guest')).rejects.toThrow(/has filesystems mounted on this computer \(sdb1 at \/media\/me\/STICK\): unmount it first/);
+    expect(t.asked).toEqual([]);
+    expect(t.vms.work!.attached).toEqual([]);
+  });
+
+  it('a hub is refused whoever asks, and a VMM without USB is said to be so before anyone is asked', async () => {
+    const t = setup({ consent: true, vms: { work: fakeVm('qemu'), sandbox: fakeVm('cloud-hypervisor'), off: fakeVm('none') } });
+    await expect(t.usb.acquire('work', 'b1d2', 'cli')).rejects.toThrow(/is a USB hub: a hub is never handed to a VM/);
+    await expect(t.usb.acquire('sandbox', 'b1d5', 'guest')).rejects.toThrow(/cloud-hypervisor cannot attach USB devices/);
+    await expect(t.usb.acquire('off', 'b1d5', 'guest')).rejects.toThrow(/cannot reach this VM's VMM/);
+    await expect(t.usb.acquire('nope', 'b1d5', 'cli')).rejects.toThrow(/no VM named "nope"; configured: work, sandbox, off/);
+    await expect(t.usb.acquire('work', 'b9d9', 'guest')).rejects.toMatchObject({ code: 'invalid-params', message: expect.stringMatching(/no USB device b9d9 on the host now/) });
+    expect(t.asked).toEqual([]);
+  });
+
+  it('the VMM failing to attach is an error with its words, audited, and the device stays free', async () => {
+    const t = setup({ consent: true, vms: { work: fakeVm('qemu', { failAttach: 'QEMU could not open the USB device at bus 1, address 5' }) } });
+    await expect(t.usb.acquire('work', 'b1d5', 'guest')).rejects.toThrow("could not attach 'YubiKey 5 NFC' (1050:0407): QEMU could not open the USB device at bus 1, address 5");
+    expect(t.usb.hostList().find((r) => r.id === 'b1d5')!.holder).toBeUndefined();
+    expect(t.audits().at(-1)).toMatchObject({ decision: 'error', reason: 'failure', asked: { attached: false } });
+  });
+
+  it('QEMU gets the device node the helper opened, which is closed once attached; a helper that refuses leaves QEMU to open it', async () => {
+    const t = setup({ helper: {} });
+    await t.usb.acquire('work', 'b1d5', 'cli');
+    expect(t.helperCalls).toEqual(['usb-open 1-2']);
+    expect(t.vms.work!.fdWasOpen).toEqual([true]);
+    const fd = t.vms.work!.attached[0]!.fd!;
+    expect(() => fstatSync(fd)).toThrow(/EBADF/);
+    expect(t.audits().at(-1)).toMatchObject({ asked: { by: 'descriptor' } });
+
+    const r = setup({ helper: { refuse: 'no rule in /etc/xdp-vm/helper.allow lets alice have 1050:0407' } });
+    await r.usb.acquire('work', 'b1d5', 'cli');
+    expect(r.vms.work!.attached[0]!.fd).toBeUndefined();
+    expect(r.audits().at(-1)).toMatchObject({ asked: { by: 'address' } });
+  });
+
+  it('the helper is not asked for libvirt, which opens the node itself', async () => {
+    const t = setup({ helper: {}, vms: { work: fakeVm('libvirt') } });
+    await t.usb.acquire('work', 'b1d5', 'cli');
+    expect(t.helperCalls).toEqual([]);
+  });
+
+  it('release detaches, tells the guest, and is audited; releasing what this VM does not have is false', async () => {
+    const t = setup({ consent: true });
+    await t.usb.acquire('work', 'b1d5', 'guest');
+    expect(await t.usb.release('personal', 'b1d5', 'guest')).toBe(false);
+    expect(await t.usb.release('work', 'b1d5', 'guest')).toBe(true);
+    expect(t.vms.work!.detached).toEqual(['b1d5']);
+    expect(t.vms.work!.told.at(-1)).toMatchObject({ event: 'detached', device: { id: 'b1d5', state: 'free' } });
+    expect(t.audits().at(-1)).toMatchObject({ vm: 'work', decision: 'revoke', reason: 'user', asked: { device: 'b1d5', detached: true } });
+    expect(await t.usb.release(undefined, 'b1d5', 'cli')).toBe(false);
+  });
+});
+
+describe('HostUsb: persistence and hot-plug', () => {
+  const always: PolicyRow = { portal: 'Usb', subject: 'work', verdict: 'allow', arg: KEY };
+
+  it('an "Always" row attaches its device when the guest connects; a VM-wide allow row attaches nothing by itself', async () => {
+    const t = setup({ rows: [always] });
+    await t.usb.guestConnected('work');
+    expect(t.vms.work!.attached.map((s) => s.id)).toEqual(['b1d5']);
+    expect(t.audits().at(-1)).toMatchObject({ vm: 'work', decision: 'allow', reason: 'policy', rule: expect.stringContaining(KEY), asked: { via: 'always' } });
+
+    const wide = setup({ rows: [{ portal: 'Usb', subject: 'work', verdict: 'allow' }] });
+    await wide.usb.guestConnected('work');
+    expect(wide.vms.work!.attached).toEqual([]);
+  });
+
+  it('unplugged: its VM loses it (the VMM\'s device goes too) and every VM hears; replugged with a new address: the "Always" row brings it back', async () => {
+    const t = setup({ rows: [always] });
+    await t.usb.guestConnected('work');
+    t.hostDevices.splice(t.hostDevices.indexOf(YUBIKEY), 1);
+    await t.usb.onHostChange({ action: 'remove', busid: '1-2' });
+    expect(t.vms.work!.detached).toEqual(['b1d5']);
+    expect(t.vms.work!.told.map((x) => x.event)).toEqual(['attached', 'detached', 'unplugged']);
+    expect(t.vms.personal!.told.map((x) => [x.event, x.device.id])).toEqual([['unplugged', 'b1d5']]);
+    expect(t.audits().at(-1)).toMatchObject({ vm: 'work', decision: 'revoke', reason: 'failure', asked: { why: 'the device was unplugged from the host' } });
+
+    const replugged = device({ busid: '1-2', devnum: 9 });
+    t.hostDevices.push(replugged);
+    await t.usb.onHostChange({ action: 'add', busid: '1-2' });
+    expect(t.vms.work!.attached.map((s) => [s.id, s.hostAddress])).toEqual([
+      ['b1d5', 5],
+      ['b1d9', 9],
+    ]);
+    expect(t.vms.personal!.told.map((x) => [x.event, x.device.id, x.device.state])).toEqual([
+      ['unplugged', 'b1d5', 'free'],
+      ['plugged', 'b1d9', 'free'],
+    ]);
+    // The kernel reports the add again at its driver's bind: nothing happens twice.
+    await t.usb.onHostChange({ action: 'add', busid: '1-2' });
+    expect(t.vms.work!.attached).toHaveLength(2);
+    expect(t.vms.personal!.told).toHaveLength(2);
+  });
+
+  it('the VM stopping gives its devices back; the VMM removing one without our asking does too, and the guest hears', async () => {
+    const t = setup({ consent: true });
+    await t.usb.acquire('work', 'b1d5', 'guest');
+    await t.usb.acquire('work', 'b1d6', 'guest');
+    t.vms.work!.devices.emit('device-detached', { type: 'device-detached', kind: 'usb', id: 'b1d6', deviceId: 'xdpvm-usb-b1d6', expected: false });
+    expect(t.usb.hostList().find((r) => r.id === 'b1d6')!.holder).toBeUndefined();
+    expect(t.vms.work!.told.at(-1)).toMatchObject({ event: 'detached', device: { id: 'b1d6' } });
+    t.vms.work!.devices.emit('gone', 'the VM stopped');
+    expect(t.usb.hostList().find((r) => r.id === 'b1d5')!.holder).toBeUndefined();
+    expect(t.audits().at(-1)).toMatchObject({ vm: 'work', decision: 'revoke', asked: { device: 'b1d5', why: 'the VM stopped' } });
+    // Now the other VM can have it.
+    await t.usb.acquire('personal', 'b1d5', 'guest');
+    expect(t.vms.personal!.attached.map((s) => s.id)).toEqual(['b1d5']);
+  });
+
+  it('a restarted daemon adopts the devices the VM has by our naming, so another VM cannot take them', async () => {
+    const work = fakeVm('qemu', { present: ['b1d5', 'b3d3'] });
+    const t = setup({ consent: true, vms: { work, personal: fakeVm('qemu') } });
+    work.devices.emit('up', work.devices.vmm);
+    await new Promise((r) => setTimeout(r, 10));
+    expect(t.usb.hostList().find((r) => r.id === 'b1d5')!.holder).toBe('work');
+    await expect(t.usb.acquire('personal', 'b1d5', 'guest')).rejects.toThrow(/in use by another VM/);
+  });
+});

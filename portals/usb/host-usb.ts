@@ -1,0 +1,485 @@
+import { closeSync } from 'node:fs';
+import type { VmConfig } from '../../src/config/schema.js';
+import { audit, type AuditDecision, type AuditReason } from '../../src/host/audit.js';
+import type { ConsentAsker, ConsentResult } from '../../src/host/consent.js';
+import type { VmDevices } from '../../src/host/vm-devices.js';
+import type { Logger } from '../../src/log.js';
+import { describeRow } from '../../src/policy/model.js';
+import type { PolicyDecider } from '../../src/policy/policy.js';
+import { ProtocolError } from '../../src/protocol/messages.js';
+import { listUsbDevices, mountedFilesystemsOf, mountRefusal, offerOf, permissionKey, type BlockDevice, type Offer, type UsbChange, type UsbHostDevice } from '../../src/usb/devices.js';
+import type { VmmEvent } from '../../src/vmm/adapter.js';
+import { acquireQuestion, deviceInWords } from './question.js';
+import type { UsbEntry, UsbEvent, UsbId, UsbState } from './schema.js';
+
+/**
+ * The host's USB devices and which VM holds each: one daemon-wide table,
+ * because a device goes to at most one VM at a time. The guest's Acquire
+ * (with consent), the host's CLI and bus API (without: the user on the host
+ * asked), a VM's start and a device's replug (an "Always" row) all come
+ * here.
+ *
+ * Rules, whoever asks:
+ * - hubs and built-in (non-removable) devices are never offered;
+ * - a storage device with filesystems mounted on the host is refused, with
+ *   the mounts named: we do not unmount on the user's behalf, since a
+ *   filesystem in use cannot be unmounted safely from here;
+ * - keyboards and mice are offered with a warning that the host loses them;
+ * - a device another VM holds is refused, and the guest is not told which
+ *   VM holds it (the host's CLI is);
+ * - rows match by vendor, product and ID_SERIAL (the permission key), never
+ *   by where the device is plugged in.
+ *
+ * The device gets into the VM through the VM's device layer (`usb`: QEMU's
+ * usb-host, libvirt's hostdev). A device is named by its bus number and
+ * address while it is plugged in (`b1d5`), which is also our id for it in
+ * the VMM, so a restarted daemon finds what it had attached.
+ */
+const PORTAL = 'Usb';
+const MAX_LISTED = 128;
+
+/** What the daemon knows of one VM for USB: set by its session. */
+export interface UsbVmLink {
+  vm: VmConfig;
+  devices: VmDevices | undefined;
+  /** Tell the VM's guest; false when no guest is connected. */
+  notify: (event: UsbEvent, device: UsbEntry) => boolean;
+}
+
+/** The privileged helper's part: open the device node for a VMM that takes a descriptor. */
+export interface UsbHelper {
+  usbOpen(busid: string): Promise<number>;
+  close(): void;
+}
+
+export interface UsbWatcher {
+  close(): void;
+}
+
+export interface HostUsbDeps {
+  policy: PolicyDecider;
+  consent: ConsentAsker;
+  nextRequestId: () => string;
+  log: Logger;
+  /** The host's devices now; default: read from /sys. */
+  readDevices?: () => UsbHostDevice[];
+  /** The block devices on a device, with their mounts; default: read from /sys and mountinfo. */
+  mounted?: (dev: UsbHostDevice) => BlockDevice[];
+  /** Connect to the privileged helper; absent where there is none. */
+  helper?: () => Promise<UsbHelper>;
+}
+
+/** Who asked: the guest (consent), the host's CLI or bus API, or a row (VM start, replug). */
+export type Via = 'guest' | 'cli' | 'always';
+
+interface Held {
+  vm: string;
+  key: string;
+  busid: string;
+}
+
+/** What `xdp-vm usb list` shows on the host: every device, offered or not, and who holds it. */
+export interface HostUsbRow {
+  device: UsbHostDevice;
+  id: UsbId;
+  key: string;
+  offer: Offer;
+  holder: string | undefined;
+}
+
+export function usbIdOf(dev: Pick<UsbHostDevice, 'busnum' | 'devnum'>): UsbId {
+  return `b${dev.busnum}d${dev.devnum}`;
+}
+
+export class HostUsb {
+  private readonly links = new Map<string, { link: UsbVmLink; off: () => void }>();
+  private readonly held = new Map<UsbId, Held>();
+  /** The devices as last read, by id: what an unplug's event no longer has in sysfs. */
+  private known = new Map<UsbId, UsbHostDevice>();
+  private readonly locks = new Map<UsbId, Promise<unknown>>();
+  private readonly log: Logger;
+
+  constructor(private readonly deps: HostUsbDeps) {
+    this.log = deps.log.child({ portal: PORTAL });
+  }
+
+  /** A VM's session hands over its device layer and its guest; returns the function that forgets it. */
+  register(link: UsbVmLink): () => void {
+    const d = link.devices;
+    const name = link.vm.name;
+    const offs: (() => void)[] = [];
+    if (d) {
+      const up = () => void this.onVmmUp(name);
+      const gone = () => this.onVmmGone(name);
+      const detached = (e: Extract<VmmEvent, { type: 'device-detached' }>) => this.onDetached(name, e);
+      d.on('up', up);
+      d.on('gone', gone);
+      d.on('device-detached', detached);
+      offs.push(() => d.off('up', up), () => d.off('gone', gone), () => d.off('device-detached', detached));
+    }
+    const off = () => {
+      for (const o of offs) o();
+      this.links.delete(name);
+    };
+    this.links.set(name, { link, off });
+    return off;
+  }
+
+  close(): void {
+    for (const { off } of [...this.links.values()]) off();
+  }
+
+  /** The devices as the host has them now, remembered for the unplug events that follow. */
+  private read(): UsbHostDevice[] {
+    let devices: UsbHostDevice[];
+    try {
+      devices = (this.deps.readDevices ?? (() => listUsbDevices()))();
+    } catch (err) {
+      this.log.error({ err: (err as Error).message }, 'could not read the host\'s USB devices');
+      devices = [];
+    }
+    this.known = new Map(devices.map((d) => [usbIdOf(d), d]));
+    return devices;
+  }
+
+  /** Every host device, offered or not, with the VM holding it: for the host's user. */
+  hostList(): HostUsbRow[] {
+    return this.read().map((device) => this.rowOf(device));
+  }
+
+  private rowOf(device: UsbHostDevice): HostUsbRow {
+    return { device, id: usbIdOf(device), key: permissionKey(device), offer: offerOf(device), holder: this.held.get(usbIdOf(device))?.vm };
+  }
+
+  /** The devices `vm` may ask for: offered, and no row denies it. */
+  async list(vm: string): Promise<UsbEntry[]> {
+    const link = this.link(vm);
+    const out: UsbEntry[] = [];
+    for (const dev of this.read()) {
+      if (out.length >= MAX_LISTED) break;
+      const offer = offerOf(dev);
+      if (!offer.offered) continue;
+      if ((await this.deps.policy.decision(PORTAL, permissionKey(dev), link.vm)).verdict === 'deny') continue;
+      out.push(this.entryOf(dev, vm, offer));
+    }
+    return out;
+  }
+
+  /**
+   * The host device the host's user means: its id (b1d5), its port (1-2.3),
+   * its permission key, or VID:PID when only one device has them.
+   */
+  resolve(name: string): HostUsbRow {
+    const devices = this.read();
+    const n = name.trim();
+    const exact = devices.filter((d) => usbIdOf(d) === n || d.busid === n || permissionKey(d) === n);
+    if (exact.length === 1) return this.rowOf(exact[0]!);
+    const ids = /^([0-9a-fA-F]{4}):([0-9a-fA-F]{4})$/.exec(n);
+    const byIds = ids ? devices.filter((d) => d.vendorId === ids[1]!.toLowerCase() && d.productId === ids[2]!.toLowerCase()) : [];
+    if (byIds.length === 1) return this.rowOf(byIds[0]!);
+    if (byIds.length > 1) throw new ProtocolError('invalid-params', `${byIds.length} devices are ${n} (${byIds.map((d) => usbIdOf(d)).join(', ')}): name one by its id`);
+    throw new ProtocolError('invalid-params', `no USB device "${n.slice(0, 60)}" on this host; xdp-vm usb list shows them (${devices.length ? devices.map((d) => usbIdOf(d)).join(', ') : 'none now'})`);
+  }
+
+  /**
+   * Attach device `id` to `vm`: from the guest, only if a row or the user
+   * allows it; from the CLI, the user on the host asked. Resolves once the
+   * VMM has it on the VM's USB bus.
+   */
+  async acquire(vm: string, id: UsbId, via: 'guest' | 'cli', signal?: AbortSignal): Promise<{ id: UsbId; key: string }> {
+    const link = this.link(vm);
+    const request = this.deps.nextRequestId();
+    const dev = this.device(id, vm, request, via);
+    const key = permissionKey(dev);
+    const facts = { device: id, key, name: deviceInWords(dev), busid: dev.busid, via };
+    if (this.held.get(id)?.vm === vm) return { id, key };
+    const offer = offerOf(dev);
+    // Asking the user is pointless when it cannot be done: say why first.
+    this.usable(link, dev, offer, request, facts);
+    let consent: ConsentResult = { allowed: true, reason: 'cli' };
+    if (via === 'guest') {
+      const q = acquireQuestion(link.vm.label, dev, offer.offered ? offer.warning : undefined);
+      consent = await this.deps.consent({ vm: link.vm, portal: PORTAL, arg: key, requestId: request, summary: q.summary, details: q.details }, signal);
+      if (!consent.allowed) {
+        // requestConsent wrote the decision's audit line.
+        throw new ProtocolError('denied', refusal(deviceInWords(dev), consent));
+      }
+    }
+    await this.serialized(id, () => this.attach(link, dev, request, { via, reason: consent.reason }));
+    return { id, key };
+  }
+
+  /** Give the device back to the host. `vm` undefined (the host's CLI): whichever VM holds it. False when that VM did not hold it. */
+  async release(vm: string | undefined, id: UsbId, via: 'guest' | 'cli'): Promise<boolean> {
+    return this.serialized(id, async () => {
+      const h = this.held.get(id);
+      if (!h || (vm !== undefined && h.vm !== vm)) return false;
+      const request = this.deps.nextRequestId();
+      const link = this.links.get(h.vm)?.link;
+      const dev = this.known.get(id);
+      const facts = { device: id, key: h.key, busid: h.busid, via };
+      try {
+        await link?.devices?.require('usb').detachUsb(id);
+      } catch (err) {
+        this.record(h.vm, request, 'error', 'failure', { ...facts, detached: false, why: (err as Error).message });
+        throw new ProtocolError('failed', `could not detach ${dev ? deviceInWords(dev) : id} from VM "${h.vm}": ${(err as Error).message}`);
+      }
+      this.held.delete(id);
+      this.record(h.vm, request, 'revoke', via === 'cli' ? 'cli' : 'user', { ...facts, detached: true });
+      this.log.info({ vm: h.vm, ...facts }, 'USB device detached');
+      if (dev && link) link.notify('detached', this.entryOf(dev, h.vm));
+      return true;
+    });
+  }
+
+  /** The VM whose guest just connected gets what its "Always" rows name. */
+  async guestConnected(vm: string): Promise<void> {
+    if (this.links.get(vm)?.link.devices?.vmm) await this.attachAlways(vm);
+  }
+
+  /** The kernel said a device came or went (src/usb/devices.ts watchUsbDevices). */
+  async onHostChange(change: UsbChange): Promise<void> {
+    const before = [...this.known.values()].filter((d) => d.busid === change.busid);
+    const now = this.read().filter((d) => d.busid === change.busid);
+    for (const dev of before) {
+      if (now.some((d) => usbIdOf(d) === usbIdOf(dev))) continue;
+      await this.unplugged(dev);
+    }
+    if (change.action !== 'add') return;
+    for (const dev of now) {
+      // An add is reported twice (at add and at bind), and only one of them has the interfaces: tell the guests once it is offerable.
+      const offer = offerOf(dev);
+      if (!offer.offered || before.some((d) => usbIdOf(d) === usbIdOf(dev))) continue;
+      for (const { link } of this.links.values()) {
+        if ((await this.deps.policy.decision(PORTAL, permissionKey(dev), link.vm)).verdict !== 'deny') link.notify('plugged', this.entryOf(dev, link.vm.name, offer));
+      }
+      await this.attachWanted(dev);
+    }
+  }
+
+  /** A device is gone from the host: whoever held it has it no more, and the VMM's device for it goes too. */
+  private async unplugged(dev: UsbHostDevice): Promise<void> {
+    const id = usbIdOf(dev);
+    await this.serialized(id, async () => {
+      const h = this.held.get(id);
+      if (h) {
+        this.held.delete(id);
+        const link = this.links.get(h.vm)?.link;
+        // QEMU keeps a usb-host whose device went, waiting for it: take it out, as a replug gets a new address.
+        await link?.devices?.vmm?.usb?.detachUsb(id).catch((err: Error) => this.log.warn({ vm: h.vm, device: id, err: err.message }, 'could not remove the VMM\'s device for an unplugged USB device'));
+        this.record(h.vm, this.deps.nextRequestId(), 'revoke', 'failure', { device: id, key: h.key, busid: h.busid, detached: true, why: 'the device was unplugged from the host' });
+        if (link) link.notify('detached', this.entryOf(dev, h.vm));
+      }
+      for (const { link } of this.links.values()) {
+        if ((await this.deps.policy.decision(PORTAL, permissionKey(dev), link.vm)).verdict !== 'deny') link.notify('unplugged', this.entryOf(dev, link.vm.name));
+      }
+    });
+  }
+
+  /** A device just plugged in goes to the VM whose allow row names it, if that VM is up. */
+  private async attachWanted(dev: UsbHostDevice): Promise<void> {
+    for (const { link } of this.links.values()) {
+      if (!link.devices?.vmm) continue;
+      if (await this.alwaysRow(link.vm, dev)) {
+        await this.tryAlways(link, dev);
+        return;
+      }
+    }
+  }
+
+  private async attachAlways(vm: string): Promise<void> {
+    const link = this.links.get(vm)?.link;
+    if (!link) return;
+    for (const dev of this.read()) {
+      if (this.held.has(usbIdOf(dev)) || !offerOf(dev).offered) continue;
+      if (await this.alwaysRow(link.vm, dev)) await this.tryAlways(link, dev);
+    }
+  }
+
+  /** The allow row that names this device for this VM; a VM-wide row attaches nothing by itself. */
+  private async alwaysRow(vm: VmConfig, dev: UsbHostDevice): Promise<string | undefined> {
+    const d = await this.deps.policy.decision(PORTAL, permissionKey(dev), vm);
+    return d.verdict === 'allow' && d.row?.arg === permissionKey(dev) ? describeRow(d.row) : undefined;
+  }
+
+  /** An "Always" attach: every refusal is audited and logged by the way, and none is an error for anyone. */
+  private async tryAlways(link: UsbVmLink, dev: UsbHostDevice): Promise<void> {
+    const id = usbIdOf(dev);
+    const request = this.deps.nextRequestId();
+    const rule = await this.alwaysRow(link.vm, dev);
+    try {
+      this.usable(link, dev, offerOf(dev), request, { device: id, key: permissionKey(dev), busid: dev.busid, via: 'always' });
+      await this.serialized(id, () => this.attach(link, dev, request, { via: 'always', reason: 'policy', ...(rule ? { rule } : {}) }));
+    } catch (err) {
+      this.log.info({ vm: link.vm.name, device: id, why: (err as Error).message }, 'an "Always" row names this device, and it could not be attached');
+    }
+  }
+
+  /** Throws, with an audit line, when `dev` cannot go to this VM now. */
+  private usable(link: UsbVmLink, dev: UsbHostDevice, offer: Offer, request: string, facts: Record<string, unknown>): void {
+    const id = usbIdOf(dev);
+    let why: string | undefined;
+    const holder = this.held.get(id)?.vm;
+    if (!offer.offered) why = offer.why;
+    else if (holder !== undefined && holder !== link.vm.name) {
+      why = facts.via === 'guest' ? `${deviceInWords(dev)} is in use by another VM; it can be had once that VM lets it go` : `${deviceInWords(dev)} is attached to VM "${holder}"; detach it there first (xdp-vm usb detach ${id})`;
+    } else if (offer.massStorage) why = mountRefusal(dev, this.mountsOf(dev));
+    if (!why && !link.devices) why = `VM "${link.vm.name}" has no VMM socket in its config ("vmm"), and USB devices are attached through it`;
+    if (!why) {
+      try {
+        link.devices!.require('usb');
+      } catch (err) {
+        why = (err as Error).message;
+      }
+    }
+    if (!why) return;
+    this.record(link.vm.name, request, 'error', 'failure', { ...facts, attached: false, why });
+    throw new ProtocolError(holder !== undefined && holder !== link.vm.name ? 'denied' : 'failed', why);
+  }
+
+  private mountsOf(dev: UsbHostDevice): BlockDevice[] {
+    try {
+      return (this.deps.mounted ?? ((d) => mountedFilesystemsOf(d)))(dev);
+    } catch (err) {
+      this.log.warn({ device: usbIdOf(dev), err: (err as Error).message }, 'could not tell whether the device has filesystems mounted');
+      return [];
+    }
+  }
+
+  /** Hand the device to the VMM. Run under the device's lock. */
+  private async attach(link: UsbVmLink, dev: UsbHostDevice, request: string, how: { via: Via; reason: AuditReason; rule?: string }): Promise<void> {
+    const id = usbIdOf(dev);
+    const key = permissionKey(dev);
+    const facts = { device: id, key, name: deviceInWords(dev), busid: dev.busid, via: how.via };
+    const h = this.held.get(id);
+    if (h?.vm === link.vm.name) return;
+    if (h) throw new ProtocolError('denied', `${deviceInWords(dev)} was attached to another VM meanwhile`);
+    const vmm = link.devices?.vmm;
+    let fd: number | undefined;
+    let helperSaid: string | undefined;
+    try {
+      const cap = link.devices!.require('usb');
+      // QEMU takes the node as a descriptor the helper opened, so it needs no access to /dev/bus/usb; libvirtd opens it itself.
+      if (vmm?.kind === 'qemu' && this.deps.helper) ({ fd, helperSaid } = await this.openThroughHelper(dev.busid));
+      await cap.attachUsb({ id, vendorId: parseInt(dev.vendorId, 16), productId: parseInt(dev.productId, 16), hostBus: dev.busnum, hostAddress: dev.devnum, ...(fd !== undefined ? { fd } : {}) });
+    } catch (err) {
+      const why = (err as Error).message + (helperSaid ? ` (the privileged helper would not open it either: ${helperSaid})` : '');
+      this.record(link.vm.name, request, 'error', 'failure', { ...facts, attached: false, why });
+      this.log.error({ vm: link.vm.name, ...facts, err: why }, 'could not attach the USB device');
+      throw new ProtocolError('failed', `could not attach ${deviceInWords(dev)}: ${why}`);
+    } finally {
+      if (fd !== undefined) closeSync(fd);
+    }
+    this.held.set(id, { vm: link.vm.name, key, busid: dev.busid });
+    this.record(link.vm.name, request, 'allow', how.reason, { ...facts, attached: true, by: fd !== undefined ? 'descriptor' : 'address' }, how.rule);
+    this.log.info({ vm: link.vm.name, ...facts }, 'USB device attached');
+    link.notify('attached', this.entryOf(dev, link.vm.name));
+  }
+
+  /** The device node from the helper, or why not (then the VMM opens it itself, if it may). */
+  private async openThroughHelper(busid: string): Promise<{ fd?: number; helperSaid?: string }> {
+    let helper: UsbHelper | undefined;
+    try {
+      helper = await this.deps.helper!();
+      return { fd: await helper.usbOpen(busid) };
+    } catch (err) {
+      return { helperSaid: (err as Error).message };
+    } finally {
+      helper?.close();
+    }
+  }
+
+  private async onVmmUp(vm: string): Promise<void> {
+    const link = this.links.get(vm)?.link;
+    const cap = link?.devices?.vmm?.usb;
+    if (!link || !cap) return;
+    try {
+      // A restarted daemon: the devices the VM already has by our naming are its own still.
+      const present = new Map(this.read().map((d) => [usbIdOf(d), d]));
+      for (const info of await cap.listUsb()) {
+        const dev = info.id ? present.get(info.id as UsbId) : undefined;
+        if (!dev || this.held.has(info.id as UsbId)) continue;
+        this.held.set(info.id as UsbId, { vm, key: permissionKey(dev), busid: dev.busid });
+        this.log.info({ vm, device: info.id, key: permissionKey(dev) }, 'adopted the USB device the VM already has');
+      }
+      await this.attachAlways(vm);
+    } catch (err) {
+      this.log.error({ vm, err: (err as Error).message }, 'could not bring the VM\'s USB devices back');
+    }
+  }
+
+  /** The VM stopped: its devices are the host's again. */
+  private onVmmGone(vm: string): void {
+    for (const [id, h] of [...this.held]) {
+      if (h.vm !== vm) continue;
+      this.held.delete(id);
+      this.record(vm, this.deps.nextRequestId(), 'revoke', 'failure', { device: id, key: h.key, busid: h.busid, detached: true, why: 'the VM stopped' });
+    }
+  }
+
+  private onDetached(vm: string, e: Extract<VmmEvent, { type: 'device-detached' }>): void {
+    if (e.kind !== 'usb' || e.expected) return;
+    const h = this.held.get(e.id as UsbId);
+    if (!h || h.vm !== vm) return;
+    this.held.delete(e.id as UsbId);
+    this.record(vm, this.deps.nextRequestId(), 'revoke', 'failure', { device: e.id, key: h.key, busid: h.busid, detached: true, why: 'the VMM removed the device without our asking' });
+    const dev = this.known.get(e.id as UsbId);
+    const link = this.links.get(vm)?.link;
+    if (dev && link) link.notify('detached', this.entryOf(dev, vm));
+  }
+
+  private link(vm: string): UsbVmLink {
+    const l = this.links.get(vm)?.link;
+    if (!l) throw new ProtocolError('invalid-params', `no VM named "${vm.slice(0, 60)}"; configured: ${[...this.links.keys()].join(', ') || 'none'}`);
+    return l;
+  }
+
+  /** The device by id, as the host has it now; whether `vm` may have it is asked after. */
+  private device(id: UsbId, vm: string, request: string, via: Via): UsbHostDevice {
+    const dev = this.read().find((d) => usbIdOf(d) === id);
+    if (dev) return dev;
+    const why = `no USB device ${id} on the host now (unplugged, or replugged with a new id: list the devices again)`;
+    this.record(vm, request, 'error', 'failure', { device: id, via, why });
+    throw new ProtocolError('invalid-params', why);
+  }
+
+  private entryOf(dev: UsbHostDevice, vm: string, offer: Offer = offerOf(dev)): UsbEntry {
+    const holder = this.held.get(usbIdOf(dev))?.vm;
+    const state: UsbState = holder === undefined ? 'free' : holder === vm ? 'here' : 'elsewhere';
+    return {
+      id: usbIdOf(dev),
+      key: permissionKey(dev),
+      vendorId: dev.vendorId,
+      productId: dev.productId,
+      vendor: dev.manufacturer ?? '',
+      product: dev.product ?? '',
+      serial: dev.serial ?? '',
+      deviceClass: dev.deviceClass,
+      interfaceClasses: [...new Set(dev.interfaces.map((i) => i.class))].slice(0, 32),
+      state,
+      warning: offer.offered ? (offer.warning ?? '') : offer.why,
+    };
+  }
+
+  private record(vm: string, request: string, decision: AuditDecision, reason: AuditReason, asked: Record<string, unknown>, rule?: string): void {
+    audit({ vm, portal: PORTAL, request, decision, reason, grant: null, asked, ...(rule ? { rule } : {}) });
+  }
+
+  /** One change at a time per device: two VMs asking for it, an unplug and a replug must not race. */
+  private serialized<T>(id: UsbId, op: () => Promise<T>): Promise<T> {
+    const before = this.locks.get(id) ?? Promise.resolve();
+    const run = before.then(op, op);
+    const tail = run.catch(() => undefined);
+    this.locks.set(id, tail);
+    void tail.then(() => {
+      if (this.locks.get(id) === tail) this.locks.delete(id);
+    });
+    return run;
+  }
+}
+
+function refusal(name: string, consent: ConsentResult): string {
+  if (consent.reason === 'policy') return `a policy row refuses this VM ${name} (xdp-vm permissions on the host)`;
+  if (consent.reason === 'timeout') return `nobody answered the host's question in time; ${name} was not attached`;
+  return `the user did not allow this VM to use ${name}`;
+}
