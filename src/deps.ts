@@ -47,6 +47,7 @@ export const DEPENDENCIES: readonly Dependency[] = [
   { id: 'passt', what: 'passt, user-mode networking (no privileges) for VMs on "user" networks', candidates: ['/usr/bin/passt', 'passt'], debianPackage: 'passt', side: 'host' },
   { id: 'ip', what: 'iproute2, makes taps and enslaves them to bridges (the privileged helper)', candidates: ['/usr/sbin/ip', '/sbin/ip', '/usr/bin/ip', 'ip'], debianPackage: 'iproute2', side: 'host' },
   { id: 'dnsmasq', what: 'dnsmasq, the DHCP server the privileged helper starts on each vm-only bridge', candidates: ['/usr/sbin/dnsmasq', 'dnsmasq'], debianPackage: 'dnsmasq-base', side: 'host' },
+  { id: 'udevadm', what: 'udevadm, follows host USB devices plugged in and out (its kernel monitor; no udevd needed)', candidates: ['/usr/bin/udevadm', '/bin/udevadm', 'udevadm'], debianPackage: 'udev', side: 'host' },
   { id: 'getent', what: 'getent, looks up the helper\'s caller in the user database', candidates: ['/usr/bin/getent', 'getent'], debianPackage: 'libc-bin', side: 'host' },
   { id: 'id', what: 'id, lists the helper\'s caller\'s groups for @group rules', candidates: ['/usr/bin/id', 'id'], debianPackage: 'coreutils', side: 'host' },
   { id: 'nsenter', what: 'nsenter, runs commands in the privileged helper test\'s network namespace', candidates: ['/usr/bin/nsenter', 'nsenter'], debianPackage: 'util-linux', side: 'test' },

@@ -1,6 +1,6 @@
 import { closeSync, openSync, readdirSync, readFileSync, readlinkSync, readSync, realpathSync } from 'node:fs';
 import path from 'node:path';
-import { whichProgram } from '../deps.js';
+import { dependency, MissingDependencyError, whichProgram } from '../deps.js';
 import { startService, type Exit } from '../exec.js';
 import { busIdProblem } from '../helper/commands.js';
 import { HUB_CLASS } from '../helper/decide.js';
@@ -632,7 +632,7 @@ export interface UsbChange {
 }
 
 export interface WatchOptions {
-  /** The udevadm to run; default the first of /usr/bin/udevadm, /bin/udevadm, udevadm on PATH. */
+  /** The udevadm to run; default the one src/deps.ts finds. */
   udevadm?: string;
   /** Called if the monitor ends without close(): no more events will come. */
   onExit?: (exit: Exit, stderr: string) => void;
@@ -663,8 +663,8 @@ const MAX_UEVENT_PROPERTIES = 64;
  * (at the kernel's add they are not yet): read the device again on each.
  */
 export function watchUsbDevices(onChange: (e: UsbChange) => void, opts: WatchOptions = {}): UsbWatch {
-  const udevadm = opts.udevadm ?? whichProgram(['/usr/bin/udevadm', '/bin/udevadm', 'udevadm']);
-  if (!udevadm) throw new Error('udevadm (Debian package udev) is not installed: USB devices plugged in or out will not be noticed');
+  const udevadm = opts.udevadm ?? whichProgram(dependency('udevadm').candidates);
+  if (!udevadm) throw new MissingDependencyError(dependency('udevadm'));
   let listening!: () => void;
   let failed!: (err: Error) => void;
   const ready = new Promise<void>((resolve, reject) => ((listening = resolve), (failed = reject)));
