@@ -94,8 +94,7 @@ export type FloodLimits = z.infer<typeof FloodLimits>;
  * privileges: outbound through the host's own connection, and port forwards
  * from the host's loopback to the guest), `bridge` (an existing host bridge;
  * taps come from the privileged helper) and `vm-only` (a bridge the helper
- * creates, with no uplink). Only `user` can be joined in this version; the
- * others are checked now so a config written for them stays valid.
+ * creates, with no uplink).
  */
 export const NetworkName = z
   .string()

@@ -1,5 +1,5 @@
 import type { Logger } from '../log.js';
-import { assertSafeId, VmmError, type NetSpec, type ShareSpec, type VmmEvent, type VmmEvents } from './adapter.js';
+import { assertSafeId, VmmError, type NetSpec, type ShareSpec, type UsbSpec, type VmmEvent, type VmmEvents } from './adapter.js';
 import { SubscriptionQueue } from './subscription-queue.js';
 
 /**
@@ -34,6 +34,22 @@ export function checkNetSpec(spec: NetSpec): void {
 
 /** As the config allows per network. */
 const MAX_FORWARDS = 32;
+
+/**
+ * A USB passthrough's id and where the device is, checked before anything
+ * reaches a VMM: numbers a VMM would take (QEMU's are uint32) but that name
+ * no device, or that a VMM reads as "any" (0), never leave the daemon.
+ */
+export function checkUsbSpec(spec: UsbSpec): void {
+  assertSafeId('USB device', spec.id);
+  const within = (n: number, lo: number, hi: number) => Number.isInteger(n) && n >= lo && n <= hi;
+  const fail = (what: string) => new VmmError(`USB device ${spec.id}: ${what}`);
+  // usbfs names them /dev/bus/usb/BBB/DDD; USB addresses are 7 bits and 0 is the default address.
+  if (!within(spec.hostBus, 1, 255)) throw fail(`bus ${spec.hostBus} must be a bus number 1-255 (busnum in sysfs)`);
+  if (!within(spec.hostAddress, 1, 127)) throw fail(`address ${spec.hostAddress} must be a device address 1-127 (devnum in sysfs)`);
+  if (!within(spec.vendorId, 0, 0xffff) || !within(spec.productId, 0, 0xffff)) throw fail(`vendor ${spec.vendorId} and product ${spec.productId} must be 16-bit ids`);
+  if (spec.fd !== undefined && !within(spec.fd, 0, 0x7fffffff)) throw fail(`descriptor ${spec.fd} must be an open file descriptor's number`);
+}
 
 export abstract class AdapterBase {
   readonly events: VmmEvents;

@@ -1,8 +1,9 @@
 import { z } from 'zod';
-import { VmmError, type NetSpec, type ShareSpec } from './adapter.js';
+import { VmmError, type NetSpec, type ShareSpec, type UsbSpec } from './adapter.js';
 import { checkNetSpec } from './adapter-base.js';
 import { isInterfaceName } from '../helper/commands.js';
 import { nicDeviceId, shareDeviceId } from './qemu.js';
+import { usbDeviceId } from './qemu-usb.js';
 
 /**
  * The XML the libvirt adapter writes (device definitions for `virsh
@@ -23,6 +24,13 @@ export const NIC_ALIAS_PREFIX = `ua-${nicDeviceId('')}`;
 
 export function nicAlias(id: string): string {
   return `${NIC_ALIAS_PREFIX}${id}`;
+}
+
+/** USB devices too: `ua-xdpvm-usb-<id>`. */
+export const USB_ALIAS_PREFIX = `ua-${usbDeviceId('')}`;
+
+export function usbAlias(id: string): string {
+  return `${USB_ALIAS_PREFIX}${id}`;
 }
 
 // ---- XML out
@@ -100,6 +108,39 @@ export function interfaceXml(spec: NetSpec): string {
   return xmlElement('interface', { type: 'ethernet' }, [xmlElement('target', { dev: backend.tapName, managed: 'no' }), ...tail]);
 }
 
+/** A USB id as libvirt's formatter writes it, and as its parser (which reads 0x as hex, a leading 0 as octal) reads it back. */
+const usbIdText = (id: number) => `0x${id.toString(16).padStart(4, '0')}`;
+
+/**
+ * The `<hostdev>` for one host USB device, which libvirt passes through with
+ * QEMU's usb-host; the spec has been checked (checkUsbSpec).
+ * - The source names both the vendor and product ids and the host address.
+ *   Given both, libvirt looks for that device at that address only, and fails
+ *   if something else or nothing is there; the ids are its check that the
+ *   address still holds the device the user chose, and the address picks the
+ *   one instance among identical ones (alone, the ids match every one of them).
+ *   Numbers in decimal without leading zeros: libvirt reads a leading 0 as octal.
+ * - No `managed`: libvirt uses it for PCI only and ignores it for every other
+ *   type (formatdomain, "Host device assignment").
+ * - No `startupPolicy`: the default, `mandatory`, fails when the device is
+ *   missing "for any reason". `optional`, and `requisite` on anything but a
+ *   cold boot (a live attach included), would have libvirt mark a missing
+ *   device missing and carry on (virHostdevPrepareUSBDevices), and the user
+ *   would be told the device is attached when it is not.
+ * - No descriptor: libvirtd opens /dev/bus/usb/BBB/DDD itself and a hostdev has
+ *   no way to take one, so `spec.fd` is unused (the caller still closes it).
+ */
+export function hostdevXml(spec: UsbSpec): string {
+  return xmlElement('hostdev', { mode: 'subsystem', type: 'usb' }, [
+    xmlElement('source', {}, [
+      xmlElement('vendor', { id: usbIdText(spec.vendorId) }),
+      xmlElement('product', { id: usbIdText(spec.productId) }),
+      xmlElement('address', { bus: spec.hostBus, device: spec.hostAddress }),
+    ]),
+    xmlElement('alias', { name: usbAlias(spec.id) }),
+  ]);
+}
+
 // ---- XML in
 
 export interface XmlNode {
@@ -159,20 +200,29 @@ export const DomainFilesystem = z.object({
 });
 export type DomainFilesystem = z.infer<typeof DomainFilesystem>;
 
-/** A domain's `<devices>`, and where a device in it sits: the alias of its PCI controller (`pci.3`), as for every device type. */
+/**
+ * A domain's `<devices>`, and where a device in it sits: on a PCI bus, the
+ * alias of its controller (`pci.3`), as for every device type; on a USB bus,
+ * its controller's alias and port (`usb port 1`).
+ */
 function domainDevices(xml: string): { devices: XmlNode; locationOf: (device: XmlNode) => string | undefined } {
   const domain = child(parseXml(xml), 'domain');
   const devices = child(domain, 'devices');
   if (!devices) throw new VmmError('the domain XML has no <devices>');
-  const controllers = new Map(
-    devices.children
-      .filter((c) => c.name === 'controller' && c.attrs.type === 'pci' && c.attrs.index !== undefined)
-      .map((c) => [Number(c.attrs.index), child(c, 'alias')?.attrs.name]),
-  );
+  const controllers = (type: string) =>
+    new Map(
+      devices.children
+        .filter((c) => c.name === 'controller' && c.attrs.type === type && c.attrs.index !== undefined)
+        .map((c) => [Number(c.attrs.index), child(c, 'alias')?.attrs.name]),
+    );
+  const buses = { pci: controllers('pci'), usb: controllers('usb') };
   const locationOf = (device: XmlNode) => {
     const address = child(device, 'address');
-    const bus = address?.attrs.type === 'pci' && address.attrs.bus !== undefined ? Number(address.attrs.bus) : undefined;
-    return bus === undefined ? undefined : (controllers.get(bus) ?? `pci bus ${bus}`);
+    const type = address?.attrs.type;
+    if ((type !== 'pci' && type !== 'usb') || address?.attrs.bus === undefined) return undefined;
+    const bus = Number(address.attrs.bus);
+    const controller = buses[type].get(bus) ?? `${type} bus ${bus}`;
+    return type === 'usb' && address.attrs.port !== undefined ? `${controller} port ${address.attrs.port}` : controller;
   };
   return { devices, locationOf };
 }
@@ -222,6 +272,56 @@ export function domainInterfaces(xml: string): DomainInterface[] {
       if (!parsed.success) throw new VmmError(`unexpected <interface> in the domain XML: ${parsed.error.message}`);
       return parsed.data;
     });
+}
+
+/** One USB `<hostdev>` of a domain, as read from `virsh dumpxml`; the source may name the ids, the address, or both. */
+export const DomainUsbHostdev = z.object({
+  alias: z.string().min(1).optional(),
+  vendorId: z.number().int().min(0).max(0xffff).optional(),
+  productId: z.number().int().min(0).max(0xffff).optional(),
+  hostBus: z.number().int().min(0).optional(),
+  hostAddress: z.number().int().min(0).optional(),
+  /** Its controller and port in the guest, e.g. `usb port 1`. */
+  location: z.string().optional(),
+});
+export type DomainUsbHostdev = z.infer<typeof DomainUsbHostdev>;
+
+/** A number as libvirt reads one in a USB source (formatdomain): 0x hex, leading-0 octal, else decimal; NaN when it is none. */
+function libvirtUint(text: string | undefined): number | undefined {
+  if (text === undefined) return undefined;
+  const m = /^(?:0[xX]([0-9a-fA-F]+)|0([0-7]*)|([1-9][0-9]*))$/.exec(text.trim());
+  if (!m) return NaN;
+  return m[1] !== undefined ? parseInt(m[1], 16) : m[2] !== undefined ? parseInt(m[2] || '0', 8) : parseInt(m[3]!, 10);
+}
+
+/** The host USB devices passed through to a domain (`<hostdev type='usb'>`), ours and any others; PCI and SCSI hostdevs and redirected USB are left out. */
+export function domainUsbHostdevs(xml: string): DomainUsbHostdev[] {
+  const { devices, locationOf } = domainDevices(xml);
+  return devices.children
+    .filter((c) => c.name === 'hostdev' && c.attrs.type === 'usb' && (c.attrs.mode ?? 'subsystem') === 'subsystem')
+    .map((hostdev) => {
+      const source = child(hostdev, 'source');
+      const address = child(source, 'address');
+      const parsed = DomainUsbHostdev.safeParse({
+        alias: child(hostdev, 'alias')?.attrs.name,
+        vendorId: libvirtUint(child(source, 'vendor')?.attrs.id),
+        productId: libvirtUint(child(source, 'product')?.attrs.id),
+        hostBus: libvirtUint(address?.attrs.bus),
+        hostAddress: libvirtUint(address?.attrs.device),
+        location: locationOf(hostdev),
+      });
+      if (!parsed.success) throw new VmmError(`unexpected USB <hostdev> in the domain XML: ${parsed.error.message}`);
+      return parsed.data;
+    });
+}
+
+/**
+ * Whether the domain has a USB bus to plug a device into: a USB controller
+ * that is not `model='none'`, which is how a domain has USB turned off. A
+ * domain XML with no USB controller at all has no bus either.
+ */
+export function domainHasUsbBus(xml: string): boolean {
+  return domainDevices(xml).devices.children.some((c) => c.name === 'controller' && c.attrs.type === 'usb' && c.attrs.model !== 'none');
 }
 
 /** Whether any device in the domain's XML has `alias`. */

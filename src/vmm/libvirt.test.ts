@@ -1,12 +1,27 @@
 import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync, appendFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { requireProgram } from '../deps.js';
 import { ExecError, runProgram } from '../exec.js';
-import { VmmError, type NetSpec, type VmmEvent } from './adapter.js';
+import { capabilitiesOf, VmmError, type NetSpec, type UsbSpec, type VmmEvent } from './adapter.js';
 import { LibvirtAdapter } from './libvirt.js';
-import { domainFilesystems, domainInterfaces, filesystemXml, interfaceXml, nicAlias, parseEventLine, parseXml, shareAlias, xmlAttr, xmlElement } from './libvirt-xml.js';
+import {
+  domainFilesystems,
+  domainHasUsbBus,
+  domainInterfaces,
+  domainUsbHostdevs,
+  filesystemXml,
+  hostdevXml,
+  interfaceXml,
+  nicAlias,
+  parseEventLine,
+  parseXml,
+  shareAlias,
+  usbAlias,
+  xmlAttr,
+  xmlElement,
+} from './libvirt-xml.js';
 
 /**
  * The XML the libvirt adapter builds, checked by libvirt's own RelaxNG schema
@@ -15,7 +30,10 @@ import { domainFilesystems, domainInterfaces, filesystemXml, interfaceXml, nicAl
  * libvirt 9.0 printed here for a TCG q35 domain with two hot-plugged shares
  * and a hot-plugged NIC on a tap, plus a 9p share and a NIC on a libvirt
  * network, trimmed; it is itself checked against domain.rng. The adapter's NIC
- * calls run against a stand-in virsh that serves that XML.
+ * and USB calls run against a stand-in virsh that serves that XML. This host
+ * has no USB bus, so no USB device could be attached for real: the USB
+ * hostdevs in the fixtures are as libvirt 9.0 printed them here for a defined
+ * domain, with the alias and guest address a running one adds.
  */
 
 const SCHEMAS = '/usr/share/libvirt/schemas';
@@ -31,10 +49,12 @@ beforeAll(() => {
     path.join(dir, 'filesystem.rng'),
     `<grammar xmlns="http://relaxng.org/ns/structure/1.0"><include href="${SCHEMAS}/domaincommon.rng"/><start><ref name="filesystem"/></start></grammar>`,
   );
-  writeFileSync(
-    path.join(dir, 'interface.rng'),
-    `<grammar xmlns="http://relaxng.org/ns/structure/1.0"><include href="${SCHEMAS}/domaincommon.rng"/><start><ref name="interface"/></start></grammar>`,
-  );
+  for (const device of ['interface', 'hostdev']) {
+    writeFileSync(
+      path.join(dir, `${device}.rng`),
+      `<grammar xmlns="http://relaxng.org/ns/structure/1.0"><include href="${SCHEMAS}/domaincommon.rng"/><start><ref name="${device}"/></start></grammar>`,
+    );
+  }
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
@@ -53,17 +73,29 @@ async function relaxng(schema: string, xml: string): Promise<string> {
 
 const validDevice = (xml: string) => relaxng(path.join(dir, 'filesystem.rng'), xml);
 const validInterface = (xml: string) => relaxng(path.join(dir, 'interface.rng'), xml);
+const validHostdev = (xml: string) => relaxng(path.join(dir, 'hostdev.rng'), xml);
+
+/** Each edit of `xml`, [from, to], must fail `validate`: the schema rejects what libvirt would, so its passing means something. */
+async function expectRejected(validate: (xml: string) => Promise<string>, xml: string, edits: readonly (readonly [string, string])[]): Promise<void> {
+  for (const [from, to] of edits) expect(await validate(xml.replace(from, to)), `${from} → ${to}`).toMatch(/fails to validate/);
+}
+
+/** `xml` is exactly `expected`, and `validate` passes it. */
+async function expectValid(validate: (xml: string) => Promise<string>, xml: string, expected: string): Promise<void> {
+  expect(xml).toBe(expected);
+  expect(await validate(xml)).toBe('');
+}
 
 const SPEC = { id: 'xdpvm-doc', tag: 'xdp-vm-doc', socketPath: '/run/user/1000/xdp-vm/work-doc.sock', queueSize: 1024 };
 
 describe('device XML for virsh attach-device', () => {
   it('is the filesystem element libvirt documents for an external virtiofsd, and passes its schema', async () => {
-    const xml = filesystemXml(SPEC);
-    expect(xml).toBe(
+    await expectValid(
+      validDevice,
+      filesystemXml(SPEC),
       '<filesystem type="mount" accessmode="passthrough"><driver type="virtiofs" queue="1024"/>' +
         '<source socket="/run/user/1000/xdp-vm/work-doc.sock"/><target dir="xdp-vm-doc"/><alias name="ua-xdpvm-fs-xdpvm-doc"/></filesystem>',
     );
-    expect(await validDevice(xml)).toBe('');
   });
 
   it('escapes hostile values so they reach libvirt unchanged and cannot add markup', async () => {
@@ -79,10 +111,12 @@ describe('device XML for virsh attach-device', () => {
   });
 
   it('the schema itself rejects what libvirt would (so the check above means something)', async () => {
-    expect(await validDevice(filesystemXml(SPEC).replace(SPEC.socketPath, 'relative.sock'))).toMatch(/fails to validate/);
-    expect(await validDevice(filesystemXml(SPEC).replace(SPEC.socketPath, '/a&#10;b.sock'))).toMatch(/fails to validate/);
+    await expectRejected(validDevice, filesystemXml(SPEC), [
+      [SPEC.socketPath, 'relative.sock'],
+      [SPEC.socketPath, '/a&#10;b.sock'],
+      ['ua-xdpvm-fs-xdpvm-doc', 'ua xdpvm'],
+    ]);
     expect(await validDevice(xmlElement('filesystem', { type: 'mount' }, [xmlElement('driver', { type: 'virtiofs', queue: 'many' }), xmlElement('source', { socket: '/s' }), xmlElement('target', { dir: 't' })]))).toMatch(/fails to validate/);
-    expect(await validDevice(filesystemXml(SPEC).replace('ua-xdpvm-fs-xdpvm-doc', 'ua xdpvm'))).toMatch(/fails to validate/);
   });
 
   it('refuses socket paths and characters libvirt would reject, before sending them', () => {
@@ -114,12 +148,13 @@ describe('interface XML for virsh attach-device', () => {
   });
 
   it('the schema itself rejects what libvirt would (so the check above means something)', async () => {
-    const xml = interfaceXml(NIC);
-    expect(await validInterface(xml.replace('02:5a:4c:56:00:01', '03:5a:4c:56:00:01'))).toMatch(/fails to validate/);
-    expect(await validInterface(xml.replace('dev="xdpvm7"', 'dev="xdp vm7"'))).toMatch(/fails to validate/);
-    expect(await validInterface(xml.replace('managed="no"', 'managed="maybe"'))).toMatch(/fails to validate/);
-    expect(await validInterface(xml.replace('type="ethernet"', 'type="tap"'))).toMatch(/fails to validate/);
-    expect(await validInterface(xml.replace('ua-xdpvm-net-lan', 'ua xdpvm'))).toMatch(/fails to validate/);
+    await expectRejected(validInterface, interfaceXml(NIC), [
+      ['02:5a:4c:56:00:01', '03:5a:4c:56:00:01'],
+      ['dev="xdpvm7"', 'dev="xdp vm7"'],
+      ['managed="no"', 'managed="maybe"'],
+      ['type="ethernet"', 'type="tap"'],
+      ['ua-xdpvm-net-lan', 'ua xdpvm'],
+    ]);
   });
 
   it('refuses MACs that are not unicast and locally administered, before they reach XML', () => {
@@ -161,6 +196,36 @@ describe('interface XML for virsh attach-device', () => {
     expect(nicAlias('lan')).toMatch(/^ua-[a-zA-Z0-9_.-]+$/);
     expect(nicAlias('x').startsWith(shareAlias(''))).toBe(false);
     expect(shareAlias('x').startsWith(nicAlias(''))).toBe(false);
+  });
+});
+
+const STICK: UsbSpec = { id: 'stick', vendorId: 0x46f4, productId: 0x0001, hostBus: 1, hostAddress: 99, fd: 17 };
+
+describe('hostdev XML for virsh attach-device', () => {
+  it('names the vendor and product ids and the host address, carries our alias, and passes the schema, which rejects what libvirt would', async () => {
+    const xml = hostdevXml(STICK);
+    const expected = '<hostdev mode="subsystem" type="usb"><source><vendor id="0x46f4"/><product id="0x0001"/><address bus="1" device="99"/></source>';
+    await expectValid(validHostdev, xml, `${expected}<alias name="ua-xdpvm-usb-stick"/></hostdev>`);
+    await expectRejected(validHostdev, xml, [
+      ['0x46f4', '0x46f40'],
+      ['device="99"', 'device="1000"'],
+      ['type="usb"', 'type="usbx"'],
+      ['<product id="0x0001"/>', ''],
+      ['ua-xdpvm-usb-stick', 'ua xdpvm'],
+    ]);
+    // No managed (PCI only), no startupPolicy (the default fails on a missing device), no descriptor.
+    expect(xml).not.toMatch(/managed|startupPolicy|17/);
+    const edges = hostdevXml({ id: 'edge', vendorId: 0xffff, productId: 0, hostBus: 255, hostAddress: 127 });
+    expect(edges).toContain('<vendor id="0xffff"/><product id="0x0000"/><address bus="255" device="127"/>');
+    expect(await validHostdev(edges)).toBe('');
+  });
+
+  it("aliases follow libvirt's rule for user aliases without meeting the shares' or the NICs'", () => {
+    expect(usbAlias('stick')).toMatch(/^ua-[a-zA-Z0-9_.-]+$/);
+    for (const other of [shareAlias(''), nicAlias('')]) {
+      expect(usbAlias('x').startsWith(other)).toBe(false);
+      expect(`${other}x`.startsWith(usbAlias(''))).toBe(false);
+    }
   });
 });
 
@@ -264,6 +329,43 @@ const DUMPXML = `<domain type='qemu' id='6'>
 </domain>
 `;
 
+/** A USB hostdev as libvirt 9.0 prints it in a running domain's XML (the source's children here on one line). */
+const printedUsbHostdev = (alias: string, port: number, source: string) =>
+  `    <hostdev mode='subsystem' type='usb' managed='no'>\n      ${source}\n      <alias name='${alias}'/>\n      <address type='usb' bus='0' port='${port}'/>\n    </hostdev>\n`;
+
+/** The fixture with a USB controller and hostdevs: ours on port 1, a PCI one, one by ids only on port 2 and one by address only on port 3. */
+const USB_DUMPXML = DUMPXML.replace(
+  "    <controller type='pci' index='0' model='pcie-root'>",
+  `    <controller type='usb' index='0' model='qemu-xhci'>
+      <alias name='usb'/>
+      <address type='pci' domain='0x0000' bus='0x00' slot='0x1d' function='0x0'/>
+    </controller>
+    <controller type='pci' index='0' model='pcie-root'>`,
+).replace(
+  "    <memballoon model='none'/>",
+  printedUsbHostdev('ua-xdpvm-usb-stick', 1, "<source><vendor id='0x46f4'/><product id='0x0001'/><address bus='1' device='99'/></source>") +
+    `    <hostdev mode='subsystem' type='pci' managed='yes'>
+      <source>
+        <address domain='0x0000' bus='0x06' slot='0x02' function='0x0'/>
+      </source>
+      <alias name='hostdev2'/>
+      <address type='pci' domain='0x0000' bus='0x00' slot='0x1e' function='0x0'/>
+    </hostdev>
+` +
+    printedUsbHostdev('hostdev0', 2, "<source startupPolicy='optional'><vendor id='0x1d6b'/><product id='0x0104'/></source>") +
+    printedUsbHostdev('hostdev1', 3, "<source><address bus='2' device='8'/></source>") +
+    "    <memballoon model='none'/>",
+);
+
+/** USB turned off, as libvirt 9.0 printed it for the e2e tier's q35 domains. */
+const NO_USB_DUMPXML = DUMPXML.replace(
+  "    <controller type='pci' index='0' model='pcie-root'>",
+  `    <controller type='usb' index='0' model='none'>
+      <alias name='usb'/>
+    </controller>
+    <controller type='pci' index='0' model='pcie-root'>`,
+);
+
 describe('reading virsh dumpxml', () => {
   it('the fixture is a domain libvirt\'s schema accepts', async () => {
     expect(await relaxng(path.join(SCHEMAS, 'domain.rng'), DUMPXML)).toBe('');
@@ -283,6 +385,31 @@ describe('reading virsh dumpxml', () => {
     ]);
     expect(domainInterfaces(`<domain><devices><interface type='user'><model type='virtio'/></interface></devices></domain>`)).toEqual([{ type: 'user' }]);
     expect(() => domainInterfaces(`<domain><devices><interface><mac address='02:00:00:00:00:01'/></interface></devices></domain>`)).toThrow(/unexpected <interface>/);
+  });
+
+  it('the USB fixtures are domains the schema accepts', async () => {
+    expect(await relaxng(path.join(SCHEMAS, 'domain.rng'), USB_DUMPXML)).toBe('');
+    expect(await relaxng(path.join(SCHEMAS, 'domain.rng'), NO_USB_DUMPXML)).toBe('');
+  });
+
+  it('finds the USB hostdevs, ours and foreign, with their source and USB port, and leaves PCI hostdevs out', () => {
+    expect(domainUsbHostdevs(USB_DUMPXML)).toEqual([
+      { alias: 'ua-xdpvm-usb-stick', vendorId: 0x46f4, productId: 0x0001, hostBus: 1, hostAddress: 99, location: 'usb port 1' },
+      { alias: 'hostdev0', vendorId: 0x1d6b, productId: 0x0104, location: 'usb port 2' },
+      { alias: 'hostdev1', hostBus: 2, hostAddress: 8, location: 'usb port 3' },
+    ]);
+    expect(domainUsbHostdevs(DUMPXML)).toEqual([]);
+    // Numbers as libvirt reads them: 0x hex, a leading 0 octal; no controller alias in an inactive definition.
+    const handWritten = `<domain><devices><hostdev mode='subsystem' type='usb'><source><vendor id='4660'/><product id='0xBEEF'/><address bus='0x2' device='010'/></source><address type='usb' bus='0' port='1.2'/></hostdev></devices></domain>`;
+    expect(domainUsbHostdevs(handWritten)).toEqual([{ vendorId: 0x1234, productId: 0xbeef, hostBus: 2, hostAddress: 8, location: 'usb bus 0 port 1.2' }]);
+    expect(() => domainUsbHostdevs(handWritten.replace("'0xBEEF'", "'beef'"))).toThrow(/unexpected USB <hostdev>/);
+    expect(() => domainUsbHostdevs(handWritten.replace("'4660'", "'0x10000'"))).toThrow(/unexpected USB <hostdev>/);
+  });
+
+  it('tells a domain with a USB bus from one with USB turned off or no USB controller at all', () => {
+    expect(domainHasUsbBus(USB_DUMPXML)).toBe(true);
+    expect(domainHasUsbBus(NO_USB_DUMPXML)).toBe(false);
+    expect(domainHasUsbBus(DUMPXML)).toBe(false);
   });
 
   it('copes with an inactive definition, which has no aliases or addresses', () => {
@@ -323,16 +450,16 @@ describe('reading virsh event lines', () => {
 });
 
 /**
- * The adapter's NIC calls against a stand-in virsh: `domstate` says running,
- * `dumpxml` prints the fixture file, `attach-device` keeps the XML it was
- * given and (when there is one) swaps in the next dumpxml, `event` follows a
- * file the test appends lines to. Every call is logged.
+ * A stand-in virsh for the adapter's calls: `domstate` says running, `dumpxml`
+ * prints the fixture file (`serve` replaces it), `attach-device` keeps the XML
+ * it was given and (when there is one) swaps in the next dumpxml, or fails as
+ * `failNextAttach` says, `detach-device-alias` swaps in the next dumpxml and
+ * reports the device removed, as libvirt does, and `event` follows a file the
+ * test appends lines to (`removed`). Every call is logged.
  */
-describe('the libvirt adapter\'s NICs, against a stand-in virsh', () => {
-  let fake: string;
-  let adapter: LibvirtAdapter;
-  const calls = () => readFileSync(path.join(fake, 'calls.log'), 'utf8').trim().split('\n');
-
+function standInVirsh(fixture: string) {
+  let fake = '';
+  let adapter: LibvirtAdapter | undefined;
   beforeAll(async () => {
     fake = mkdtempSync(path.join(tmpdir(), 'xdpvm-fake-virsh-'));
     const virsh = path.join(fake, 'virsh');
@@ -345,14 +472,20 @@ echo "$*" >> "$d/calls.log"
 case "$1" in
   domstate) echo running ;;
   dumpxml) cat "$d/dumpxml.xml" ;;
-  attach-device) cp "$5" "$d/attached.xml"; [ -f "$d/next.xml" ] && mv "$d/next.xml" "$d/dumpxml.xml"; exit 0 ;;
+  attach-device)
+    if [ -f "$d/attach-error" ]; then cat "$d/attach-error" >&2; rm "$d/attach-error"; exit 1; fi
+    cp "$5" "$d/attached.xml"; [ -f "$d/next.xml" ] && mv "$d/next.xml" "$d/dumpxml.xml"; exit 0 ;;
+  detach-device-alias)
+    [ -f "$d/next.xml" ] && mv "$d/next.xml" "$d/dumpxml.xml"
+    echo "event 'device-removed' for domain 'lv': $5" >> "$d/events.log"
+    echo 'Device detach request sent successfully' ;;
   event) exec tail -n 0 -F "$d/events.log" ;;
   *) echo "error: unexpected $*" >&2; exit 1 ;;
 esac
 `,
     );
     chmodSync(virsh, 0o755);
-    writeFileSync(path.join(fake, 'dumpxml.xml'), DUMPXML);
+    writeFileSync(path.join(fake, 'dumpxml.xml'), fixture);
     writeFileSync(path.join(fake, 'events.log'), '');
     adapter = await LibvirtAdapter.connect({ domain: 'lv', uri: 'test:///fake', virsh, pollMs: 60_000 });
   });
@@ -360,8 +493,32 @@ esac
     await adapter?.close();
     rmSync(fake, { recursive: true, force: true });
   });
+  return {
+    adapter: () => adapter!,
+    calls: () => readFileSync(path.join(fake, 'calls.log'), 'utf8').trim().split('\n'),
+    attached: () => readFileSync(path.join(fake, 'attached.xml'), 'utf8'),
+    serve: (xml: string) => writeFileSync(path.join(fake, 'dumpxml.xml'), xml),
+    serveNext: (xml: string) => writeFileSync(path.join(fake, 'next.xml'), xml),
+    failNextAttach: (stderr: string) => writeFileSync(path.join(fake, 'attach-error'), stderr),
+    removed: (alias: string) => appendFileSync(path.join(fake, 'events.log'), `event 'device-removed' for domain 'lv': ${alias}\n`),
+  };
+}
+
+/** The next device-detached event. */
+const nextDetach = (adapter: LibvirtAdapter) =>
+  new Promise<VmmEvent>((resolve) => {
+    const off = adapter.events.subscribe((e) => {
+      if (e.type !== 'device-detached') return;
+      off();
+      resolve(e);
+    });
+  });
+
+describe('the libvirt adapter\'s NICs, against a stand-in virsh', () => {
+  const fake = standInVirsh(DUMPXML);
 
   it('listNet recovers our id from the alias, leaves the foreign NIC without one, and gives each its root port', async () => {
+    const adapter = fake.adapter();
     expect(adapter.net).toBe(adapter);
     expect(await adapter.listNet()).toEqual([
       { kind: 'net', id: undefined, deviceId: 'net0', location: 'pci.2' },
@@ -370,29 +527,137 @@ esac
   });
 
   it('refuses a bad spec without calling virsh, and a NIC the domain already has', async () => {
-    const before = calls().length;
+    const adapter = fake.adapter();
+    const before = fake.calls().length;
     await expect(adapter.attachNet({ ...NIC, id: 'wifi', mac: '01:00:5e:00:00:01' })).rejects.toThrow('NIC wifi: MAC "01:00:5e:00:00:01" must be a unicast');
     await expect(adapter.attachNet({ id: 'wifi', backend: { type: 'stream', socketPath: '/run/p.sock' } })).rejects.toThrow(/^NIC wifi: libvirt cannot connect a NIC to the passt/);
     await expect(adapter.detachNet('a b')).rejects.toThrow(/^NIC id "a b" must start/);
-    expect(calls().length).toBe(before);
+    expect(fake.calls().length).toBe(before);
     await expect(adapter.attachNet(NIC)).rejects.toThrow(
       'NIC lan: device ua-xdpvm-net-lan is already in domain lv (started with it, or left by an earlier daemon); detach it first',
     );
     await expect(adapter.detachNet('wifi')).rejects.toThrow('NIC wifi is not attached to domain lv');
-    expect(calls().some((c) => c.startsWith('attach-device') || c.startsWith('detach-device'))).toBe(false);
+    expect(fake.calls().some((c) => c.startsWith('attach-device') || c.startsWith('detach-device'))).toBe(false);
   });
 
   it('attaches with attach-device --live, and a removal it did not ask for is an unexpected detach', async () => {
+    const adapter = fake.adapter();
     const wifi: NetSpec = { id: 'wifi', backend: { type: 'tap', tapName: 'xdpvm8' }, mac: '02:5a:4c:56:00:02' };
     const ours = interfaceXml(wifi).replace('/>', '/><address type="pci" domain="0x0000" bus="0x03" slot="0x00" function="0x0"/>');
-    writeFileSync(path.join(fake, 'next.xml'), DUMPXML.replace('</devices>', `${ours}</devices>`));
+    fake.serveNext(DUMPXML.replace('</devices>', `${ours}</devices>`));
     const handle = await adapter.attachNet(wifi);
     expect(handle).toEqual({ kind: 'net', id: 'wifi', deviceId: 'ua-xdpvm-net-wifi', location: 'pci.3' });
-    expect(readFileSync(path.join(fake, 'attached.xml'), 'utf8')).toBe(interfaceXml(wifi));
-    expect(calls().find((c) => c.startsWith('attach-device'))).toMatch(/^attach-device --domain lv --file \S+\/device\.xml --live$/);
+    expect(fake.attached()).toBe(interfaceXml(wifi));
+    expect(fake.calls().find((c) => c.startsWith('attach-device'))).toMatch(/^attach-device --domain lv --file \S+\/device\.xml --live$/);
 
-    const detached = new Promise<VmmEvent>((resolve) => adapter.events.subscribe((e) => e.type === 'device-detached' && resolve(e)));
-    appendFileSync(path.join(fake, 'events.log'), "event 'device-removed' for domain 'lv': ua-xdpvm-net-wifi\n");
+    const detached = nextDetach(adapter);
+    fake.removed('ua-xdpvm-net-wifi');
     expect(await detached).toEqual({ type: 'device-detached', kind: 'net', id: 'wifi', deviceId: 'ua-xdpvm-net-wifi', expected: false });
+  });
+});
+
+/** `USB_DUMPXML` with one more of our hostdevs, as libvirt prints it once attached. */
+function withOurHostdev(spec: UsbSpec, port: number): string {
+  const ours = hostdevXml(spec).replace('</hostdev>', `<address type="usb" bus="0" port="${port}"/></hostdev>`);
+  return USB_DUMPXML.replace('</devices>', `${ours}</devices>`);
+}
+
+describe('the libvirt adapter\'s USB devices, against a stand-in virsh', () => {
+  const fake = standInVirsh(USB_DUMPXML);
+  const CAM: UsbSpec = { id: 'cam', vendorId: 0x046d, productId: 0x0825, hostBus: 3, hostAddress: 7 };
+
+  it('has the usb capability, and listUsb gives every USB hostdev with our id where the alias is ours', async () => {
+    const adapter = fake.adapter();
+    expect(adapter.usb).toBe(adapter);
+    expect(capabilitiesOf(adapter)).toEqual(['shares', 'usb', 'net']);
+    expect(await adapter.listUsb()).toEqual([
+      { kind: 'usb', id: 'stick', deviceId: 'ua-xdpvm-usb-stick', location: 'usb port 1' },
+      { kind: 'usb', id: undefined, deviceId: 'hostdev0', location: 'usb port 2' },
+      { kind: 'usb', id: undefined, deviceId: 'hostdev1', location: 'usb port 3' },
+    ]);
+  });
+
+  it('refuses a bad spec without calling virsh', async () => {
+    const adapter = fake.adapter();
+    const before = fake.calls().length;
+    await expect(adapter.attachUsb({ ...CAM, id: 'a b' })).rejects.toThrow(/^USB device id "a b" must start with a letter/);
+    // checkUsbSpec's rules (adapter-base), before virsh is run.
+    for (const bad of [{ vendorId: 0x10000 }, { productId: -1 }, { vendorId: 1.5 }]) {
+      await expect(adapter.attachUsb({ ...CAM, ...bad })).rejects.toThrow(/^USB device cam: vendor \S+ and product \S+ must be/);
+    }
+    for (const hostBus of [0, 256]) await expect(adapter.attachUsb({ ...CAM, hostBus })).rejects.toThrow(`USB device cam: bus ${hostBus} must be`);
+    for (const hostAddress of [0, 128, Number.NaN]) await expect(adapter.attachUsb({ ...CAM, hostAddress })).rejects.toThrow(`USB device cam: address ${hostAddress} must be`);
+    await expect(adapter.detachUsb('a b')).rejects.toThrow(/^USB device id "a b" must start/);
+    expect(fake.calls().length).toBe(before);
+  });
+
+  it('refuses a device the domain already has, and a domain with USB turned off, before attach-device', async () => {
+    const adapter = fake.adapter();
+    await expect(adapter.attachUsb({ ...STICK, hostAddress: 100 })).rejects.toThrow(
+      'USB device stick (46f4:0001 at host bus 1 address 100): device ua-xdpvm-usb-stick is already in domain lv (started with it, or left by an earlier daemon); detach it first',
+    );
+    fake.serve(NO_USB_DUMPXML);
+    try {
+      await expect(adapter.attachUsb(CAM)).rejects.toThrow(
+        "USB device cam (046d:0825 at host bus 3 address 7): domain lv has no USB controller (<controller type='usb' model='none'/>, or none at all), " +
+          "and libvirt cannot add one to a running domain; give it one, e.g. <controller type='usb' model='qemu-xhci'/>, and restart it",
+      );
+    } finally {
+      fake.serve(USB_DUMPXML);
+    }
+    expect(fake.calls().some((c) => c.startsWith('attach-device'))).toBe(false);
+  });
+
+  it("translates libvirt's refusal into one naming the device and why", async () => {
+    const adapter = fake.adapter();
+    // What libvirt 9.0 answered here, on a host without a USB bus.
+    fake.failNextAttach("error: Failed to attach device from /tmp/x/device.xml\nerror: cannot open directory '/sys/bus/usb/devices': No such file or directory\n");
+    await expect(adapter.attachUsb(CAM)).rejects.toThrow(
+      new VmmError(
+        "USB device cam (046d:0825 at host bus 3 address 7): attach-device failed: cannot open directory '/sys/bus/usb/devices': No such file or directory; " +
+          'libvirtd sees no USB bus on this host, so the device is not there',
+      ),
+    );
+    // Its refusal on a host with USB but nothing there (as users report it; not recorded here).
+    fake.failNextAttach('error: Failed to attach device from /tmp/x/device.xml\nerror: internal error: Did not find USB device 046d:0825 bus:3 device:7\n');
+    await expect(adapter.attachUsb(CAM)).rejects.toThrow(/: attach-device failed: internal error: Did not find USB device 046d:0825 bus:3 device:7; the device is not at that bus and address now: unplugged, or renumbered by a replug$/);
+    expect(await adapter.listUsb()).toHaveLength(3);
+  });
+
+  it('attaches with attach-device --live, detaches by alias and waits for the removal, and an unknown id is an error', async () => {
+    const adapter = fake.adapter();
+    const seen: VmmEvent[] = [];
+    const off = adapter.events.subscribe((e) => seen.push(e));
+    fake.serveNext(withOurHostdev(CAM, 4));
+    expect(await adapter.attachUsb({ ...CAM, fd: 21 })).toEqual({ kind: 'usb', id: 'cam', deviceId: 'ua-xdpvm-usb-cam', location: 'usb port 4' });
+    expect(fake.attached()).toBe(hostdevXml(CAM));
+    expect(fake.calls().at(-2)).toMatch(/^attach-device --domain lv --file \S+\/device\.xml --live$/);
+    expect((await adapter.listUsb()).map((d) => d.id)).toEqual(['stick', undefined, undefined, 'cam']);
+
+    fake.serveNext(USB_DUMPXML);
+    await adapter.detachUsb('cam');
+    expect(fake.calls()).toContain('detach-device-alias --domain lv --alias ua-xdpvm-usb-cam --live');
+    expect((await adapter.listUsb()).map((d) => d.id)).toEqual(['stick', undefined, undefined]);
+    await expect(adapter.detachUsb('cam')).rejects.toThrow('USB device cam is not attached to domain lv');
+    off();
+    expect(seen).toEqual([{ type: 'device-detached', kind: 'usb', id: 'cam', deviceId: 'ua-xdpvm-usb-cam', expected: true }]);
+  });
+
+  it('a hostdev removed without our asking is an unexpected detach', async () => {
+    const adapter = fake.adapter();
+    fake.serveNext(withOurHostdev(CAM, 4));
+    await adapter.attachUsb(CAM);
+    const detached = nextDetach(adapter);
+    fake.serve(USB_DUMPXML);
+    fake.removed('ua-xdpvm-usb-cam');
+    expect(await detached).toEqual({ type: 'device-detached', kind: 'usb', id: 'cam', deviceId: 'ua-xdpvm-usb-cam', expected: false });
+    // Foreign devices and ones we did not attach are not ours to report.
+    const none = vi.fn();
+    const off = adapter.events.subscribe(none);
+    fake.removed('hostdev0');
+    fake.removed('ua-xdpvm-usb-stick');
+    await new Promise((r) => setTimeout(r, 300));
+    off();
+    expect(none).not.toHaveBeenCalled();
   });
 });

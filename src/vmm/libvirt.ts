@@ -13,35 +13,39 @@ import {
   type DetachOptions,
   type DeviceHandle,
   type DeviceInfo,
+  type DeviceKind,
   type NetCapability,
   type NetSpec,
   type ShareInfo,
   type ShareCapability,
   type ShareSpec,
+  type UsbCapability,
+  type UsbSpec,
   type VmmAdapter,
 } from './adapter.js';
-import { AdapterBase, checkShareSpec } from './adapter-base.js';
+import { AdapterBase, checkShareSpec, checkUsbSpec } from './adapter-base.js';
 import {
   ALIAS_PREFIX,
   domainFilesystems,
+  domainHasUsbBus,
   domainInterfaces,
+  domainUsbHostdevs,
   filesystemXml,
   hasAlias,
+  hostdevXml,
   interfaceXml,
   NIC_ALIAS_PREFIX,
-  nicAlias,
   parseEventLine,
-  shareAlias,
+  USB_ALIAS_PREFIX,
   type DomainEvent,
-  type DomainFilesystem,
-  type DomainInterface,
 } from './libvirt-xml.js';
 
 /**
- * The libvirt adapter: virtiofs shares and NICs (on a tap) hot-plugged into a
- * running domain with `virsh attach-device --live`, naming each device by a
- * user alias (`ua-…`) so it can be found and removed again. libvirt picks the free PCI slot itself;
- * the domain needs spare pcie-root-port controllers and shared memory. virsh is
+ * The libvirt adapter: virtiofs shares, NICs (on a tap) and host USB devices
+ * plugged into a running domain with `virsh attach-device --live`, naming each
+ * device by a user alias (`ua-…`) so it can be found and removed again.
+ * libvirt picks the free PCI slot or USB port itself; the domain needs spare
+ * pcie-root-port controllers, shared memory, and a USB controller. virsh is
  * the one client: it keeps us off libvirt's C API and works for any URI.
  */
 
@@ -59,12 +63,25 @@ export interface LibvirtAdapterOptions {
 
 /** States in which the domain's QEMU process exists. */
 const ALIVE_STATES = new Set(['running', 'idle', 'paused', 'in shutdown', 'pmsuspended', 'blocked']);
-/** The virtio-fs config space holds the tag in 36 bytes. */
 
-interface Tracked {
-  id: string;
-  tag: string;
-  alias: string;
+/**
+ * One kind of device we plug under our alias, `prefix` + our id: what
+ * messages call it, how to find those the domain has in its XML, and the ids
+ * of those this instance attached (or adopted by detaching them).
+ */
+interface PluggedKind {
+  kind: DeviceKind;
+  noun: string;
+  prefix: string;
+  /** What to do about a device of ours the domain already has; a share may be in use by the guest. */
+  ifPresent: string;
+  find: (domainXml: string) => readonly { alias?: string | undefined; location?: string | undefined }[];
+  ours: Set<string>;
+}
+
+/** Our id in a device's alias, when the alias is one of ours for `kind`. */
+function idIn(kind: PluggedKind, alias: string | undefined): string | undefined {
+  return alias?.startsWith(kind.prefix) ? alias.slice(kind.prefix.length) : undefined;
 }
 
 export class LibvirtAdapter extends AdapterBase implements VmmAdapter {
@@ -75,9 +92,13 @@ export class LibvirtAdapter extends AdapterBase implements VmmAdapter {
   readonly net: NetCapability = this;
   /** libvirt's own `<interface type='user'>` (QEMU's slirp), without forwards; see interfaceXml. */
   readonly userNetworking = { modes: ['own'], ownForwards: false } as const;
-  private readonly ourShares = new Map<string, Tracked>();
-  /** NIC id → alias, for the NICs this instance attached (or adopted by detaching). */
-  private readonly ourNics = new Map<string, string>();
+  /** Host USB devices as `<hostdev>`; see hostdevXml. */
+  readonly usb: UsbCapability = this;
+  private readonly plugged = {
+    share: { kind: 'share', noun: 'share', prefix: ALIAS_PREFIX, ifPresent: 'detach it or leave it alone', find: domainFilesystems, ours: new Set<string>() },
+    net: { kind: 'net', noun: 'NIC', prefix: NIC_ALIAS_PREFIX, ifPresent: 'detach it first', find: domainInterfaces, ours: new Set<string>() },
+    usb: { kind: 'usb', noun: 'USB device', prefix: USB_ALIAS_PREFIX, ifPresent: 'detach it first', find: domainUsbHostdevs, ours: new Set<string>() },
+  } satisfies Record<DeviceKind, PluggedKind>;
   private readonly detaching = new Set<string>();
   private readonly removedWaiters = new Map<string, () => void>();
   protected readonly log: Logger;
@@ -109,41 +130,75 @@ export class LibvirtAdapter extends AdapterBase implements VmmAdapter {
 
   async attachShare(spec: ShareSpec, opts: AttachOptions = {}): Promise<AttachedShare> {
     checkShareSpec(spec);
-    filesystemXml(spec); // throws on what libvirt would refuse, before taking the lock
-    return this.serialized(() => this.doAttachShare(spec, opts));
+    const xml = filesystemXml(spec); // throws on what libvirt would refuse, before taking the lock
+    return this.serialized(async () => {
+      const { deviceId, location } = await this.attachPlugged(this.plugged.share, spec.id, `share ${spec.id}`, xml, opts);
+      this.log.info({ share: spec.id, tag: spec.tag, alias: deviceId, location }, 'share attached');
+      return { id: spec.id, tag: spec.tag, deviceId, location };
+    });
   }
 
   async detachShare(id: string, opts: DetachOptions = {}): Promise<void> {
-    assertSafeId('share', id);
-    return this.serialized(() => this.doDetachShare(id, opts));
+    return this.detachPlugged(this.plugged.share, id, opts);
   }
 
   async listShares(): Promise<ShareInfo[]> {
-    return (await this.filesystems()).map((fs) => {
-      const id = fs.alias?.startsWith(ALIAS_PREFIX) ? fs.alias.slice(ALIAS_PREFIX.length) : undefined;
-      const attachedHere = id !== undefined && this.ourShares.get(id)?.alias === fs.alias;
+    return domainFilesystems(await this.dumpxml()).map((fs) => {
+      const id = idIn(this.plugged.share, fs.alias);
+      const attachedHere = id !== undefined && this.plugged.share.ours.has(id);
       return { id, tag: fs.tag, deviceId: fs.alias, location: fs.location, attachedHere };
     });
   }
 
   async attachNet(spec: NetSpec, opts: AttachOptions = {}): Promise<DeviceHandle> {
     const xml = interfaceXml(spec); // checks id, MAC, tap name and backend before taking the lock
-    return this.serialized(() => this.doAttachNet(spec, xml, opts));
+    return this.serialized(async () => {
+      const handle = await this.attachPlugged(this.plugged.net, spec.id, `NIC ${spec.id}`, xml, opts);
+      const tap = spec.backend.type === 'tap' ? spec.backend.tapName : undefined;
+      this.log.info({ nic: spec.id, alias: handle.deviceId, location: handle.location, tap, mac: spec.mac }, 'NIC attached');
+      return handle;
+    });
   }
 
   async detachNet(id: string, opts: DetachOptions = {}): Promise<void> {
-    assertSafeId('NIC', id);
-    return this.serialized(() => this.doDetachNet(id, opts));
+    return this.detachPlugged(this.plugged.net, id, opts);
   }
 
   /** Every NIC the domain has, ours (by our alias) and those it was started with. */
   async listNet(): Promise<DeviceInfo[]> {
-    return (await this.interfaces()).map((nic) => ({
-      kind: 'net',
-      id: nic.alias?.startsWith(NIC_ALIAS_PREFIX) ? nic.alias.slice(NIC_ALIAS_PREFIX.length) : undefined,
-      deviceId: nic.alias,
-      location: nic.location,
-    }));
+    return this.listPlugged(this.plugged.net);
+  }
+
+  /**
+   * Pass a host USB device through. Refused before anything is sent when the
+   * domain has no USB bus: libvirt 9.0 cannot hot-plug a USB controller
+   * ("'usb' controller cannot be hot plugged"), so only a restart with one
+   * helps, and libvirt's own refusal ("Domain has no USB bus support") says
+   * nothing of that.
+   */
+  async attachUsb(spec: UsbSpec, opts: AttachOptions = {}): Promise<DeviceHandle> {
+    checkUsbSpec(spec);
+    const xml = hostdevXml(spec);
+    const what = `USB device ${spec.id} (${usbIds(spec)} at host bus ${spec.hostBus} address ${spec.hostAddress})`;
+    return this.serialized(async () => {
+      const handle = await this.attachPlugged(this.plugged.usb, spec.id, what, xml, opts, (domainXml) =>
+        domainHasUsbBus(domainXml)
+          ? undefined
+          : `domain ${this.opts.domain} has no USB controller (<controller type='usb' model='none'/>, or none at all), and libvirt cannot add one to a running domain; ` +
+            "give it one, e.g. <controller type='usb' model='qemu-xhci'/>, and restart it",
+      );
+      this.log.info({ usb: spec.id, alias: handle.deviceId, location: handle.location, device: usbIds(spec), bus: spec.hostBus, address: spec.hostAddress }, 'USB device attached');
+      return handle;
+    });
+  }
+
+  async detachUsb(id: string, opts: DetachOptions = {}): Promise<void> {
+    return this.detachPlugged(this.plugged.usb, id, opts);
+  }
+
+  /** Every host USB device the domain has, ours (by our alias) and those it was started with. */
+  async listUsb(): Promise<DeviceInfo[]> {
+    return this.listPlugged(this.plugged.usb);
   }
 
   async close(): Promise<void> {
@@ -153,53 +208,55 @@ export class LibvirtAdapter extends AdapterBase implements VmmAdapter {
     this.dropListeners();
   }
 
-  private async doAttachShare(spec: ShareSpec, opts: AttachOptions): Promise<AttachedShare> {
-    if (this.ourShares.has(spec.id)) throw new VmmError(`share ${spec.id} is already attached`);
-    const alias = shareAlias(spec.id);
-    const present = await this.filesystems();
-    if (present.some((fs) => fs.alias === alias)) {
+  /**
+   * Attach `deviceXml`, the device `id` of `kind`, under its alias: refused
+   * when the domain has that alias already, or when `refuse` finds a reason in
+   * the domain's XML; errors start with `what`. Runs under the lock.
+   */
+  private async attachPlugged(
+    kind: PluggedKind,
+    id: string,
+    what: string,
+    deviceXml: string,
+    opts: AttachOptions,
+    refuse?: (domainXml: string) => string | undefined,
+  ): Promise<DeviceHandle> {
+    const alias = `${kind.prefix}${id}`;
+    const domainXml = await this.dumpxml();
+    if (kind.ours.has(id) || kind.find(domainXml).some((d) => d.alias === alias)) {
       throw new VmmError(
-        `share ${spec.id}: device ${alias} is already in domain ${this.opts.domain} (started with it, or left by an earlier daemon); ` +
-          'detach it or leave it alone',
+        `${what}: device ${alias} is already in domain ${this.opts.domain} (started with it, or left by an earlier daemon); ${kind.ifPresent}`,
       );
     }
-    await this.attachDevice(filesystemXml(spec), opts).catch((cause: unknown) => {
-      throw new VmmError(`share ${spec.id}: attach-device failed: ${virshReason(cause)}${attachHint(cause)}`, { cause });
+    const refusal = refuse?.(domainXml);
+    if (refusal !== undefined) throw new VmmError(`${what}: ${refusal}`);
+    await this.attachDevice(deviceXml, opts).catch((cause: unknown) => {
+      throw new VmmError(`${what}: attach-device failed: ${virshReason(cause)}${attachHint(cause)}`, { cause });
     });
-    const location = (await this.filesystems()).find((fs) => fs.alias === alias)?.location;
-    this.ourShares.set(spec.id, { id: spec.id, tag: spec.tag, alias });
-    this.log.info({ share: spec.id, tag: spec.tag, alias, location }, 'share attached');
-    return { id: spec.id, tag: spec.tag, deviceId: alias, location };
+    const location = kind.find(await this.dumpxml()).find((d) => d.alias === alias)?.location;
+    kind.ours.add(id);
+    return { kind: kind.kind, id, deviceId: alias, location };
   }
 
-  private async doAttachNet(spec: NetSpec, xml: string, opts: AttachOptions): Promise<DeviceHandle> {
-    const alias = nicAlias(spec.id);
-    if (this.ourNics.has(spec.id) || (await this.interfaces()).some((nic) => nic.alias === alias)) {
-      throw new VmmError(
-        `NIC ${spec.id}: device ${alias} is already in domain ${this.opts.domain} (started with it, or left by an earlier daemon); ` +
-          'detach it first',
-      );
-    }
-    await this.attachDevice(xml, opts).catch((cause: unknown) => {
-      throw new VmmError(`NIC ${spec.id}: attach-device failed: ${virshReason(cause)}${attachHint(cause)}`, { cause });
+  /** Unplug our device `id` of `kind` and wait until libvirt reports it gone; one that is not there is an error. */
+  private async detachPlugged(kind: PluggedKind, id: string, opts: DetachOptions): Promise<void> {
+    assertSafeId(kind.noun, id);
+    return this.serialized(async () => {
+      const alias = `${kind.prefix}${id}`;
+      if (!kind.ours.has(id) && !kind.find(await this.dumpxml()).some((d) => d.alias === alias)) {
+        throw new VmmError(`${kind.noun} ${id} is not attached to domain ${this.opts.domain}`);
+      }
+      await opts.beforeDetach?.();
+      await this.detachAlias(`${kind.noun} ${id}`, alias, opts);
+      kind.ours.delete(id);
+      this.log.info({ [kind.kind]: id, alias }, `${kind.noun} detached`);
+      this.emit({ type: 'device-detached', kind: kind.kind, id, deviceId: alias, expected: true });
     });
-    const location = (await this.interfaces()).find((nic) => nic.alias === alias)?.location;
-    this.ourNics.set(spec.id, alias);
-    const tap = spec.backend.type === 'tap' ? spec.backend.tapName : undefined;
-    this.log.info({ nic: spec.id, alias, location, tap, mac: spec.mac }, 'NIC attached');
-    return { kind: 'net', id: spec.id, deviceId: alias, location };
   }
 
-  private async doDetachNet(id: string, opts: DetachOptions): Promise<void> {
-    const alias = nicAlias(id);
-    if (!this.ourNics.has(id) && !(await this.interfaces()).some((nic) => nic.alias === alias)) {
-      throw new VmmError(`NIC ${id} is not attached to domain ${this.opts.domain}`);
-    }
-    await opts.beforeDetach?.();
-    await this.detachAlias(`NIC ${id}`, alias, opts);
-    this.ourNics.delete(id);
-    this.log.info({ nic: id, alias }, 'NIC detached');
-    this.emit({ type: 'device-detached', kind: 'net', id, deviceId: alias, expected: true });
+  /** Every device of `kind` the domain has, with our id where the alias is ours. */
+  private async listPlugged(kind: PluggedKind): Promise<DeviceInfo[]> {
+    return kind.find(await this.dumpxml()).map((d) => ({ kind: kind.kind, id: idIn(kind, d.alias), deviceId: d.alias, location: d.location }));
   }
 
   /** `virsh attach-device --live` of one device's XML. */
@@ -235,25 +292,13 @@ export class LibvirtAdapter extends AdapterBase implements VmmAdapter {
       } catch (cause) {
         throw new VmmError(
           `${what}: ${alias} was still in domain ${this.opts.domain} after ${timeoutMs} ms; ` +
-            'ACPI hot-unplug needs a running guest that releases the device',
+            "a PCI device's ACPI hot-unplug needs a running guest that releases it",
           { cause },
         );
       }
     } finally {
       this.detaching.delete(alias);
     }
-  }
-
-  private async doDetachShare(id: string, opts: DetachOptions): Promise<void> {
-    const alias = shareAlias(id);
-    if (!this.ourShares.has(id) && !(await this.filesystems()).some((fs) => fs.alias === alias)) {
-      throw new VmmError(`share ${id} is not attached to domain ${this.opts.domain}`);
-    }
-    await opts.beforeDetach?.();
-    await this.detachAlias(`share ${id}`, alias, opts);
-    this.ourShares.delete(id);
-    this.log.info({ share: id, alias }, 'share detached');
-    this.emit({ type: 'device-detached', kind: 'share', id, deviceId: alias, expected: true });
   }
 
   /** Resolves when the event stream reports the alias removed, or dumpxml no longer lists it. */
@@ -319,20 +364,15 @@ export class LibvirtAdapter extends AdapterBase implements VmmAdapter {
     }
   }
 
+  /** A device of ours that went without our asking (the guest ejected it, or someone else detached it) is an unexpected detach. */
   private onDeviceRemoved(alias: string): void {
     this.removedWaiters.get(alias)?.();
     if (this.detaching.has(alias)) return;
-    for (const [id, share] of this.ourShares) {
-      if (share.alias !== alias) continue;
-      this.ourShares.delete(id);
-      this.log.warn({ share: id, alias }, 'share removed without our asking');
-      this.emit({ type: 'device-detached', kind: 'share', id, deviceId: alias, expected: false });
-    }
-    for (const [id, tracked] of this.ourNics) {
-      if (tracked !== alias) continue;
-      this.ourNics.delete(id);
-      this.log.warn({ nic: id, alias }, 'NIC removed without our asking');
-      this.emit({ type: 'device-detached', kind: 'net', id, deviceId: alias, expected: false });
+    for (const kind of Object.values(this.plugged)) {
+      const id = idIn(kind, alias);
+      if (id === undefined || !kind.ours.delete(id)) continue;
+      this.log.warn({ [kind.kind]: id, alias }, `${kind.noun} removed without our asking`);
+      this.emit({ type: 'device-detached', kind: kind.kind, id, deviceId: alias, expected: false });
     }
   }
 
@@ -363,14 +403,6 @@ export class LibvirtAdapter extends AdapterBase implements VmmAdapter {
     } catch (cause) {
       throw new VmmError(`dumpxml of domain ${this.opts.domain} failed: ${virshReason(cause)}`, { cause });
     }
-  }
-
-  private async filesystems(): Promise<DomainFilesystem[]> {
-    return domainFilesystems(await this.dumpxml());
-  }
-
-  private async interfaces(): Promise<DomainInterface[]> {
-    return domainInterfaces(await this.dumpxml());
   }
 
   private async virsh(args: string[], opts: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<string> {
@@ -417,5 +449,13 @@ function attachHint(err: unknown): string {
     return "; give the domain one spare <controller type='pci' model='pcie-root-port'/> per device plugged at the same time";
   }
   if (/shared memory/i.test(reason)) return "; virtiofs needs <memoryBacking><source type='memfd'/><access mode='shared'/></memoryBacking>";
+  // libvirtd looks the device up in sysfs itself, before QEMU is asked.
+  if (/cannot open directory '\/sys\/bus\/usb\/devices'/.test(reason)) return '; libvirtd sees no USB bus on this host, so the device is not there';
+  if (/Did not find USB device/i.test(reason)) return '; the device is not at that bus and address now: unplugged, or renumbered by a replug';
   return '';
+}
+
+/** `46f4:0001`, as lsusb names a device. */
+function usbIds(spec: UsbSpec): string {
+  return [spec.vendorId, spec.productId].map((n) => n.toString(16).padStart(4, '0')).join(':');
 }

@@ -8,25 +8,45 @@ import {
   type DetachOptions,
   type DeviceHandle,
   type DeviceInfo,
+  type DeviceKind,
   type NetCapability,
   type NetSpec,
   type ShareInfo,
   type ShareCapability,
   type ShareSpec,
+  type UsbCapability,
+  type UsbSpec,
   type VmmAdapter,
 } from './adapter.js';
-import { AdapterBase, checkNetSpec, checkShareSpec } from './adapter-base.js';
+import { AdapterBase, checkNetSpec, checkShareSpec, checkUsbSpec } from './adapter-base.js';
 import { QmpClient, QmpError, type QmpEvent } from './qmp.js';
+import {
+  PCI_XHCI_TYPE,
+  USB_HOST_DRIVER,
+  USB_PREFIX,
+  usbAttachFailure,
+  usbDeviceId,
+  usbHostArgs,
+  usbName,
+  usbRefusal,
+  xhciArgs,
+  XHCI_ID,
+  xhciRefusal,
+  type UsbSupport,
+} from './qemu-usb.js';
 
 /**
  * The QEMU adapter: virtiofs shares and NICs hot-plugged over QMP onto free
  * pcie-root-ports of a q35 machine (one port per concurrently plugged device,
- * ACPI hot-plug).
+ * ACPI hot-plug), and host USB devices passed through with usb-host on an
+ * xHCI controller (the VM's own, or one we hot-plug the same way).
  */
 
 export const QomProperty = z.object({ name: z.string(), type: z.string() });
 export type QomProperty = z.infer<typeof QomProperty>;
 const QomList = z.array(QomProperty);
+const QomTypes = z.array(z.object({ name: z.string() }));
+const AddedFd = z.object({ 'fdset-id': z.number().int(), fd: z.number().int() });
 
 export interface QemuAdapterOptions {
   /** The VM's name, for logs. */
@@ -45,7 +65,8 @@ const CHARDEV_PREFIX = 'xdpvm-fsc-';
 const TAPFD_PREFIX = 'xdpvm-tapfd-';
 const PERIPHERAL = '/machine/peripheral';
 const PERIPHERAL_ANON = '/machine/peripheral-anon';
-/** The virtio-fs config space holds the tag in 36 bytes. */
+/** How errors and logs name each kind of device. */
+const KIND_WORDS: Record<DeviceKind, string> = { share: 'share', net: 'NIC', usb: 'USB device' };
 
 interface Tracked {
   spec: ShareSpec;
@@ -109,16 +130,46 @@ interface TrackedNic {
   port: string | undefined;
 }
 
+interface TrackedUsb {
+  deviceId: string;
+}
+
+/** An xHCI controller the VM has, and the name of its USB bus for device_add. */
+interface XhciController {
+  bus: string;
+  /** The controller's id, or its bus name when it has none (started with an anonymous one). */
+  location: string;
+}
+
+/** A device QOM lists, with the root port (or bus) it sits on. */
+interface QomDevice {
+  path: string;
+  deviceId: string | undefined;
+  /** Our id, when the device id carries our prefix. */
+  id: string | undefined;
+  location: string | undefined;
+}
+
+/** QmpClient.execute's options from an attach's. */
+function callOptions(opts: AttachOptions): { timeoutMs?: number; signal?: AbortSignal } {
+  return { ...(opts.timeoutMs ? { timeoutMs: opts.timeoutMs } : {}), ...(opts.signal ? { signal: opts.signal } : {}) };
+}
+
 export class QemuAdapter extends AdapterBase implements VmmAdapter {
   readonly kind = 'qemu' as const;
-  /** Virtiofs shares: the one capability this adapter has so far. */
+  /** Virtiofs shares on a virtiofsd the caller runs. */
   readonly shares: ShareCapability = this;
   /** NICs on a stream socket (passt) or on a tap whose descriptor we are handed. */
   readonly net: NetCapability = this;
   /** passt when it is installed; QEMU's own slirp, with forwards, otherwise. */
   readonly userNetworking = { modes: ['passt', 'own'], ownForwards: true } as const;
+  /** Host USB devices through usb-host, by bus and address or by the helper's descriptor. */
+  readonly usb: UsbCapability = this;
   private readonly ourShares = new Map<string, Tracked>();
   private readonly ourNics = new Map<string, TrackedNic>();
+  private readonly ourUsb = new Map<string, TrackedUsb>();
+  /** What this QEMU has for USB, asked on the first attach; a failed ask is asked again. */
+  private usbSupportAsked: Promise<UsbSupport> | undefined;
   /** Device ids we asked QEMU to remove, so their DEVICE_DELETED is not "unexpected". */
   private readonly detaching = new Set<string>();
   private readonly offs: Array<() => void>;
@@ -161,15 +212,16 @@ export class QemuAdapter extends AdapterBase implements VmmAdapter {
   }
 
   /**
-   * Every device of a QOM type the VM has, named (ours when the id carries
-   * `prefix`) or anonymous (started with it), with the root port it sits on,
-   * sorted by device id.
+   * Every device of these QOM types the VM has, named (ours when the id
+   * carries `prefix`) or anonymous (started with it), with the root port (or
+   * bus) it sits on, sorted by device id.
    */
-  private async devicesOfType(type: string, prefix: string): Promise<{ path: string; deviceId: string | undefined; id: string | undefined; location: string | undefined }[]> {
+  private async devicesOfType(types: string | readonly string[], prefix: string): Promise<QomDevice[]> {
+    const wanted = new Set([types].flat().map((t) => `child<${t}>`));
     const found = [];
     for (const base of [PERIPHERAL, PERIPHERAL_ANON]) {
       for (const child of await this.qomList(base)) {
-        if (child.type !== `child<${type}>`) continue;
+        if (!wanted.has(child.type)) continue;
         const path = `${base}/${child.name}`;
         const deviceId = base === PERIPHERAL ? child.name : undefined;
         const id = deviceId?.startsWith(prefix) ? deviceId.slice(prefix.length) : undefined;
@@ -208,18 +260,22 @@ export class QemuAdapter extends AdapterBase implements VmmAdapter {
 
   /** Every virtio-net device the VM has, ours (by our naming) and those it was started with. */
   async listNet(): Promise<DeviceInfo[]> {
-    return (await this.devicesOfType('virtio-net-pci', NIC_PREFIX)).map((d) => ({ kind: 'net', id: d.id, deviceId: d.deviceId, location: d.location }));
+    return this.listDevices('net', 'virtio-net-pci', NIC_PREFIX);
+  }
+
+  private async listDevices(kind: DeviceKind, type: string, prefix: string): Promise<DeviceInfo[]> {
+    return (await this.devicesOfType(type, prefix)).map((d) => ({ kind, id: d.id, deviceId: d.deviceId, location: d.location }));
   }
 
   private async doAttachNet(spec: NetSpec, netdev: Record<string, unknown>, opts: AttachOptions): Promise<DeviceHandle> {
     const deviceId = nicDeviceId(spec.id);
     const netdevId = nicNetdevId(spec.id);
-    if (this.ourNics.has(spec.id) || (await this.qomList(PERIPHERAL)).some((c) => c.name === deviceId)) {
+    if (this.ourNics.has(spec.id) || (await this.hasDevice(deviceId))) {
       throw new VmmError(`NIC ${spec.id}: device ${deviceId} is already in the VM; detach it first`);
     }
     const port = (await this.freeRootPorts())[0];
     if (!port) throw new VmmError(`NIC ${spec.id}: no free pcie-root-port; start the VM with one '-device pcie-root-port,id=…' per device plugged at the same time`);
-    const call = { ...(opts.timeoutMs ? { timeoutMs: opts.timeoutMs } : {}), ...(opts.signal ? { signal: opts.signal } : {}) };
+    const call = callOptions(opts);
     const fd = spec.backend.type === 'tap' ? spec.backend.fd : undefined;
     if (fd !== undefined) {
       try {
@@ -249,25 +305,39 @@ export class QemuAdapter extends AdapterBase implements VmmAdapter {
   private async doDetachNet(id: string, opts: DetachOptions): Promise<void> {
     const nic = this.ourNics.get(id) ?? (await this.adoptNic(id));
     if (!nic) throw new VmmError(`NIC ${id} is not attached to this VM`);
+    // Only once the device is gone is its netdev free; deleting it closes the backend's socket.
+    await this.unplug('net', id, this.ourNics, nic, opts, () => this.removeNetdev(nic.netdevId));
+  }
+
+  /**
+   * Unplug one of our devices: `beforeDetach`, device_del, then wait for the
+   * DEVICE_DELETED that names the device itself (a virtio proxy's backend
+   * child is reported first, with no `device`), so that what it held is
+   * free for `release`; then forget it and say so, as an expected detach.
+   * Until then its event is not "unexpected".
+   */
+  private async unplug<T extends { deviceId: string }>(kind: DeviceKind, id: string, tracked: Map<string, T>, device: T, opts: DetachOptions, release?: () => Promise<void>): Promise<void> {
     await opts.beforeDetach?.();
+    const { deviceId } = device;
     const timeoutMs = opts.timeoutMs ?? 10_000;
-    this.detaching.add(nic.deviceId);
+    this.detaching.add(deviceId);
     try {
-      const deleted = this.qmp.waitForEvent((e) => e.event === 'DEVICE_DELETED' && e.data.device === nic.deviceId, { timeoutMs, ...(opts.signal ? { signal: opts.signal } : {}) });
+      const deleted = this.qmp.waitForEvent((e) => e.event === 'DEVICE_DELETED' && e.data.device === deviceId, { timeoutMs, ...(opts.signal ? { signal: opts.signal } : {}) });
       deleted.catch(() => undefined);
-      if (!(await this.requestUnplug(nic.deviceId))) {
+      if (!(await this.requestUnplug(deviceId))) {
         await deleted.catch((cause: unknown) => {
-          throw new VmmError(`NIC ${id}: QEMU did not report ${nic.deviceId} deleted within ${timeoutMs} ms; ACPI hot-unplug needs a running guest that releases the device`, { cause });
+          // PCI devices go when the guest lets go (ACPI); QEMU unplugs a USB device by itself.
+          const why = kind === 'usb' ? 'QEMU removes a USB device without the guest, so QEMU itself is stuck' : 'ACPI hot-unplug needs a running guest that releases the device';
+          throw new VmmError(`${KIND_WORDS[kind]} ${id}: QEMU did not report ${deviceId} deleted within ${timeoutMs} ms; ${why}`, { cause });
         });
       }
-      // Only once the device is gone is its netdev free; deleting it closes the backend's socket.
-      await this.removeNetdev(nic.netdevId);
+      await release?.();
     } finally {
-      this.detaching.delete(nic.deviceId);
+      this.detaching.delete(deviceId);
     }
-    this.ourNics.delete(id);
-    this.log.info({ nic: id, deviceId: nic.deviceId }, 'NIC detached');
-    this.emit({ type: 'device-detached', kind: 'net', id, deviceId: nic.deviceId, expected: true });
+    tracked.delete(id);
+    this.log.info({ kind, id, deviceId }, `${KIND_WORDS[kind]} detached`);
+    this.emit({ type: 'device-detached', kind, id, deviceId, expected: true });
   }
 
   /** netdev_del, where a netdev already gone is fine. */
@@ -281,9 +351,106 @@ export class QemuAdapter extends AdapterBase implements VmmAdapter {
   /** A NIC left by an earlier daemon run, recognised by our device naming. */
   private async adoptNic(id: string): Promise<TrackedNic | undefined> {
     const deviceId = nicDeviceId(id);
-    if (!(await this.qomList(PERIPHERAL)).some((c) => c.name === deviceId)) return undefined;
+    if (!(await this.hasDevice(deviceId))) return undefined;
     const path = `${PERIPHERAL}/${deviceId}`;
     return { deviceId, netdevId: await this.qomGetString(path, 'netdev'), port: portOfBus(await this.qomGetString(path, 'parent_bus')) };
+  }
+
+  async attachUsb(spec: UsbSpec, opts: AttachOptions = {}): Promise<DeviceHandle> {
+    checkUsbSpec(spec);
+    return this.serialized(() => this.doAttachUsb(spec, opts));
+  }
+
+  async detachUsb(id: string, opts: DetachOptions = {}): Promise<void> {
+    assertSafeId('USB device', id);
+    return this.serialized(async () => {
+      const deviceId = usbDeviceId(id);
+      // One left by an earlier daemon run is ours too, by its name.
+      const usb = this.ourUsb.get(id) ?? ((await this.hasDevice(deviceId)) ? { deviceId } : undefined);
+      if (!usb) throw new VmmError(`USB device ${id} is not attached to this VM`);
+      await this.unplug('usb', id, this.ourUsb, usb, opts);
+    });
+  }
+
+  /** Every usb-host device the VM has: ours (by our naming) and those it was started with, with their controller. */
+  async listUsb(): Promise<DeviceInfo[]> {
+    return this.listDevices('usb', USB_HOST_DRIVER, USB_PREFIX);
+  }
+
+  private async doAttachUsb(spec: UsbSpec, opts: AttachOptions): Promise<DeviceHandle> {
+    const deviceId = usbDeviceId(spec.id);
+    if (this.ourUsb.has(spec.id) || (await this.hasDevice(deviceId))) {
+      throw new VmmError(`USB device ${spec.id}: device ${deviceId} is already in the VM; detach it first`);
+    }
+    const support = await this.usbSupport();
+    const refusal = usbRefusal(support);
+    if (refusal) throw new VmmError(`USB device ${spec.id}: ${refusal}`);
+    const call = callOptions(opts);
+    const controller = await this.ensureXhci(spec.id, support, call);
+    let fdset: number | undefined;
+    if (spec.fd !== undefined) {
+      try {
+        fdset = (await this.qmp.execute('add-fd', { opaque: deviceId }, { ...call, fds: [spec.fd], result: AddedFd }))['fdset-id'];
+      } catch (cause) {
+        throw new VmmError(`USB device ${spec.id}: QEMU did not take the descriptor of ${usbName(spec)} (add-fd): ${describe(cause)}`, { cause });
+      }
+    }
+    try {
+      await this.qmp.execute('device_add', usbHostArgs(spec, controller.bus, fdset), call);
+    } catch (cause) {
+      throw new VmmError(usbAttachFailure(spec, controller.location, describe(cause)), { cause });
+    } finally {
+      // usb-host holds its own dup of the descriptor once realized; the fdset's copy is needed no longer, either way.
+      if (fdset !== undefined) await this.qmp.execute('remove-fd', { 'fdset-id': fdset }).catch((err: unknown) => this.log.warn({ err, fdset }, 'remove-fd after usb-host device_add failed'));
+    }
+    this.ourUsb.set(spec.id, { deviceId });
+    this.log.info({ usb: spec.id, deviceId, device: usbName(spec), controller: controller.location, byDescriptor: fdset !== undefined }, 'USB device attached');
+    return { kind: 'usb', id: spec.id, deviceId, location: controller.location };
+  }
+
+  /** What this QEMU has for USB passthrough, asked once. */
+  private usbSupport(): Promise<UsbSupport> {
+    const types = async (parent: string) => (await this.qmp.execute('qom-list-types', { implements: parent, abstract: false }, { result: QomTypes })).map((t) => t.name);
+    this.usbSupportAsked ??= Promise.all([types(USB_HOST_DRIVER), types(PCI_XHCI_TYPE)]).then(
+      ([host, xhci]) => ({ usbHost: host.includes(USB_HOST_DRIVER), xhciTypes: xhci }),
+      (cause: unknown) => {
+        this.usbSupportAsked = undefined;
+        throw new VmmError(`cannot ask QEMU which USB devices it has (qom-list-types): ${describe(cause)}`, { cause });
+      },
+    );
+    return this.usbSupportAsked;
+  }
+
+  /**
+   * The xHCI controller to plug into: one the VM has (started with it, named
+   * or not, or ours from before), found in QOM by type; otherwise ours,
+   * hot-plugged on a free root port like a NIC. It stays when its devices
+   * go: taking it out needs the guest's ACPI help and gains nothing.
+   */
+  private async ensureXhci(id: string, support: UsbSupport, call: ReturnType<typeof callOptions>): Promise<XhciController> {
+    const present = await this.findXhci(support);
+    if (present) return present;
+    const refusal = xhciRefusal(support);
+    if (refusal) throw new VmmError(`USB device ${id}: ${refusal}`);
+    const port = (await this.freeRootPorts())[0];
+    if (!port) throw new VmmError(`USB device ${id}: the VM has no xHCI controller and no free pcie-root-port to hot-plug one on; start it with '-device qemu-xhci' or one more '-device pcie-root-port,id=…'`);
+    try {
+      await this.qmp.execute('device_add', xhciArgs(port), call);
+    } catch (cause) {
+      throw new VmmError(`USB device ${id}: hot-plugging the xHCI controller ${XHCI_ID} on ${port} failed: ${describe(cause)}`, { cause });
+    }
+    this.log.info({ deviceId: XHCI_ID, port }, 'xHCI controller hot-plugged');
+    const plugged = await this.findXhci(support);
+    if (!plugged) throw new VmmError(`USB device ${id}: QEMU took ${XHCI_ID} on ${port}, but QOM shows no USB bus on it`);
+    return plugged;
+  }
+
+  private async findXhci(support: UsbSupport): Promise<XhciController | undefined> {
+    for (const d of await this.devicesOfType(support.xhciTypes, XHCI_ID)) {
+      const bus = (await this.qomList(d.path)).find((c) => c.type === 'child<usb-bus>');
+      if (bus) return { bus: bus.name, location: portOfBus(`${d.path}/${bus.name}`) ?? bus.name };
+    }
+    return undefined;
   }
 
   async close(): Promise<void> {
@@ -296,8 +463,7 @@ export class QemuAdapter extends AdapterBase implements VmmAdapter {
     if (this.ourShares.has(spec.id)) throw new VmmError(`share ${spec.id} is already attached`);
     const deviceId = shareDeviceId(spec.id);
     const chardevId = shareChardevId(spec.id);
-    const present = await this.qomList(PERIPHERAL);
-    if (present.some((c) => c.name === deviceId)) {
+    if (await this.hasDevice(deviceId)) {
       throw new VmmError(
         `share ${spec.id}: device ${deviceId} is already in the VM (started with it, or left by an earlier daemon); ` +
           'detach it or leave it alone',
@@ -310,10 +476,7 @@ export class QemuAdapter extends AdapterBase implements VmmAdapter {
           'per device plugged at the same time',
       );
     }
-    const call = {
-      ...(opts.timeoutMs ? { timeoutMs: opts.timeoutMs } : {}),
-      ...(opts.signal ? { signal: opts.signal } : {}),
-    };
+    const call = callOptions(opts);
     const backend = { type: 'socket', data: { addr: { type: 'unix', data: { path: spec.socketPath } }, server: false } };
     try {
       await this.qmp.execute('chardev-add', { id: chardevId, backend }, call);
@@ -344,39 +507,15 @@ export class QemuAdapter extends AdapterBase implements VmmAdapter {
   private async doDetachShare(id: string, opts: DetachOptions): Promise<void> {
     const share = this.ourShares.get(id) ?? (await this.adopt(id));
     if (!share) throw new VmmError(`share ${id} is not attached to this VM`);
-    await opts.beforeDetach?.();
-    const timeoutMs = opts.timeoutMs ?? 10_000;
-    this.detaching.add(share.deviceId);
-    try {
-      // The virtio-backend child is deleted first and reported with no `device`;
-      // only the proxy's own event means the chardev is free.
-      const deleted = this.qmp.waitForEvent((e) => e.event === 'DEVICE_DELETED' && e.data.device === share.deviceId, {
-        timeoutMs,
-        ...(opts.signal ? { signal: opts.signal } : {}),
-      });
-      deleted.catch(() => undefined);
-      const alreadyGone = await this.requestUnplug(share.deviceId);
-      if (!alreadyGone) {
-        try {
-          await deleted;
-        } catch (cause) {
-          throw new VmmError(
-            `share ${id}: QEMU did not report ${share.deviceId} deleted within ${timeoutMs} ms; ` +
-              'ACPI hot-unplug needs a running guest that releases the device',
-            { cause },
-          );
-        }
-      }
-      await this.qmp.execute('chardev-remove', { id: share.chardevId }).catch((cause: unknown) => {
-        if (cause instanceof QmpError && /not found/i.test(cause.errorDesc ?? '')) return;
-        throw new VmmError(`share ${id}: chardev-remove ${share.chardevId} failed: ${describe(cause)}`, { cause });
-      });
-    } finally {
-      this.detaching.delete(share.deviceId);
-    }
-    this.ourShares.delete(id);
-    this.log.info({ share: id, deviceId: share.deviceId }, 'share detached');
-    this.emit({ type: 'device-detached', kind: 'share', id, deviceId: share.deviceId, expected: true });
+    await this.unplug('share', id, this.ourShares, share, opts, () =>
+      this.qmp.execute('chardev-remove', { id: share.chardevId }).then(
+        () => undefined,
+        (cause: unknown) => {
+          if (cause instanceof QmpError && /not found/i.test(cause.errorDesc ?? '')) return;
+          throw new VmmError(`share ${id}: chardev-remove ${share.chardevId} failed: ${describe(cause)}`, { cause });
+        },
+      ),
+    );
   }
 
   /** Ask QEMU to unplug; true when the device was already gone. */
@@ -397,7 +536,7 @@ export class QemuAdapter extends AdapterBase implements VmmAdapter {
   private async adopt(id: string): Promise<Tracked | undefined> {
     const deviceId = shareDeviceId(id);
     const path = `${PERIPHERAL}/${deviceId}`;
-    if (!(await this.qomList(PERIPHERAL)).some((c) => c.name === deviceId)) return undefined;
+    if (!(await this.hasDevice(deviceId))) return undefined;
     const chardevId = await this.qomGetString(path, 'chardev');
     const tag = await this.qomGetString(path, 'tag');
     const port = portOfBus(await this.qomGetString(path, 'parent_bus'));
@@ -408,26 +547,27 @@ export class QemuAdapter extends AdapterBase implements VmmAdapter {
     if (event.event !== 'DEVICE_DELETED' || typeof event.data.device !== 'string') return;
     const deviceId = event.data.device;
     if (this.detaching.has(deviceId)) return;
-    for (const [id, nic] of this.ourNics) {
-      if (nic.deviceId !== deviceId) continue;
-      this.ourNics.delete(id);
-      this.log.warn({ nic: id, deviceId }, 'NIC removed without our asking');
-      void this.removeNetdev(nic.netdevId).catch((err: unknown) => this.log.warn({ err }, 'netdev_del after unexpected unplug failed'));
-      this.emit({ type: 'device-detached', kind: 'net', id, deviceId, expected: false });
-    }
-    for (const [id, share] of this.ourShares) {
-      if (share.deviceId !== deviceId) continue;
-      this.ourShares.delete(id);
-      this.log.warn({ share: id, deviceId }, 'share removed without our asking');
-      void this.qmp
-        .execute('chardev-remove', { id: share.chardevId })
-        .catch((err: unknown) => this.log.warn({ err }, 'chardev-remove after unexpected unplug failed'));
-      this.emit({ type: 'device-detached', kind: 'share', id, deviceId, expected: false });
+    this.forgetUnexpected('net', this.ourNics, deviceId, (nic) => this.removeNetdev(nic.netdevId));
+    this.forgetUnexpected('share', this.ourShares, deviceId, (share) => this.qmp.execute('chardev-remove', { id: share.chardevId }));
+    // A usb-host goes by itself when its controller does (e.g. the guest ejected ours), or by someone else's device_del.
+    this.forgetUnexpected('usb', this.ourUsb, deviceId);
+  }
+
+  /** A device of ours the VM lost without our asking: free its backend, and tell listeners it went. */
+  private forgetUnexpected<T extends { deviceId: string }>(kind: DeviceKind, tracked: Map<string, T>, deviceId: string, release?: (device: T) => Promise<unknown>): void {
+    for (const [id, device] of tracked) {
+      if (device.deviceId !== deviceId) continue;
+      tracked.delete(id);
+      this.log.warn({ kind, id, deviceId }, `${KIND_WORDS[kind]} removed without our asking`);
+      release?.(device).catch((err: unknown) => this.log.warn({ err, kind, id }, `freeing the backend of ${deviceId} after its unexpected unplug failed`));
+      this.emit({ type: 'device-detached', kind, id, deviceId, expected: false });
     }
   }
 
-
-  /** One hot-plug operation at a time: two attaches must not pick the same free port. */
+  /** Whether the VM has a device with this id. */
+  private async hasDevice(deviceId: string): Promise<boolean> {
+    return (await this.qomList(PERIPHERAL)).some((c) => c.name === deviceId);
+  }
 
   private async qomList(path: string): Promise<QomProperty[]> {
     try {

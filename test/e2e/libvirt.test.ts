@@ -3,7 +3,8 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runProgram, type Service } from '../../src/exec.js';
-import type { VmmEvent } from '../../src/vmm/adapter.js';
+import { requireProgram } from '../../src/deps.js';
+import { VmmError, type UsbSpec, type VmmEvent } from '../../src/vmm/adapter.js';
 import { LibvirtAdapter } from '../../src/vmm/libvirt.js';
 import { QEMU_GUEST_MOUNT, World } from '../../src/testbed/world.js';
 import { sessionUser } from '../../src/testbed/as-user.js';
@@ -17,7 +18,8 @@ import { GUEST_APP, GUEST_ENV, guestSetupScript, PORTAL_PORT, type AppResult } f
  * The libvirt adapter against a real libvirtd (9.0 in Debian 12), private to
  * this file, and a real guest it runs (TCG here): shares hot-plugged with
  * `virsh attach-device --live`, read in the guest, unplugged after the guest
- * unmounts; a guest that ejects a share itself; a NIC on a tap; a domain that stops; and the
+ * unmounts; a guest that ejects a share itself; a NIC on a tap; a host USB
+ * device refused, by us and by libvirt; a domain that stops; and the
  * host daemon doing the same for an app's first grant with `vmm.type: libvirt`.
  */
 let lv: PrivateLibvirtd;
@@ -180,6 +182,50 @@ describe('libvirt adapter with a real libvirtd', () => {
     expect(existsSync(`/sys/class/net/${tap}`)).toBe(true);
     expect(seen).toEqual([{ type: 'device-detached', kind: 'net', id: 'lan', deviceId: 'ua-xdpvm-net-lan', expected: true }]);
     console.log(`libvirt NIC: attach → guest sees the MAC ${seenMs} ms, detach ${unplugMs} ms`);
+  });
+
+  it("a host USB device: refused before libvirt on a domain without a USB bus; on one with a bus, libvirt's refusal of an absent device, translated, and the domain and adapter carry on", async () => {
+    const absent: UsbSpec = { id: 'stick', vendorId: 0x46f4, productId: 0x0001, hostBus: 1, hostAddress: 99 };
+    const device = 'USB device stick (46f4:0001 at host bus 1 address 99)';
+    // The guest above has USB turned off, and libvirt 9.0 cannot hot-plug a USB controller.
+    expect(await lv.virsh(['dumpxml', '--domain', guest.domain])).toMatch(/<controller type='usb' index='0' model='none'>/);
+    await expect(adapter.attachUsb(absent)).rejects.toThrow(`${device}: domain ${guest.domain} has no USB controller`);
+    expect(await adapter.listUsb()).toEqual([]);
+
+    // A bare q35 domain with a USB bus: no kernel or disk (the firmware finds nothing to boot), which is all a refused attach needs.
+    const bare = `xdpvm-usb-${process.pid}`;
+    const domainXml = path.join(scratch, 'usb-domain.xml');
+    writeFileSync(
+      domainXml,
+      `<domain type='qemu'><name>${bare}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu><os><type arch='x86_64' machine='q35'>hvm</type></os>` +
+        `<devices><emulator>${requireProgram('qemu-system-x86_64')}</emulator><controller type='usb' model='qemu-xhci'/><memballoon model='none'/></devices></domain>`,
+    );
+    await lv.virsh(['create', '--file', domainXml]);
+    const usbAdapter = await LibvirtAdapter.connect({ domain: bare, uri: lv.uri, name: 'usb', pollMs: 1000 }).catch(async (err: unknown) => {
+      await lv.virsh(['destroy', '--domain', bare]);
+      throw err;
+    });
+    try {
+      const seen = events(usbAdapter);
+      // libvirtd looks the device up in sysfs itself; this machine has no USB bus at all.
+      const why = existsSync('/sys/bus/usb')
+        ? /Did not find USB device .*; the device is not at that bus and address now: unplugged, or renumbered by a replug$/
+        : /cannot open directory '\/sys\/bus\/usb\/devices': No such file or directory; libvirtd sees no USB bus on this host, so the device is not there$/;
+      for (const round of [1, 2]) {
+        const err = await usbAdapter.attachUsb(absent).then(() => undefined, (e: unknown) => e);
+        expect(err, `round ${round}`).toBeInstanceOf(VmmError);
+        expect((err as VmmError).message.startsWith(`${device}: attach-device failed: `)).toBe(true);
+        expect((err as VmmError).message).toMatch(why);
+      }
+      expect((await lv.virsh(['domstate', '--domain', bare])).trim()).toBe('running');
+      expect(await usbAdapter.listUsb()).toEqual([]);
+      expect(await lv.virsh(['dumpxml', '--domain', bare])).not.toContain('<hostdev');
+      await expect(usbAdapter.detachUsb('stick')).rejects.toThrow(`USB device stick is not attached to domain ${bare}`);
+      expect(seen).toEqual([]);
+    } finally {
+      await usbAdapter.close();
+      await lv.virsh(['destroy', '--domain', bare]);
+    }
   });
 
   it('connecting to a domain libvirt does not know fails plainly', async () => {
