@@ -1,8 +1,9 @@
-import { closeSync, constants, existsSync, fstatSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, constants, existsSync, fstatSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { requireProgram } from '../deps.js';
 import { ExecError, runProgram } from '../exec.js';
 import { openTap } from '../native/fds.js';
+import { bindToUsbipHost, checkBoundToUsbipHost, unbindFromUsbipHost, UsbipError, USBIP_HOST } from '../usb/usbip.js';
 import { ipv4Range, ipv4Text, readAllowList, type AllowList } from './allow-list.js';
 import { HelperError, MAX_TAP_NUMBER, TAP_PREFIX, tapNameProblem, type Command } from './commands.js';
 import { decideBridge, decideUsb, decideVmOnly, describeCaller, describeDevice, type Caller, type Decision, type UsbDevice } from './decide.js';
@@ -239,56 +240,38 @@ function usbDevice(busid: string, paths: HelperPaths): UsbDevice {
   return { busid, vendor: attr('idVendor'), product: attr('idProduct'), deviceClass: attr('bDeviceClass'), interfaceClasses };
 }
 
-function driverOf(busid: string, paths: HelperPaths): string | undefined {
+/** The sysfs sequences are usbip.ts's; this maps its errors to the helper's kinds, with its words. */
+function sysfs<T>(op: () => T): T {
   try {
-    return path.basename(readlinkSync(path.join(paths.usbSysfs, 'devices', busid, 'driver')));
-  } catch {
-    return undefined;
-  }
-}
-
-/** One write to a sysfs attribute, without O_CREAT: a missing attribute is an error, not a new file. */
-function writeAttr(file: string, value: string): void {
-  try {
-    const fd = openSync(file, constants.O_WRONLY | constants.O_TRUNC);
-    try {
-      writeSync(fd, value);
-    } finally {
-      closeSync(fd);
-    }
+    return op();
   } catch (err) {
-    throw new HelperError('failed', `writing "${value}" to ${file}: ${(err as Error).message}`);
+    if (!(err instanceof UsbipError)) throw err;
+    throw new HelperError(err.kind === 'state' ? 'refused' : err.kind === 'not-found' ? 'not-found' : 'failed', err.message);
   }
 }
 
 const record = (busid: string, paths: HelperPaths) => path.join(paths.stateDir, `usbip-${busid}`);
 
-/** The usbip tool's own sequence (tools/usb/usbip/src/usbip_bind.c). */
+/** Bound as `usbip bind` binds (usbip.ts), once the allow list says so, and recorded for the caller. */
 function usbBind(busid: string, caller: Caller, paths: HelperPaths): Outcome {
   const dev = usbDevice(busid, paths);
   const rule = allowed(decideUsb(allowList(paths), caller, dev));
-  const host = path.join(paths.usbSysfs, 'drivers', 'usbip-host');
-  if (driverOf(busid, paths) === 'usbip-host') throw new HelperError('refused', `${busid} is already bound to usbip-host`);
-  if (!existsSync(host)) throw new HelperError('failed', 'the usbip-host driver is not loaded: run "modprobe usbip-host" as root, or list it in /etc/modules-load.d/');
+  // The record's folder first: no device is taken that could not be recorded.
   mkdirSync(paths.stateDir, { recursive: true, mode: 0o700 });
-  if (driverOf(busid, paths) !== undefined) writeAttr(path.join(paths.usbSysfs, 'devices', busid, 'driver', 'unbind'), busid);
-  writeAttr(path.join(host, 'match_busid'), `add ${busid}`);
-  writeAttr(path.join(host, 'bind'), busid);
+  sysfs(() => bindToUsbipHost(busid, { usbBus: paths.usbSysfs }));
   writeFileSync(record(busid, paths), `${caller.uid}\n`, { mode: 0o600 });
   return { rule: `${rule} (${describeDevice(dev)})` };
 }
 
-/** tools/usb/usbip/src/usbip_unbind.c, then the device's own driver back. */
+/** Only what this helper bound, for the uid it bound it for; then the device's own driver back (usbip.ts). */
 function usbUnbind(busid: string, caller: Caller, paths: HelperPaths): Outcome {
   usbDevice(busid, paths);
-  if (driverOf(busid, paths) !== 'usbip-host') throw new HelperError('refused', `${busid} is not bound to usbip-host`);
+  const usb = { usbBus: paths.usbSysfs };
+  sysfs(() => checkBoundToUsbipHost(busid, usb));
   const boundBy = readAttr(record(busid, paths));
-  if (boundBy === undefined) throw new HelperError('refused', `${busid} was not bound to usbip-host by this helper`);
-  if (boundBy !== String(caller.uid)) throw new HelperError('refused', `${busid} was bound to usbip-host for uid ${boundBy}, not for ${describeCaller(caller)}`);
-  const host = path.join(paths.usbSysfs, 'drivers', 'usbip-host');
-  writeAttr(path.join(host, 'unbind'), busid);
-  writeAttr(path.join(host, 'match_busid'), `del ${busid}`);
-  writeAttr(existsSync(path.join(host, 'rebind')) ? path.join(host, 'rebind') : path.join(paths.usbSysfs, 'drivers_probe'), busid);
+  if (boundBy === undefined) throw new HelperError('refused', `${busid} was not bound to ${USBIP_HOST} by this helper`);
+  if (boundBy !== String(caller.uid)) throw new HelperError('refused', `${busid} was bound to ${USBIP_HOST} for uid ${boundBy}, not for ${describeCaller(caller)}`);
+  sysfs(() => unbindFromUsbipHost(busid, usb));
   rmSync(record(busid, paths), { force: true });
   return { rule: `${busid} was bound for the caller` };
 }
