@@ -1,3 +1,4 @@
+import type { Duplex } from 'node:stream';
 /**
  * What the host daemon needs from any VMM (QEMU over QMP, libvirt,
  * cloud-hypervisor), as capabilities: `shares` (virtiofs devices), `usb` and
@@ -169,6 +170,24 @@ export interface NetCapability {
   listNet(): Promise<DeviceInfo[]>;
 }
 
+/**
+ * A raw byte channel into the VM, for a stream of the guest kernel's own
+ * (USB/IP's URBs): QEMU's hot-plugged virtserialport. The guest's root
+ * agent opens it by `name`; the host end is the stream `open` answers. Not a
+ * capability a portal lists for the user: it serves one (Usb) underneath.
+ */
+export interface ChannelSpec {
+  id: string;
+  name: string;
+  /** Where the VMM listens for the daemon's end: in the daemon's own 0700 runtime directory. */
+  socketPath: string;
+}
+
+export interface ChannelCapability {
+  openChannel(spec: ChannelSpec, opts?: AttachOptions): Promise<Duplex>;
+  closeChannel(id: string, opts?: DetachOptions): Promise<void>;
+}
+
 export interface VmmCapabilities {
   shares?: ShareCapability;
   usb?: UsbCapability;
@@ -182,6 +201,8 @@ export type VmmKind = 'qemu' | 'cloud-hypervisor' | 'libvirt';
 
 export interface VmmAdapter extends VmmCapabilities {
   readonly kind: VmmKind;
+  /** Raw byte channels, where the VMM can hot-plug them. */
+  readonly channels?: ChannelCapability;
   readonly events: VmmEvents;
   /** Stop talking to the VMM; the VM itself keeps running. */
   close(): Promise<void>;

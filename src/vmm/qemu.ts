@@ -5,6 +5,7 @@ import {
   VmmError,
   type AttachedShare,
   type AttachOptions,
+  type ChannelCapability,
   type DetachOptions,
   type DeviceHandle,
   type DeviceInfo,
@@ -20,6 +21,9 @@ import {
 } from './adapter.js';
 import { AdapterBase, checkNetSpec, checkShareSpec, checkUsbSpec } from './adapter-base.js';
 import { QmpClient, QmpError, type QmpEvent } from './qmp.js';
+import { closeChannel, openChannel } from './qemu-channel.js';
+import { callOptions, describe, freeRootPorts, PERIPHERAL, PERIPHERAL_ANON, qomGetString, qomList, type QomProperty } from './qom.js';
+export type { QomProperty } from './qom.js';
 import {
   PCI_XHCI_TYPE,
   USB_HOST_DRIVER,
@@ -42,9 +46,6 @@ import {
  * xHCI controller (the VM's own, or one we hot-plug the same way).
  */
 
-export const QomProperty = z.object({ name: z.string(), type: z.string() });
-export type QomProperty = z.infer<typeof QomProperty>;
-const QomList = z.array(QomProperty);
 const QomTypes = z.array(z.object({ name: z.string() }));
 const AddedFd = z.object({ 'fdset-id': z.number().int(), fd: z.number().int() });
 
@@ -63,8 +64,6 @@ const NIC_PREFIX = 'xdpvm-net-';
 const NETDEV_PREFIX = 'xdpvm-nd-';
 const CHARDEV_PREFIX = 'xdpvm-fsc-';
 const TAPFD_PREFIX = 'xdpvm-tapfd-';
-const PERIPHERAL = '/machine/peripheral';
-const PERIPHERAL_ANON = '/machine/peripheral-anon';
 /** How errors and logs name each kind of device. */
 const KIND_WORDS: Record<DeviceKind, string> = { share: 'share', net: 'NIC', usb: 'USB device' };
 
@@ -150,10 +149,6 @@ interface QomDevice {
   location: string | undefined;
 }
 
-/** QmpClient.execute's options from an attach's. */
-function callOptions(opts: AttachOptions): { timeoutMs?: number; signal?: AbortSignal } {
-  return { ...(opts.timeoutMs ? { timeoutMs: opts.timeoutMs } : {}), ...(opts.signal ? { signal: opts.signal } : {}) };
-}
 
 export class QemuAdapter extends AdapterBase implements VmmAdapter {
   readonly kind = 'qemu' as const;
@@ -165,6 +160,12 @@ export class QemuAdapter extends AdapterBase implements VmmAdapter {
   readonly userNetworking = { modes: ['passt', 'own'], ownForwards: true } as const;
   /** Host USB devices through usb-host, by bus and address or by the helper's descriptor. */
   readonly usb: UsbCapability = this;
+  /** virtserialports of ours, each a raw byte channel (qemu-channel.ts). */
+  readonly channels: ChannelCapability = {
+    // Under the adapter's lock too: a channel that hot-plugs a controller must not race a NIC or an xHCI for a root port.
+    openChannel: (spec, opts = {}) => this.serialized(async () => (await openChannel(this.qmp, spec, { ...opts, ...(this.opts.rootPorts ? { rootPorts: this.opts.rootPorts } : {}) })).socket),
+    closeChannel: (id, opts = {}) => this.serialized(async () => void (await closeChannel(this.qmp, id, opts))),
+  };
   private readonly ourShares = new Map<string, Tracked>();
   private readonly ourNics = new Map<string, TrackedNic>();
   private readonly ourUsb = new Map<string, TrackedUsb>();
@@ -233,18 +234,7 @@ export class QemuAdapter extends AdapterBase implements VmmAdapter {
 
   /** Root ports (by id) with nothing plugged into them, in declaration order. */
   async freeRootPorts(): Promise<string[]> {
-    const ports = (await this.qomList(PERIPHERAL))
-      .filter((c) => c.type === 'child<pcie-root-port>')
-      .map((c) => c.name)
-      .filter((name) => !this.opts.rootPorts || this.opts.rootPorts.includes(name));
-    const free: string[] = [];
-    for (const port of ports) {
-      const bus = (await this.qomList(`${PERIPHERAL}/${port}`)).find((c) => /^child<PCIE?>$/.test(c.type));
-      if (!bus) continue;
-      const occupants = (await this.qomList(`${PERIPHERAL}/${port}/${bus.name}`)).filter((c) => c.name.startsWith('child['));
-      if (occupants.length === 0) free.push(port);
-    }
-    return free;
+    return freeRootPorts(this.qmp, this.opts.rootPorts);
   }
 
   async attachNet(spec: NetSpec, opts: AttachOptions = {}): Promise<DeviceHandle> {
@@ -569,18 +559,12 @@ export class QemuAdapter extends AdapterBase implements VmmAdapter {
     return (await this.qomList(PERIPHERAL)).some((c) => c.name === deviceId);
   }
 
-  private async qomList(path: string): Promise<QomProperty[]> {
-    try {
-      return await this.qmp.execute('qom-list', { path }, { result: QomList });
-    } catch (cause) {
-      // peripheral-anon does not exist until the VM has an anonymous device.
-      if (cause instanceof QmpError && cause.errorClass === 'DeviceNotFound') return [];
-      throw cause;
-    }
+  private qomList(path: string): Promise<QomProperty[]> {
+    return qomList(this.qmp, path);
   }
 
   private qomGetString(path: string, property: string): Promise<string> {
-    return this.qmp.execute('qom-get', { path, property }, { result: z.string() });
+    return qomGetString(this.qmp, path, property);
   }
 }
 
@@ -594,7 +578,4 @@ function portOfBus(busPath: string): string | undefined {
   return parts.at(-1);
 }
 
-function describe(err: unknown): string {
-  if (err instanceof QmpError) return err.errorDesc ?? err.message;
-  return err instanceof Error ? err.message : String(err);
-}
+
