@@ -1,8 +1,8 @@
 import { PortalError, variant, type Bus } from '../../src/dbus/bus.js';
+import { askHost } from '../ask-host.js';
 import { loadInterface } from '../../src/dbus/interfaces.js';
 import type { HostLink } from '../../src/guest/host-link.js';
 import type { Logger } from '../../src/log.js';
-import { ProtocolError } from '../../src/protocol/messages.js';
 import type { NotificationHandler, NotificationParams } from '../../src/protocol/methods.js';
 import { NETWORK_INTERFACE, NETWORK_PATH } from './names.js';
 import { NetworkChanged, NetworkJoin, NetworkLeave, NetworkList } from './schema.js';
@@ -16,13 +16,7 @@ import { NetworkName } from '../../src/config/schema.js';
  * configures it; nothing here touches the guest's network config.
  */
 const VERSION = 1;
-const FLOODED = 'the host refused: this VM has made too many requests just now';
 
-function asPortalError(err: Error): PortalError {
-  if (err instanceof ProtocolError && err.code === 'denied') return new PortalError('NotAllowed', err.message);
-  if (err instanceof ProtocolError && err.code === 'invalid-params') return new PortalError('InvalidArgument', err.message);
-  return new PortalError('Failed', err.message);
-}
 
 function networkArg(raw: unknown): string {
   const parsed = NetworkName.safeParse(raw);
@@ -45,27 +39,18 @@ export function exportNetwork(bus: Bus, host: HostLink, log: Logger): () => void
     iface,
     {
       List: async () => {
-        const r = await host.request(NetworkList, {}).catch((err: Error) => {
-          throw asPortalError(err);
-        });
-        if ('response' in r) throw new PortalError('Failed', FLOODED);
+        const r = await askHost(host, NetworkList, {});
         return [r.networks.map((n) => [n.name, n.type, n.joined, n.description])];
       },
       Join: async (args) => {
         const network = networkArg(args[0]);
-        const r = await host.request(NetworkJoin, { network }).catch((err: Error) => {
-          throw asPortalError(err);
-        });
-        if ('response' in r) throw new PortalError('Failed', FLOODED);
+        const r = await askHost(host, NetworkJoin, { network });
         nlog.info({ network, mac: r.mac }, 'joined');
         return [r.mac];
       },
       Leave: async (args) => {
         const network = networkArg(args[0]);
-        const r = await host.request(NetworkLeave, { network }).catch((err: Error) => {
-          throw asPortalError(err);
-        });
-        if ('response' in r) throw new PortalError('Failed', FLOODED);
+        const r = await askHost(host, NetworkLeave, { network });
         return [r.left];
       },
     },

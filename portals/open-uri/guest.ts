@@ -1,3 +1,4 @@
+import { askHost } from '../ask-host.js';
 import { PortalError, variant, type Bus } from '../../src/dbus/bus.js';
 import { loadInterface } from '../../src/dbus/interfaces.js';
 import type { HostLink } from '../../src/guest/host-link.js';
@@ -37,10 +38,7 @@ export function exportOpenUri(bus: Bus, host: HostLink, log: Logger): () => void
       OpenURI: async (args) => {
         const checked = checkUri(String(args[0]));
         if (!checked.ok) throw new PortalError('InvalidArgument', checked.problem);
-        const r = await host.request(OpenUriOpen, { uri: checked.uri.href }).catch((err: Error) => {
-          throw new PortalError(err instanceof ProtocolError && err.code === 'denied' ? 'NotAllowed' : err instanceof ProtocolError && err.code === 'invalid-params' ? 'InvalidArgument' : 'Failed', err.message);
-        });
-        if ('response' in r) throw new PortalError('Failed', 'the host refused: this VM has made too many requests just now');
+        const r = await askHost(host, OpenUriOpen, { uri: checked.uri.href });
         olog.info({ scheme: checked.uri.scheme, opened: r.opened, where: r.where }, 'a link went to the host');
         return [r.opened, r.where];
       },

@@ -21,10 +21,8 @@ export function usbControl(usb: HostUsb | undefined) {
     return usb;
   };
   return {
-    ListUsbDevices: () => [
-      need()
-        .hostList()
-        .map((r) => [
+    ListUsbDevices: async () => [
+      (await need().hostList()).map((r) => [
           r.id,
           {
             key: variant('s', r.key),
@@ -43,7 +41,7 @@ export function usbControl(usb: HostUsb | undefined) {
     AttachUsb: async ([vm, device]: unknown[]) => {
       try {
         const u = need();
-        const row = u.resolve(String(device));
+        const row = await u.resolve(String(device));
         const r = await u.acquire(String(vm), row.id, 'cli');
         return [r.id, row.offer.offered ? (row.offer.warning ?? '') : ''];
       } catch (err) {
@@ -53,7 +51,7 @@ export function usbControl(usb: HostUsb | undefined) {
     DetachUsb: async ([device]: unknown[]) => {
       try {
         const u = need();
-        const row = u.resolve(String(device));
+        const row = await u.resolve(String(device));
         if (!row.holder || !(await u.release(undefined, row.id, 'cli'))) throw new PortalError('NotFound', `no VM has ${row.id} (${row.device.busid}); xdp-vm usb list shows who has what`);
         return [row.holder];
       } catch (err) {

@@ -1,8 +1,8 @@
 import { PortalError, variant, type Bus } from '../../src/dbus/bus.js';
+import { askHost } from '../ask-host.js';
 import { loadInterface } from '../../src/dbus/interfaces.js';
 import type { HostLink } from '../../src/guest/host-link.js';
 import type { Logger } from '../../src/log.js';
-import { ProtocolError } from '../../src/protocol/messages.js';
 import type { NotificationHandler, NotificationParams } from '../../src/protocol/methods.js';
 import { USB_INTERFACE, USB_PATH } from './names.js';
 import { UsbAcquire, UsbChanged, UsbId, UsbList, UsbRelease, type UsbEntry } from './schema.js';
@@ -15,13 +15,7 @@ import { UsbAcquire, UsbChanged, UsbId, UsbList, UsbRelease, type UsbEntry } fro
  * kernel's: nothing here touches it.
  */
 const VERSION = 1;
-const FLOODED = 'the host refused: this VM has made too many requests just now';
 
-function asPortalError(err: Error): PortalError {
-  if (err instanceof ProtocolError && err.code === 'denied') return new PortalError('NotAllowed', err.message);
-  if (err instanceof ProtocolError && err.code === 'invalid-params') return new PortalError('InvalidArgument', err.message);
-  return new PortalError('Failed', err.message);
-}
 
 function idArg(raw: unknown): string {
   const parsed = UsbId.safeParse(raw);
@@ -60,27 +54,18 @@ export function exportUsb(bus: Bus, host: HostLink, log: Logger): () => void {
     iface,
     {
       EnumerateDevices: async () => {
-        const r = await host.request(UsbList, {}).catch((err: Error) => {
-          throw asPortalError(err);
-        });
-        if ('response' in r) throw new PortalError('Failed', FLOODED);
+        const r = await askHost(host, UsbList, {});
         return [r.devices.map((d) => [d.id, usbProperties(d)])];
       },
       AcquireDevice: async (args) => {
         const id = idArg(args[0]);
-        const r = await host.request(UsbAcquire, { id }).catch((err: Error) => {
-          throw asPortalError(err);
-        });
-        if ('response' in r) throw new PortalError('Failed', FLOODED);
+        const r = await askHost(host, UsbAcquire, { id });
         ulog.info({ device: id, key: r.key }, 'acquired');
         return [r.key];
       },
       ReleaseDevice: async (args) => {
         const id = idArg(args[0]);
-        const r = await host.request(UsbRelease, { id }).catch((err: Error) => {
-          throw asPortalError(err);
-        });
-        if ('response' in r) throw new PortalError('Failed', FLOODED);
+        const r = await askHost(host, UsbRelease, { id });
         return [r.released];
       },
     },

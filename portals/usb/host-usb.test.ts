@@ -1,5 +1,8 @@
 import { EventEmitter } from 'node:events';
-import { fstatSync, openSync } from 'node:fs';
+import { fstatSync, mkdtempSync, openSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import type { Duplex } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { captureLogger } from '../../test/helpers/log-capture.js';
 import type { VmConfig } from '../../src/config/schema.js';
@@ -10,6 +13,7 @@ import type { PolicyRow } from '../../src/policy/model.js';
 import type { PolicyDecider } from '../../src/policy/policy.js';
 import type { BlockDevice, UsbHostDevice } from '../../src/usb/devices.js';
 import type { UsbSpec, VmmKind } from '../../src/vmm/adapter.js';
+import { streamPair } from '../../src/usb/stream-pair.js';
 import { HostUsb } from './host-usb.js';
 import type { UsbEntry, UsbEvent } from './schema.js';
 
@@ -133,7 +137,7 @@ function setup(opts: { rows?: (PolicyRow & { vm?: string })[]; consent?: boolean
   });
   const vms = opts.vms ?? { work: fakeVm('qemu'), personal: fakeVm('qemu') };
   const labels: Record<string, string> = { work: 'Work', personal: 'Personal', sandbox: 'Sandbox' };
-  for (const [name, v] of Object.entries(vms)) usb.register({ vm: vmConfig(name, labels[name] ?? name), devices: v.devices, notify: (event, device) => (v.told.push({ event, device }), true) });
+  for (const [name, v] of Object.entries(vms)) usb.register({ vm: vmConfig(name, labels[name] ?? name), devices: v.devices, notify: (event, device) => (v.told.push({ event, device }), true), guest: () => undefined });
   const audits = () => cap.lines().filter((l) => l.audit === true);
   return { usb, vms, asked, audits, hostDevices, helperCalls };
 }
@@ -158,7 +162,7 @@ describe('HostUsb: what a VM is offered', () => {
     });
     expect(list[1]!.warning).toMatch(/is a keyboard: while the VM has it, this computer loses that keyboard/);
     // The host's user sees everything, and why the hub and the camera are never offered.
-    const host = t.usb.hostList();
+    const host = await t.usb.hostList();
     expect(host.find((r) => r.id === 'b1d2')!.offer).toMatchObject({ offered: false, why: expect.stringMatching(/is a USB hub/) });
     expect(host.find((r) => r.id === 'b1d3')!.offer).toMatchObject({ offered: false, why: expect.stringMatching(/built into this computer/) });
   });
@@ -169,15 +173,15 @@ describe('HostUsb: what a VM is offered', () => {
     expect((await t.usb.list('personal')).map((d) => d.id)).toEqual(['b1d5', 'b1d6', 'b1d7']);
   });
 
-  it('the host resolves a device by id, port, key or unique VID:PID, and says what is ambiguous', () => {
+  it('the host resolves a device by id, port, key or unique VID:PID, and says what is ambiguous', async () => {
     const twin = device({ busid: '2-1', devnum: 4, busnum: 2 });
     const t = setup({ devices: [YUBIKEY, twin, KEYBOARD] });
-    expect(t.usb.resolve('b1d6').id).toBe('b1d6');
-    expect(t.usb.resolve('1-3').id).toBe('b1d6');
-    expect(t.usb.resolve('0627:0001').id).toBe('b1d6');
-    expect(() => t.usb.resolve('1050:0407')).toThrow(/2 devices are 1050:0407 \(b1d5, b2d4\): name one by its id/);
-    expect(() => t.usb.resolve(KEY)).toThrow(/no USB device/);
-    expect(() => t.usb.resolve('b9d9')).toThrow(/no USB device "b9d9" on this host; xdp-vm usb list shows them \(b1d5, b2d4, b1d6\)/);
+    expect((await t.usb.resolve('b1d6')).id).toBe('b1d6');
+    expect((await t.usb.resolve('1-3')).id).toBe('b1d6');
+    expect((await t.usb.resolve('0627:0001')).id).toBe('b1d6');
+    await expect(t.usb.resolve('1050:0407')).rejects.toThrow(/2 devices are 1050:0407 \(b1d5, b2d4\): name one by its id/);
+    await expect(t.usb.resolve(KEY)).rejects.toThrow(/no USB device/);
+    await expect(t.usb.resolve('b9d9')).rejects.toThrow(/no USB device "b9d9" on this host; xdp-vm usb list shows them \(b1d5, b2d4, b1d6\)/);
   });
 });
 
@@ -192,7 +196,7 @@ describe('HostUsb: acquiring and releasing', () => {
     expect(t.audits().at(-1)).toMatchObject({ vm: 'work', portal: 'Usb', decision: 'allow', reason: 'user', asked: { device: 'b1d5', key: KEY, busid: '1-2', via: 'guest', attached: true, by: 'address' } });
     // The other VM sees it taken, and not by whom.
     expect((await t.usb.list('personal')).find((d) => d.id === 'b1d5')!.state).toBe('elsewhere');
-    expect(t.usb.hostList().find((r) => r.id === 'b1d5')!.holder).toBe('work');
+    expect((await t.usb.hostList()).find((r) => r.id === 'b1d5')!.holder).toBe('work');
     // Asked again: it is here already.
     await t.usb.acquire('work', 'b1d5', 'guest');
     expect(t.asked).toHaveLength(1);
@@ -250,7 +254,7 @@ describe('HostUsb: acquiring and releasing', () => {
   it('the VMM failing to attach is an error with its words, audited, and the device stays free', async () => {
     const t = setup({ consent: true, vms: { work: fakeVm('qemu', { failAttach: 'QEMU could not open the USB device at bus 1, address 5' }) } });
     await expect(t.usb.acquire('work', 'b1d5', 'guest')).rejects.toThrow("could not attach 'YubiKey 5 NFC' (1050:0407): QEMU could not open the USB device at bus 1, address 5");
-    expect(t.usb.hostList().find((r) => r.id === 'b1d5')!.holder).toBeUndefined();
+    expect((await t.usb.hostList()).find((r) => r.id === 'b1d5')!.holder).toBeUndefined();
     expect(t.audits().at(-1)).toMatchObject({ decision: 'error', reason: 'failure', asked: { attached: false } });
   });
 
@@ -333,10 +337,10 @@ describe('HostUsb: persistence and hot-plug', () => {
     await t.usb.acquire('work', 'b1d5', 'guest');
     await t.usb.acquire('work', 'b1d6', 'guest');
     t.vms.work!.devices.emit('device-detached', { type: 'device-detached', kind: 'usb', id: 'b1d6', deviceId: 'xdpvm-usb-b1d6', expected: false });
-    expect(t.usb.hostList().find((r) => r.id === 'b1d6')!.holder).toBeUndefined();
+    expect((await t.usb.hostList()).find((r) => r.id === 'b1d6')!.holder).toBeUndefined();
     expect(t.vms.work!.told.at(-1)).toMatchObject({ event: 'detached', device: { id: 'b1d6' } });
     t.vms.work!.devices.emit('gone', 'the VM stopped');
-    expect(t.usb.hostList().find((r) => r.id === 'b1d5')!.holder).toBeUndefined();
+    expect((await t.usb.hostList()).find((r) => r.id === 'b1d5')!.holder).toBeUndefined();
     expect(t.audits().at(-1)).toMatchObject({ vm: 'work', decision: 'revoke', asked: { device: 'b1d5', why: 'the VM stopped' } });
     // Now the other VM can have it.
     await t.usb.acquire('personal', 'b1d5', 'guest');
@@ -348,7 +352,153 @@ describe('HostUsb: persistence and hot-plug', () => {
     const t = setup({ consent: true, vms: { work, personal: fakeVm('qemu') } });
     work.devices.emit('up', work.devices.vmm);
     await new Promise((r) => setTimeout(r, 10));
-    expect(t.usb.hostList().find((r) => r.id === 'b1d5')!.holder).toBe('work');
+    expect((await t.usb.hostList()).find((r) => r.id === 'b1d5')!.holder).toBe('work');
     await expect(t.usb.acquire('personal', 'b1d5', 'guest')).rejects.toThrow(/in use by another VM/);
+  });
+});
+
+describe('HostUsb: a provider VM\'s devices, by USB/IP', () => {
+  /** A VM whose QEMU can hot-plug channels, and whose guest answers the USB/IP requests as its root agent would. */
+  function usbipVm(opts: { provider?: boolean; failImport?: string; noChannels?: boolean; provided?: unknown[] } = {}) {
+    const v = fakeVm(opts.noChannels ? 'libvirt' : 'qemu');
+    const opened: { id: string; name: string; socketPath: string }[] = [];
+    const closed: string[] = [];
+    /** The guest's end of each channel, by channel id: what its root agent would relay to the kernel. */
+    const guestEnds = new Map<string, Duplex>();
+    const channels = {
+      openChannel: async (spec: { id: string; name: string; socketPath: string }) => {
+        opened.push(spec);
+        const [host, guest] = await streamPair('unix');
+        guestEnds.set(spec.id, guest);
+        return host;
+      },
+      closeChannel: async (id: string) => void (closed.push(id), guestEnds.get(id)?.destroy()),
+    };
+    if (!opts.noChannels) Object.assign((v.devices as unknown as { vmm: object }).vmm, { channels });
+    const asked: [string, unknown][] = [];
+    const guest = {
+      request: async (method: { name: string }, params: unknown) => {
+        asked.push([method.name, params]);
+        if (method.name === 'usbip.devices') return { devices: opts.provided ?? [] };
+        if (method.name === 'usbip.export') return { devid: (1 << 16) | 3, speed: 5 };
+        if (method.name === 'usbip.import') {
+          if (opts.failImport) throw new Error(opts.failImport);
+          return { vhciPort: 15 };
+        }
+        return {};
+      },
+    };
+    return { ...v, opened, closed, guestEnds, asked, guest, provider: opts.provider ?? false };
+  }
+
+  const STICK_IN_VM = {
+    busid: '1-1',
+    busnum: 1,
+    devnum: 3,
+    vendorId: '46f4',
+    productId: '0001',
+    manufacturer: 'QEMU',
+    product: 'QEMU USB HARDDRIVE\u202e\u0007',
+    serial: 'XDPVM-1',
+    deviceClass: '00',
+    configuration: 1,
+    interfaces: [{ name: '1-1:1.0', number: 0, class: '08', subclass: '06', protocol: '50', driver: 'usb-storage' }],
+    speed: '5000',
+    removable: 'removable',
+    idSerial: 'QEMU_QEMU_USB_HARDDRIVE_XDPVM-1',
+  };
+  const STICK_KEY = 'usb:46f4/0001/QEMU_QEMU_USB_HARDDRIVE_XDPVM-1';
+
+  function world(opts: { failImport?: string; importerNoChannels?: boolean; rows?: PolicyRow[] } = {}) {
+    const sysUsb = usbipVm({ provider: true, provided: [STICK_IN_VM, { ...STICK_IN_VM, busid: '1-2', devnum: 4, idSerial: 'bad/serial' }] });
+    const work = usbipVm({ ...(opts.failImport ? { failImport: opts.failImport } : {}), noChannels: opts.importerNoChannels ?? false });
+    const cap = captureLogger();
+    configureAudit({ logger: cap.log, file: null });
+    const asked: ConsentQuestion[] = [];
+    const rows = opts.rows ?? [];
+    const usb = new HostUsb({
+      policy: {
+        decision: async (_p: string, arg: string | undefined, vm: { name: string }) => {
+          const row = rows.find((r) => r.subject === vm.name && r.arg === arg);
+          return row ? { verdict: row.verdict, row } : { verdict: 'ask' };
+        },
+      } as unknown as PolicyDecider,
+      consent: async (q) => (asked.push(q), { allowed: true, reason: 'user' }),
+      nextRequestId: () => 'r',
+      log: captureLogger().log,
+      readDevices: () => [],
+      runtimeDir: mkdtempSync(path.join(tmpdir(), 'hostusb-')),
+    });
+    for (const [name, v] of [
+      ['sys-usb', sysUsb],
+      ['work', work],
+    ] as const) {
+      usb.register({ vm: { ...vmConfig(name, name === 'work' ? 'Work' : 'sys-usb'), usb: { provider: v.provider } }, devices: v.devices, notify: (event, device) => (v.told.push({ event, device }), true), guest: () => v.guest as never });
+    }
+    return { usb, sysUsb, work, asked, audits: () => cap.lines().filter((l) => l.audit === true) };
+  }
+
+  it('lists a provider\'s devices to the other VMs, never to itself, with its words made showable and bad keys left out', async () => {
+    const w = world();
+    const list = await w.usb.list('work');
+    expect(list.map((d) => [d.id, d.key, d.product])).toEqual([['sys-usb.b1d3', STICK_KEY, 'QEMU USB HARDDRIVE']]);
+    expect(await w.usb.list('sys-usb')).toEqual([]);
+    expect(w.sysUsb.asked[0]).toEqual(['usbip.devices', {}]);
+  });
+
+  it('attaches by USB/IP: a channel into each VM, relayed both ways; the provider exports, the VM imports; release undoes it all', async () => {
+    const w = world();
+    expect(await w.usb.acquire('work', 'sys-usb.b1d3', 'guest')).toEqual({ id: 'sys-usb.b1d3', key: STICK_KEY });
+    expect(w.asked[0]!.summary).toBe("Work wants to use the USB device 'QEMU USB HARDDRIVE' (46f4:0001)");
+    expect(w.sysUsb.opened.map((c) => [c.id, c.name])).toEqual([['usb-work-b1d3', 'io.github.xdp_vm.usbip.work.b1d3']]);
+    expect(w.work.opened.map((c) => [c.id, c.name])).toEqual([['usb-sys-usb-b1d3', 'io.github.xdp_vm.usbip.sys-usb.b1d3']]);
+    expect(w.sysUsb.asked.filter(([m]) => m !== 'usbip.devices')).toEqual([['usbip.export', { busid: '1-1', port: 'io.github.xdp_vm.usbip.work.b1d3' }]]);
+    expect(w.work.asked).toEqual([['usbip.import', { port: 'io.github.xdp_vm.usbip.sys-usb.b1d3', devid: 65539, speed: 5 }]]);
+    // The bytes: what the provider's kernel sends reaches the VM's, and back.
+    const provider = w.sysUsb.guestEnds.get('usb-work-b1d3')!;
+    const importer = w.work.guestEnds.get('usb-sys-usb-b1d3')!;
+    const got = (s: Duplex) => new Promise<string>((resolve) => s.once('data', (d: Buffer) => resolve(d.toString())));
+    const atImporter = got(importer);
+    provider.write('URB reply');
+    expect(await atImporter).toBe('URB reply');
+    const atProvider = got(provider);
+    importer.write('CMD_SUBMIT');
+    expect(await atProvider).toBe('CMD_SUBMIT');
+    expect(w.audits().at(-1)).toMatchObject({ vm: 'work', decision: 'allow', asked: { device: 'sys-usb.b1d3', from: 'sys-usb', by: 'usbip', vhciPort: 15 } });
+    expect(w.work.told.at(-1)).toMatchObject({ event: 'attached', device: { id: 'sys-usb.b1d3', state: 'here' } });
+
+    expect(await w.usb.release('work', 'sys-usb.b1d3', 'guest')).toBe(true);
+    expect(w.work.asked.at(-1)).toEqual(['usbip.unimport', { vhciPort: 15 }]);
+    expect(w.sysUsb.asked.at(-1)).toEqual(['usbip.unexport', { busid: '1-1' }]);
+    expect(w.work.closed).toEqual(['usb-sys-usb-b1d3']);
+    expect(w.sysUsb.closed).toEqual(['usb-work-b1d3']);
+  });
+
+  it('an import that fails undoes the export and both channels, and says why', async () => {
+    const w = world({ failImport: 'vhci-hcd did not attach fd 12 on port 15: the kernel answered EBUSY' });
+    await expect(w.usb.acquire('work', 'sys-usb.b1d3', 'cli')).rejects.toThrow("could not attach 'QEMU USB HARDDRIVE' (46f4:0001): vhci-hcd did not attach fd 12 on port 15: the kernel answered EBUSY");
+    expect(w.sysUsb.asked.at(-1)).toEqual(['usbip.unexport', { busid: '1-1' }]);
+    expect(w.sysUsb.closed).toEqual(['usb-work-b1d3']);
+    expect(w.work.closed).toEqual(['usb-sys-usb-b1d3']);
+    expect((await w.usb.hostList()).find((r) => r.id === 'sys-usb.b1d3')!.holder).toBeUndefined();
+  });
+
+  it('a VM whose VMM cannot hot-plug a channel is told so before anyone is asked', async () => {
+    const w = world({ importerNoChannels: true });
+    await expect(w.usb.acquire('work', 'sys-usb.b1d3', 'guest')).rejects.toThrow(/VM "work" \(the VM that asks\) runs on libvirt, which cannot hot-plug the byte channel USB\/IP rides on/);
+    expect(w.asked).toEqual([]);
+  });
+
+  it('the provider stopping takes the device from the VM, which is told; the "Always" row brings it back when the provider is up again', async () => {
+    const w = world({ rows: [{ portal: 'Usb', subject: 'work', verdict: 'allow', arg: STICK_KEY }] });
+    await w.usb.guestConnected('work');
+    expect(w.work.asked.map(([m]) => m)).toEqual(['usbip.import']);
+    w.sysUsb.devices.emit('gone', 'the VM stopped');
+    await new Promise((r) => setTimeout(r, 20));
+    expect(w.work.told.at(-1)).toMatchObject({ event: 'detached', device: { id: 'sys-usb.b1d3' } });
+    expect(w.work.asked.at(-1)).toEqual(['usbip.unimport', { vhciPort: 15 }]);
+    expect(w.audits().some((l) => (l.asked as { why?: string }).why === 'VM "sys-usb", which the device is plugged into, stopped')).toBe(true);
+    await w.usb.guestConnected('sys-usb');
+    expect(w.work.asked.filter(([m]) => m === 'usbip.import')).toHaveLength(2);
   });
 });

@@ -1,4 +1,7 @@
-import { closeSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { closeSync, mkdirSync } from 'node:fs';
+import path from 'node:path';
+import type { Duplex } from 'node:stream';
 import type { VmConfig } from '../../src/config/schema.js';
 import { audit, type AuditDecision, type AuditReason } from '../../src/host/audit.js';
 import type { ConsentAsker, ConsentResult } from '../../src/host/consent.js';
@@ -7,8 +10,12 @@ import type { Logger } from '../../src/log.js';
 import { describeRow } from '../../src/policy/model.js';
 import type { PolicyDecider } from '../../src/policy/policy.js';
 import { ProtocolError } from '../../src/protocol/messages.js';
-import { listUsbDevices, mountedFilesystemsOf, mountRefusal, offerOf, permissionKey, type BlockDevice, type Offer, type UsbChange, type UsbHostDevice } from '../../src/usb/devices.js';
+import { listUsbDevices, mountedFilesystemsOf, mountRefusal, offerOf, permissionKey, showableText, type BlockDevice, type Offer, type UsbChange, type UsbHostDevice } from '../../src/usb/devices.js';
 import type { VmmEvent } from '../../src/vmm/adapter.js';
+import type { MethodDescriptor, Params, ResultOf } from '../../src/protocol/methods.js';
+import type { GuestPeer } from '../portal.js';
+import { UsbDeviceId } from './key.js';
+import { UsbipDevices, UsbipExport, UsbipImport, UsbipUnexport, UsbipUnimport, type ProvidedDevice } from './usbip-schema.js';
 import { acquireQuestion, deviceInWords } from './question.js';
 import type { UsbEntry, UsbEvent, UsbId, UsbState } from './schema.js';
 
@@ -30,10 +37,15 @@ import type { UsbEntry, UsbEvent, UsbId, UsbState } from './schema.js';
  * - rows match by vendor, product and ID_SERIAL (the permission key), never
  *   by where the device is plugged in.
  *
- * The device gets into the VM through the VM's device layer (`usb`: QEMU's
- * usb-host, libvirt's hostdev). A device is named by its bus number and
- * address while it is plugged in (`b1d5`), which is also our id for it in
- * the VMM, so a restarted daemon finds what it had attached.
+ * A host device gets into the VM through the VM's device layer (`usb`:
+ * QEMU's usb-host, libvirt's hostdev). A device plugged into a provider VM
+ * (Qubes' sys-usb, `usb.provider` in its config) goes by USB/IP: the host
+ * hot-plugs a raw channel into each of the two VMs, the provider's root
+ * agent exports the device on its channel, the other VM's imports it from
+ * its own, and the daemon relays the bytes between the two. A device is
+ * named by its bus number and address while it is plugged in (`b1d5`, or
+ * `sys-usb.b1d5` for one in a VM), which is also our id for it in the VMM,
+ * so a restarted daemon finds what it had attached.
  */
 const PORTAL = 'Usb';
 const MAX_LISTED = 128;
@@ -44,6 +56,8 @@ export interface UsbVmLink {
   devices: VmDevices | undefined;
   /** Tell the VM's guest; false when no guest is connected. */
   notify: (event: UsbEvent, device: UsbEntry) => boolean;
+  /** The VM's guest while one is connected: a provider's lists and exports, an importer's imports. */
+  guest: () => GuestPeer | undefined;
 }
 
 /** The privileged helper's part: open the device node for a VMM that takes a descriptor. */
@@ -67,6 +81,21 @@ export interface HostUsbDeps {
   mounted?: (dev: UsbHostDevice) => BlockDevice[];
   /** Connect to the privileged helper; absent where there is none. */
   helper?: () => Promise<UsbHelper>;
+  /** The daemon's own 0700 runtime directory, where the VMMs listen for USB/IP channels. */
+  runtimeDir?: string;
+}
+
+/** A device as HostUsb knows it: a host device, or (`source`) one plugged into a provider VM. */
+export type Dev = UsbHostDevice & { source?: string };
+
+/** What goes on while a provider VM's device is in another VM. */
+interface UsbipRoute {
+  provider: string;
+  /** Our channel ids in the provider and in the importer. */
+  providerChannel: string;
+  importerChannel: string;
+  vhciPort: number;
+  streams: Duplex[];
 }
 
 /** Who asked: the guest (consent), the host's CLI or bus API, or a row (VM start, replug). */
@@ -76,26 +105,70 @@ interface Held {
   vm: string;
   key: string;
   busid: string;
+  usbip?: UsbipRoute;
 }
+
+const PROVIDER_ASK_MS = 10_000;
+const USBIP_STEP_MS = 30_000;
 
 /** What `xdp-vm usb list` shows on the host: every device, offered or not, and who holds it. */
 export interface HostUsbRow {
-  device: UsbHostDevice;
+  device: Dev;
   id: UsbId;
   key: string;
   offer: Offer;
   holder: string | undefined;
 }
 
-export function usbIdOf(dev: Pick<UsbHostDevice, 'busnum' | 'devnum'>): UsbId {
-  return `b${dev.busnum}d${dev.devnum}`;
+export function usbIdOf(dev: Pick<Dev, 'busnum' | 'devnum' | 'source'>): UsbId {
+  return `${dev.source ? `${dev.source}.` : ''}b${dev.busnum}d${dev.devnum}`;
+}
+
+/** Where a device is plugged in, in words: `USB port 1-2 of this computer`, or of a VM. */
+export function whereIs(dev: Pick<Dev, 'busid' | 'source'>): string {
+  return dev.source ? `USB port ${dev.busid} of VM "${dev.source}"` : `USB port ${dev.busid} of this computer`;
+}
+
+/**
+ * A provider VM's word for one of its devices, as HostUsb holds it: every
+ * string made showable again and capped, and its key checked as the policy
+ * checks one; a device whose key is not one is left out.
+ */
+export function providedDevice(vm: string, p: ProvidedDevice): Dev | undefined {
+  const text = (t: string | undefined) => (t === undefined ? undefined : showableText(t) || undefined);
+  const key = UsbDeviceId.safeParse(`usb:${p.vendorId}/${p.productId}/${p.idSerial}`);
+  if (!key.success) return undefined;
+  return {
+    source: vm,
+    busid: p.busid,
+    busnum: p.busnum,
+    devnum: p.devnum,
+    major: 189,
+    minor: (p.busnum - 1) * 128 + (p.devnum - 1),
+    vendorId: p.vendorId,
+    productId: p.productId,
+    bcdDevice: p.bcdDevice,
+    manufacturer: text(p.manufacturer),
+    product: text(p.product),
+    serial: text(p.serial),
+    deviceClass: p.deviceClass,
+    configuration: p.configuration,
+    interfaces: p.interfaces.map((i) => ({ name: showableText(i.name, 64), number: i.number, class: i.class, subclass: i.subclass, protocol: i.protocol, driver: i.driver === undefined ? undefined : showableText(i.driver, 64) })),
+    speed: p.speed,
+    removable: p.removable,
+    driver: undefined,
+    idSerial: p.idSerial,
+    idSerialFrom: 'udev',
+  };
 }
 
 export class HostUsb {
   private readonly links = new Map<string, { link: UsbVmLink; off: () => void }>();
   private readonly held = new Map<UsbId, Held>();
   /** The devices as last read, by id: what an unplug's event no longer has in sysfs. */
-  private known = new Map<UsbId, UsbHostDevice>();
+  private known = new Map<UsbId, Dev>();
+  /** Each provider VM's devices, as it last said. */
+  private readonly provided = new Map<string, Dev[]>();
   private readonly locks = new Map<UsbId, Promise<unknown>>();
   private readonly log: Logger;
 
@@ -129,34 +202,56 @@ export class HostUsb {
     for (const { off } of [...this.links.values()]) off();
   }
 
-  /** The devices as the host has them now, remembered for the unplug events that follow. */
-  private read(): UsbHostDevice[] {
-    let devices: UsbHostDevice[];
+  /** The devices as the host has them now, and as each provider VM last said, remembered for the unplug events that follow. */
+  private read(): Dev[] {
+    let devices: Dev[];
     try {
       devices = (this.deps.readDevices ?? (() => listUsbDevices()))();
     } catch (err) {
       this.log.error({ err: (err as Error).message }, 'could not read the host\'s USB devices');
       devices = [];
     }
+    for (const list of this.provided.values()) devices = devices.concat(list);
     this.known = new Map(devices.map((d) => [usbIdOf(d), d]));
     return devices;
   }
 
+  /** Ask each provider VM whose guest is connected for its devices; one that does not answer keeps what it said last. */
+  async refreshProviders(): Promise<void> {
+    await Promise.all(
+      [...this.links.values()]
+        .filter(({ link }) => link.vm.usb?.provider)
+        .map(async ({ link }) => {
+          const guest = link.guest();
+          if (!guest) return void this.provided.delete(link.vm.name);
+          try {
+            const r = await guest.request(UsbipDevices, {}, { signal: AbortSignal.timeout(PROVIDER_ASK_MS) });
+            this.provided.set(link.vm.name, r.devices.flatMap((p) => providedDevice(link.vm.name, p) ?? []));
+          } catch (err) {
+            this.log.warn({ provider: link.vm.name, err: (err as Error).message }, 'the provider VM did not list its USB devices');
+          }
+        }),
+    );
+  }
+
   /** Every host device, offered or not, with the VM holding it: for the host's user. */
-  hostList(): HostUsbRow[] {
+  async hostList(): Promise<HostUsbRow[]> {
+    await this.refreshProviders();
     return this.read().map((device) => this.rowOf(device));
   }
 
-  private rowOf(device: UsbHostDevice): HostUsbRow {
+  private rowOf(device: Dev): HostUsbRow {
     return { device, id: usbIdOf(device), key: permissionKey(device), offer: offerOf(device), holder: this.held.get(usbIdOf(device))?.vm };
   }
 
   /** The devices `vm` may ask for: offered, and no row denies it. */
   async list(vm: string): Promise<UsbEntry[]> {
     const link = this.link(vm);
+    await this.refreshProviders();
     const out: UsbEntry[] = [];
     for (const dev of this.read()) {
       if (out.length >= MAX_LISTED) break;
+      if (dev.source === vm) continue;
       const offer = offerOf(dev);
       if (!offer.offered) continue;
       if ((await this.deps.policy.decision(PORTAL, permissionKey(dev), link.vm)).verdict === 'deny') continue;
@@ -169,7 +264,8 @@ export class HostUsb {
    * The host device the host's user means: its id (b1d5), its port (1-2.3),
    * its permission key, or VID:PID when only one device has them.
    */
-  resolve(name: string): HostUsbRow {
+  async resolve(name: string): Promise<HostUsbRow> {
+    await this.refreshProviders();
     const devices = this.read();
     const n = name.trim();
     const exact = devices.filter((d) => usbIdOf(d) === n || d.busid === n || permissionKey(d) === n);
@@ -189,6 +285,8 @@ export class HostUsb {
   async acquire(vm: string, id: UsbId, via: 'guest' | 'cli', signal?: AbortSignal): Promise<{ id: UsbId; key: string }> {
     const link = this.link(vm);
     const request = this.deps.nextRequestId();
+    // A provider VM's device: what that VM has now, asked now.
+    if (id.includes('.')) await this.refreshProviders();
     const dev = this.device(id, vm, request, via);
     const key = permissionKey(dev);
     const facts = { device: id, key, name: deviceInWords(dev), busid: dev.busid, via };
@@ -219,7 +317,8 @@ export class HostUsb {
       const dev = this.known.get(id);
       const facts = { device: id, key: h.key, busid: h.busid, via };
       try {
-        await link?.devices?.require('usb').detachUsb(id);
+        if (h.usbip) await this.detachUsbip(h.vm, id, h);
+        else await link?.devices?.require('usb').detachUsb(id);
       } catch (err) {
         this.record(h.vm, request, 'error', 'failure', { ...facts, detached: false, why: (err as Error).message });
         throw new ProtocolError('failed', `could not detach ${dev ? deviceInWords(dev) : id} from VM "${h.vm}": ${(err as Error).message}`);
@@ -234,13 +333,18 @@ export class HostUsb {
 
   /** The VM whose guest just connected gets what its "Always" rows name. */
   async guestConnected(vm: string): Promise<void> {
-    if (this.links.get(vm)?.link.devices?.vmm) await this.attachAlways(vm);
+    const link = this.links.get(vm)?.link;
+    if (!link?.devices?.vmm) return;
+    await this.attachAlways(vm);
+    if (!link.vm.usb?.provider) return;
+    // A provider VM came up: each of its devices goes where an "Always" row wants it.
+    for (const dev of this.provided.get(vm) ?? []) if (!this.held.has(usbIdOf(dev)) && offerOf(dev).offered) await this.attachWanted(dev);
   }
 
   /** The kernel said a device came or went (src/usb/devices.ts watchUsbDevices). */
   async onHostChange(change: UsbChange): Promise<void> {
-    const before = [...this.known.values()].filter((d) => d.busid === change.busid);
-    const now = this.read().filter((d) => d.busid === change.busid);
+    const before = [...this.known.values()].filter((d) => d.source === undefined && d.busid === change.busid);
+    const now = this.read().filter((d) => d.source === undefined && d.busid === change.busid);
     for (const dev of before) {
       if (now.some((d) => usbIdOf(d) === usbIdOf(dev))) continue;
       await this.unplugged(dev);
@@ -258,7 +362,7 @@ export class HostUsb {
   }
 
   /** A device is gone from the host: whoever held it has it no more, and the VMM's device for it goes too. */
-  private async unplugged(dev: UsbHostDevice): Promise<void> {
+  private async unplugged(dev: Dev): Promise<void> {
     const id = usbIdOf(dev);
     await this.serialized(id, async () => {
       const h = this.held.get(id);
@@ -277,7 +381,7 @@ export class HostUsb {
   }
 
   /** A device just plugged in goes to the VM whose allow row names it, if that VM is up. */
-  private async attachWanted(dev: UsbHostDevice): Promise<void> {
+  private async attachWanted(dev: Dev): Promise<void> {
     for (const { link } of this.links.values()) {
       if (!link.devices?.vmm) continue;
       if (await this.alwaysRow(link.vm, dev)) {
@@ -290,20 +394,21 @@ export class HostUsb {
   private async attachAlways(vm: string): Promise<void> {
     const link = this.links.get(vm)?.link;
     if (!link) return;
+    await this.refreshProviders();
     for (const dev of this.read()) {
-      if (this.held.has(usbIdOf(dev)) || !offerOf(dev).offered) continue;
+      if (this.held.has(usbIdOf(dev)) || !offerOf(dev).offered || dev.source === vm) continue;
       if (await this.alwaysRow(link.vm, dev)) await this.tryAlways(link, dev);
     }
   }
 
   /** The allow row that names this device for this VM; a VM-wide row attaches nothing by itself. */
-  private async alwaysRow(vm: VmConfig, dev: UsbHostDevice): Promise<string | undefined> {
+  private async alwaysRow(vm: VmConfig, dev: Dev): Promise<string | undefined> {
     const d = await this.deps.policy.decision(PORTAL, permissionKey(dev), vm);
     return d.verdict === 'allow' && d.row?.arg === permissionKey(dev) ? describeRow(d.row) : undefined;
   }
 
   /** An "Always" attach: every refusal is audited and logged by the way, and none is an error for anyone. */
-  private async tryAlways(link: UsbVmLink, dev: UsbHostDevice): Promise<void> {
+  private async tryAlways(link: UsbVmLink, dev: Dev): Promise<void> {
     const id = usbIdOf(dev);
     const request = this.deps.nextRequestId();
     const rule = await this.alwaysRow(link.vm, dev);
@@ -316,7 +421,7 @@ export class HostUsb {
   }
 
   /** Throws, with an audit line, when `dev` cannot go to this VM now. */
-  private usable(link: UsbVmLink, dev: UsbHostDevice, offer: Offer, request: string, facts: Record<string, unknown>): void {
+  private usable(link: UsbVmLink, dev: Dev, offer: Offer, request: string, facts: Record<string, unknown>): void {
     const id = usbIdOf(dev);
     let why: string | undefined;
     const holder = this.held.get(id)?.vm;
@@ -324,8 +429,10 @@ export class HostUsb {
     else if (holder !== undefined && holder !== link.vm.name) {
       why = facts.via === 'guest' ? `${deviceInWords(dev)} is in use by another VM; it can be had once that VM lets it go` : `${deviceInWords(dev)} is attached to VM "${holder}"; detach it there first (xdp-vm usb detach ${id})`;
     } else if (offer.massStorage) why = mountRefusal(dev, this.mountsOf(dev));
+    if (!why && dev.source === link.vm.name) why = `${deviceInWords(dev)} is plugged into VM "${link.vm.name}" itself`;
     if (!why && !link.devices) why = `VM "${link.vm.name}" has no VMM socket in its config ("vmm"), and USB devices are attached through it`;
-    if (!why) {
+    if (!why && dev.source !== undefined) why = this.usbipProblem(link, dev.source);
+    else if (!why) {
       try {
         link.devices!.require('usb');
       } catch (err) {
@@ -337,7 +444,24 @@ export class HostUsb {
     throw new ProtocolError(holder !== undefined && holder !== link.vm.name ? 'denied' : 'failed', why);
   }
 
-  private mountsOf(dev: UsbHostDevice): BlockDevice[] {
+  /** Why a provider VM's device cannot go to `link`'s VM by USB/IP now, or undefined. */
+  private usbipProblem(link: UsbVmLink, provider: string): string | undefined {
+    const p = this.links.get(provider)?.link;
+    if (!p) return `VM "${provider}" is not configured any more`;
+    for (const [l, role] of [
+      [p, 'the VM the device is plugged into'],
+      [link, 'the VM that asks'],
+    ] as const) {
+      if (!l.devices?.vmm) return `the host cannot reach the VMM of VM "${l.vm.name}" (${role}): ${l.devices?.detail ?? 'it has no "vmm" in its config'}`;
+      if (!l.devices.vmm.channels) return `VM "${l.vm.name}" (${role}) runs on ${l.devices.vmm.kind}, which cannot hot-plug the byte channel USB/IP rides on (only QEMU can, in this version)`;
+      if (!l.guest()) return `VM "${l.vm.name}" (${role}) has no guest side connected, and its root agent does the USB/IP`;
+    }
+    return undefined;
+  }
+
+  private mountsOf(dev: Dev): BlockDevice[] {
+    // A provider VM's device is mounted, if at all, in that VM: usbip-host takes it from its driver there.
+    if (dev.source !== undefined) return [];
     try {
       return (this.deps.mounted ?? ((d) => mountedFilesystemsOf(d)))(dev);
     } catch (err) {
@@ -347,13 +471,14 @@ export class HostUsb {
   }
 
   /** Hand the device to the VMM. Run under the device's lock. */
-  private async attach(link: UsbVmLink, dev: UsbHostDevice, request: string, how: { via: Via; reason: AuditReason; rule?: string }): Promise<void> {
+  private async attach(link: UsbVmLink, dev: Dev, request: string, how: { via: Via; reason: AuditReason; rule?: string }): Promise<void> {
     const id = usbIdOf(dev);
     const key = permissionKey(dev);
     const facts = { device: id, key, name: deviceInWords(dev), busid: dev.busid, via: how.via };
     const h = this.held.get(id);
     if (h?.vm === link.vm.name) return;
     if (h) throw new ProtocolError('denied', `${deviceInWords(dev)} was attached to another VM meanwhile`);
+    if (dev.source !== undefined) return this.attachUsbip(link, dev, request, how);
     const vmm = link.devices?.vmm;
     let fd: number | undefined;
     let helperSaid: string | undefined;
@@ -374,6 +499,97 @@ export class HostUsb {
     this.record(link.vm.name, request, 'allow', how.reason, { ...facts, attached: true, by: fd !== undefined ? 'descriptor' : 'address' }, how.rule);
     this.log.info({ vm: link.vm.name, ...facts }, 'USB device attached');
     link.notify('attached', this.entryOf(dev, link.vm.name));
+  }
+
+  /**
+   * A provider VM's device to `link`'s VM by USB/IP: a channel into each,
+   * relayed here; the provider exports the device on its end, then the VM
+   * imports it from its own. Anything done is undone when a later step fails.
+   */
+  private async attachUsbip(link: UsbVmLink, dev: Dev, request: string, how: { via: Via; reason: AuditReason; rule?: string }): Promise<void> {
+    const id = usbIdOf(dev);
+    const key = permissionKey(dev);
+    const provider = this.links.get(dev.source!)!.link;
+    const facts = { device: id, key, name: deviceInWords(dev), busid: dev.busid, from: provider.vm.name, via: how.via };
+    const tag = `b${dev.busnum}d${dev.devnum}`;
+    const route: UsbipRoute = { provider: provider.vm.name, providerChannel: `usb-${link.vm.name}-${tag}`, importerChannel: `usb-${provider.vm.name}-${tag}`, vhciPort: -1, streams: [] };
+    const portName = (vm: string) => `io.github.xdp_vm.usbip.${vm}.${tag}`;
+    const undo: (() => Promise<unknown>)[] = [];
+    try {
+      const p = provider.devices!.vmm!.channels!;
+      const i = link.devices!.vmm!.channels!;
+      const fromProvider = await p.openChannel({ id: route.providerChannel, name: portName(link.vm.name), socketPath: this.channelSocket(provider.vm.name, route.providerChannel) });
+      undo.push(() => p.closeChannel(route.providerChannel));
+      const toImporter = await i.openChannel({ id: route.importerChannel, name: portName(provider.vm.name), socketPath: this.channelSocket(link.vm.name, route.importerChannel) });
+      undo.push(() => i.closeChannel(route.importerChannel));
+      route.streams = [fromProvider, toImporter];
+      this.relay(fromProvider, toImporter, { vm: link.vm.name, device: id });
+      const exported = await this.ask(provider, UsbipExport, { busid: dev.busid, port: portName(link.vm.name) });
+      undo.push(() => this.ask(provider, UsbipUnexport, { busid: dev.busid }));
+      const imported = await this.ask(link, UsbipImport, { port: portName(provider.vm.name), devid: exported.devid, speed: exported.speed });
+      route.vhciPort = imported.vhciPort;
+    } catch (err) {
+      for (const u of undo.reverse()) await u().catch((e: Error) => this.log.warn({ ...facts, err: e.message }, 'could not undo a step of a USB/IP attach'));
+      for (const s of route.streams) s.destroy();
+      const why = (err as Error).message;
+      this.record(link.vm.name, request, 'error', 'failure', { ...facts, attached: false, why });
+      this.log.error({ vm: link.vm.name, ...facts, err: why }, 'could not attach the USB device');
+      throw new ProtocolError('failed', `could not attach ${deviceInWords(dev)}: ${why}`);
+    }
+    this.held.set(id, { vm: link.vm.name, key, busid: dev.busid, usbip: route });
+    this.record(link.vm.name, request, 'allow', how.reason, { ...facts, attached: true, by: 'usbip', vhciPort: route.vhciPort }, how.rule);
+    this.log.info({ vm: link.vm.name, ...facts, vhciPort: route.vhciPort }, 'USB device attached');
+    link.notify('attached', this.entryOf(dev, link.vm.name));
+  }
+
+  /** Undo a USB/IP attach, each step whatever the others do; the first failure is thrown after all were tried. */
+  private async detachUsbip(vm: string, id: UsbId, h: Held): Promise<void> {
+    const r = h.usbip!;
+    const importer = this.links.get(vm)?.link;
+    const provider = this.links.get(r.provider)?.link;
+    const failures: string[] = [];
+    const step = async (what: string, op: (() => Promise<unknown>) | undefined) => {
+      if (!op) return;
+      await op().catch((err: Error) => failures.push(`${what}: ${err.message}`));
+    };
+    await step('the VM would not let it go', importer?.guest() && r.vhciPort >= 0 ? () => this.ask(importer, UsbipUnimport, { vhciPort: r.vhciPort }) : undefined);
+    await step(`VM "${r.provider}" would not take it back`, provider?.guest() ? () => this.ask(provider, UsbipUnexport, { busid: h.busid }) : undefined);
+    for (const s of r.streams) s.destroy();
+    await step('its channel stayed in the VM', importer?.devices?.vmm?.channels ? () => importer.devices!.vmm!.channels!.closeChannel(r.importerChannel) : undefined);
+    await step(`its channel stayed in VM "${r.provider}"`, provider?.devices?.vmm?.channels ? () => provider.devices!.vmm!.channels!.closeChannel(r.providerChannel) : undefined);
+    if (failures.length) this.log.warn({ vm, device: id, failures }, 'a USB/IP detach was not clean');
+  }
+
+  /** Bytes both ways between the two channels, each stream's backpressure holding the other; either end going ends both. */
+  private relay(a: Duplex, b: Duplex, facts: Record<string, unknown>): void {
+    let ended = false;
+    const end = (why: string) => {
+      if (ended) return;
+      ended = true;
+      this.log.info({ ...facts, why }, 'USB/IP relay ended');
+      a.destroy();
+      b.destroy();
+    };
+    a.on('error', (err: Error) => end(`the provider's channel: ${err.message}`));
+    b.on('error', (err: Error) => end(`the VM's channel: ${err.message}`));
+    a.on('close', () => end('the provider\'s channel closed'));
+    b.on('close', () => end('the VM\'s channel closed'));
+    a.pipe(b);
+    b.pipe(a);
+  }
+
+  private channelSocket(vm: string, channel: string): string {
+    const dir = this.deps.runtimeDir;
+    if (!dir) throw new Error('this daemon has no runtime directory for USB/IP channels');
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    return path.join(dir, `ch-${createHash('sha256').update(`${vm}\0${channel}`).digest('hex').slice(0, 16)}.sock`);
+  }
+
+  /** A request to a VM's guest, with a deadline; its refusal is its own words. */
+  private async ask<M extends MethodDescriptor>(link: UsbVmLink, method: M, params: Params<M>): Promise<ResultOf<M>> {
+    const guest = link.guest();
+    if (!guest) throw new Error(`VM "${link.vm.name}" has no guest side connected`);
+    return guest.request(method, params, { signal: AbortSignal.timeout(USBIP_STEP_MS) });
   }
 
   /** The device node from the helper, or why not (then the VMM opens it itself, if it may). */
@@ -409,11 +625,21 @@ export class HostUsb {
   }
 
   /** The VM stopped: its devices are the host's again. */
+  /**
+   * The VM stopped: its devices are the host's again, and what a USB/IP
+   * route left in the other VM (its channel, the export or the import) is
+   * taken down. A provider that stopped takes its devices with it.
+   */
   private onVmmGone(vm: string): void {
+    this.provided.delete(vm);
     for (const [id, h] of [...this.held]) {
-      if (h.vm !== vm) continue;
+      const providerGone = h.usbip?.provider === vm;
+      if (h.vm !== vm && !providerGone) continue;
       this.held.delete(id);
-      this.record(vm, this.deps.nextRequestId(), 'revoke', 'failure', { device: id, key: h.key, busid: h.busid, detached: true, why: 'the VM stopped' });
+      this.record(h.vm, this.deps.nextRequestId(), 'revoke', 'failure', { device: id, key: h.key, busid: h.busid, detached: true, why: providerGone ? `VM "${vm}", which the device is plugged into, stopped` : 'the VM stopped' });
+      if (h.usbip) void this.serialized(id, () => this.detachUsbip(h.vm, id, h));
+      const dev = this.known.get(id);
+      if (providerGone && dev) this.links.get(h.vm)?.link.notify('detached', this.entryOf(dev, h.vm));
     }
   }
 
@@ -435,15 +661,15 @@ export class HostUsb {
   }
 
   /** The device by id, as the host has it now; whether `vm` may have it is asked after. */
-  private device(id: UsbId, vm: string, request: string, via: Via): UsbHostDevice {
+  private device(id: UsbId, vm: string, request: string, via: Via): Dev {
     const dev = this.read().find((d) => usbIdOf(d) === id);
     if (dev) return dev;
-    const why = `no USB device ${id} on the host now (unplugged, or replugged with a new id: list the devices again)`;
+    const why = `no USB device ${id} ${id.includes('.') ? `in VM "${id.slice(0, id.indexOf('.'))}"` : 'on the host'} now (unplugged, or replugged with a new id: list the devices again)`;
     this.record(vm, request, 'error', 'failure', { device: id, via, why });
     throw new ProtocolError('invalid-params', why);
   }
 
-  private entryOf(dev: UsbHostDevice, vm: string, offer: Offer = offerOf(dev)): UsbEntry {
+  private entryOf(dev: Dev, vm: string, offer: Offer = offerOf(dev)): UsbEntry {
     const holder = this.held.get(usbIdOf(dev))?.vm;
     const state: UsbState = holder === undefined ? 'free' : holder === vm ? 'here' : 'elsewhere';
     return {

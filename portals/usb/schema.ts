@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { defineMethod, defineNotification } from '../../src/protocol/methods.js';
 import { UsbDeviceId } from './key.js';
+import { USBIP_METHODS } from './usbip-schema.js';
 
 /**
  * Usb's protocol. The guest names a device by the id the host gave it in its
@@ -14,8 +15,10 @@ import { UsbDeviceId } from './key.js';
 /** What the daemon's flood control answers any portal method past a VM's limits (src/host/flood.ts REFUSED). */
 const FloodRefused = z.object({ response: z.literal(2), results: z.object({}).strict() }).strict();
 
-/** A device's id while it is plugged in: bus number and device address, `b1d5` (a new one at each replug). */
-export const UsbId = z.string().regex(/^b[1-9][0-9]{0,2}d[1-9][0-9]{0,2}$/, 'a USB device id is bBUSdADDR, e.g. b1d5, as xdp-vm usb list shows it');
+/** A device's id while it is plugged in: bus number and device address, `b1d5`, after the name of the VM it is plugged into if not the host (`sys-usb.b1d5`); a new one at each replug. */
+export const UsbId = z
+  .string()
+  .regex(/^(?:[a-z][a-z0-9-]{0,30}\.)?b[1-9][0-9]{0,2}d[1-9][0-9]{0,2}$/, 'a USB device id is bBUSdADDR, e.g. b1d5, or VM.bBUSdADDR for one plugged into a VM, as xdp-vm usb list shows it');
 export type UsbId = z.infer<typeof UsbId>;
 
 const Hex4 = z.string().regex(/^[0-9a-f]{4}$/);
@@ -84,4 +87,4 @@ export const UsbChanged = defineNotification({
   params: z.object({ event: UsbEvent, device: UsbEntry }).strict(),
 });
 
-export const USB_METHODS = [UsbList, UsbAcquire, UsbRelease, UsbChanged] as const;
+export const USB_METHODS = [UsbList, UsbAcquire, UsbRelease, UsbChanged, ...USBIP_METHODS] as const;

@@ -1,5 +1,5 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import type { Bus } from '../dbus/bus.js';
+import { Bus } from '../dbus/bus.js';
 import { CONTROL_BUS_NAME, CONTROL_INTERFACE, CONTROL_PATH } from '../host/control.js';
 
 /** Shared CLI plumbing: argument parsing with --help, errors, tables, and the daemon's control interface. */
@@ -46,4 +46,35 @@ export function untilSignal(): Promise<void> {
   return new Promise((resolve) => {
     for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => resolve());
   });
+}
+
+/**
+ * A verb that is the host's or a VM's depending on where it runs: the host
+ * when the host daemon's bus name is on this session bus, else a VM, whose
+ * guest backend answers. `--json` for both.
+ */
+export function hostOrGuestVerb(
+  name: string,
+  usage: string,
+  sides: {
+    onHost: (control: NonNullable<Awaited<ReturnType<typeof daemonControl>>>, action: string | undefined, rest: string[], json: boolean) => Promise<number>;
+    inGuest: (bus: Bus, action: string | undefined, rest: string[], json: boolean) => Promise<number>;
+  },
+): Verb {
+  return {
+    name,
+    usage,
+    async run(argv) {
+      const { values, positionals } = parse(argv, { json: { type: 'boolean' } }, usage);
+      if (values.help) return console.log(usage), 0;
+      const [action, ...rest] = positionals;
+      const bus = await Bus.connect(sessionBusAddress());
+      try {
+        const control = await daemonControl(bus);
+        return control ? await sides.onHost(control, action, rest, !!values.json) : await sides.inGuest(bus, action, rest, !!values.json);
+      } finally {
+        bus.close();
+      }
+    },
+  };
 }

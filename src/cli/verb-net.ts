@@ -3,7 +3,7 @@ import { NETWORK_INTERFACE, NETWORK_PATH } from '../../portals/network/names.js'
 import { Bus, BusCallError } from '../dbus/bus.js';
 import { BACKEND_BUS_NAME } from '../guest/backend.js';
 import { CONTROL_BUS_NAME } from '../host/control.js';
-import { daemonControl, parse, sessionBusAddress, table, UsageError, type Verb } from './common.js';
+import { daemonControl, hostOrGuestVerb, table, UsageError, type Verb } from './common.js';
 
 const usage = `Usage, in a VM:      xdp-vm net list [--json]
                      xdp-vm net join NETWORK
@@ -111,19 +111,4 @@ async function onHost(control: NonNullable<Awaited<ReturnType<typeof daemonContr
   return 0;
 }
 
-export const netVerb: Verb = {
-  name: 'net',
-  usage,
-  async run(argv) {
-    const { values, positionals } = parse(argv, { json: { type: 'boolean' } }, usage);
-    if (values.help) return console.log(usage), 0;
-    const [action, ...rest] = positionals;
-    const bus = await Bus.connect(sessionBusAddress());
-    try {
-      const control = await daemonControl(bus);
-      return control ? await onHost(control, action, rest, !!values.json) : await inGuest(bus, action, rest, !!values.json);
-    } finally {
-      bus.close();
-    }
-  },
-};
+export const netVerb: Verb = hostOrGuestVerb('net', usage, { onHost, inGuest });

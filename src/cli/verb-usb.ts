@@ -4,7 +4,7 @@ import { USB_INTERFACE, USB_PATH } from '../../portals/usb/names.js';
 import { Bus, BusCallError, type Vardict } from '../dbus/bus.js';
 import { BACKEND_BUS_NAME } from '../guest/backend.js';
 import { CONTROL_BUS_NAME } from '../host/control.js';
-import { daemonControl, parse, sessionBusAddress, table, UsageError, type Verb } from './common.js';
+import { daemonControl, hostOrGuestVerb, table, UsageError, type Verb } from './common.js';
 
 const usage = `Usage, in a VM:      xdp-vm usb list [--json]
                      xdp-vm usb attach DEVICE
@@ -156,19 +156,4 @@ async function onHost(control: NonNullable<Awaited<ReturnType<typeof daemonContr
   }
 }
 
-export const usbVerb: Verb = {
-  name: 'usb',
-  usage,
-  async run(argv) {
-    const { values, positionals } = parse(argv, { json: { type: 'boolean' } }, usage);
-    if (values.help) return console.log(usage), 0;
-    const [action, ...rest] = positionals;
-    const bus = await Bus.connect(sessionBusAddress());
-    try {
-      const control = await daemonControl(bus);
-      return control ? await onHost(control, action, rest, !!values.json) : await inGuest(bus, action, rest, !!values.json);
-    } finally {
-      bus.close();
-    }
-  },
-};
+export const usbVerb: Verb = hostOrGuestVerb('usb', usage, { onHost, inGuest });

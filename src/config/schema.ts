@@ -71,6 +71,12 @@ export const Vm = z
     transport: Transport,
     vmm: Vmm.default({ type: 'none' }),
     share: Share.default(Share.parse({})),
+    /**
+     * `provider`: this VM owns USB controllers, as Qubes' sys-usb does: the
+     * devices plugged into it are offered to the other VMs, each passed on
+     * by USB/IP over the two VMs' links, through the host and its consent.
+     */
+    usb: z.object({ provider: z.boolean().default(false) }).strict().default({ provider: false }),
   })
   .strict();
 export type Vm = z.infer<typeof Vm>;

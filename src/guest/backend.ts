@@ -14,6 +14,7 @@ import { FolderMount, FolderUnmount, ShareMount, ShareUnmount } from '../protoco
 import { guestPathOfFolder } from '../host/folders/spec.js';
 import { addBookmark, removeBookmark } from './bookmarks.js';
 import type { Logger } from '../log.js';
+import { handleUsbipRequests } from '../../portals/usb/usbip-guest.js';
 
 /**
  * The guest backend: a portal backend on the guest's session bus that owns
@@ -88,6 +89,7 @@ export async function startGuestBackend(opts: { busAddress: string; spec: GuestL
   const bus = await Bus.connect(opts.busAddress);
   const link = new HostLink({ spec: opts.spec, methods: methodTable(ALL_METHODS), agent: { name: 'xdp-vm-guest', version: VERSION }, log });
   handleShareRequests(link, log);
+  handleUsbipRequests(link);
   const portals = new GuestPortals(bus, link, log);
   link.on('up', (served?: string[]) => void portals.serve(served));
   link.on('portals', (served: string[]) => void portals.serve(served));

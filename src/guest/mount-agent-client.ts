@@ -8,7 +8,7 @@ import net from 'node:net';
 export const MOUNT_AGENT_SOCKET = '/run/xdp-vm/mount-agent.sock';
 
 /** Ask the agent (from the unprivileged session backend). */
-export function askMountAgent(command: 'mount' | 'unmount' | 'status' | `mount-folder ${string}` | `unmount-folder ${string}`, socket = MOUNT_AGENT_SOCKET, timeoutMs = 8000): Promise<{ ok: boolean; detail: string }> {
+export function askMountAgent(command: 'mount' | 'unmount' | 'status' | `mount-folder ${string}` | `unmount-folder ${string}` | `usb-${string}`, socket = MOUNT_AGENT_SOCKET, timeoutMs = 8000): Promise<{ ok: boolean; detail: string }> {
   return new Promise((resolve) => {
     const c = net.connect(socket);
     let reply = '';

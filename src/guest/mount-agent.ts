@@ -6,6 +6,7 @@ import type { Logger } from '../log.js';
 import { hop } from '../trace.js';
 import { listenUnix } from '../transport/hybrid-vsock.js';
 import { MOUNT_AGENT_SOCKET } from './mount-agent-client.js';
+import { UsbAgent } from './usb-agent.js';
 import { FolderName, folderNameOfTag, folderTag, GUEST_SHARES_DIR, guestPathOfFolder } from '../host/folders/spec.js';
 
 /**
@@ -50,8 +51,12 @@ export class MountAgent {
   private busy = false;
   private lastDevices = -1;
   private lastAttempt = 0;
+  /** USB/IP: exporting this VM's devices (a provider VM) and importing the host's. */
+  private readonly usb: UsbAgent;
 
-  constructor(private readonly opts: MountAgentOptions) {}
+  constructor(private readonly opts: MountAgentOptions) {
+    this.usb = new UsbAgent({ log: opts.log });
+  }
 
   async start(): Promise<void> {
     mkdirSync(this.opts.mountPoint, { recursive: true });
@@ -201,6 +206,13 @@ export class MountAgent {
       if (line.length > 256) return void c.destroy();
       if (!line.includes('\n')) return;
       const cmd = line.trim();
+      if (cmd.startsWith('usb-')) {
+        this.usb.command(cmd).then(
+          (detail) => c.end(`ok ${detail}\n`),
+          (err: Error) => c.end(`error ${err.message.split('\n')[0]}\n`),
+        );
+        return;
+      }
       const folder = /^(mount-folder|unmount-folder) (\S+)$/.exec(cmd);
       if (folder) {
         const name = FolderName.safeParse(folder[2]);

@@ -74,7 +74,7 @@ export class VmSession {
       ? new VmNetworks({ vm, devices: this.devices, policy: deps.policy, consent: deps.consent, nextRequestId: deps.nextRequestId, notify: (change) => notify(NetworkChanged, change), dirs: networkDirs, helper: () => HelperClient.connect(), log: this.log })
       : undefined;
     this.usb = usb;
-    this.forgetUsb = usb ? usb.register({ vm, devices: this.devices, notify: (event, device) => notify(UsbChanged, { event, device }) }) : () => undefined;
+    this.forgetUsb = usb ? usb.register({ vm, devices: this.devices, notify: (event, device) => notify(UsbChanged, { event, device }), guest: () => this.guest }) : () => undefined;
     const handlers = hostHandlersFor(halves, {
       ...portalDeps,
       vm,

@@ -21,10 +21,15 @@ export function openTap(name: string): number {
 }
 
 
-/** The kernel descriptor under a connected net.Socket (a Pipe handle for Unix sockets). */
-function socketFd(socket: net.Socket): number {
-  const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
-  if (typeof fd !== 'number' || fd < 0) throw new Error('the socket has no descriptor (not connected, or closed)');
+/**
+ * The kernel descriptor under a connected net.Socket (a Pipe handle for Unix
+ * sockets, a TCP one otherwise). `_handle.fd` is libuv's, on Linux, in Node
+ * 18 and 20 alike (stream_wrap's fd getter); it is not public API, so
+ * anything else is refused.
+ */
+export function socketFd(socket: net.Socket): number {
+  const fd = (socket as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
+  if (typeof fd !== 'number' || !Number.isInteger(fd) || fd < 0) throw new Error('the socket has no descriptor (not connected, or closed)');
   return fd;
 }
 

@@ -1,6 +1,4 @@
-import { closeSync, mkdtempSync, openSync, rmSync } from 'node:fs';
-import net from 'node:net';
-import { tmpdir } from 'node:os';
+import { closeSync, openSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
@@ -17,6 +15,8 @@ import {
   type ExportableDevice,
   type VhciPlace,
 } from '../usb/usbip.js';
+import { socketFd } from '../native/fds.js';
+import { streamPair, type StreamKind } from '../usb/stream-pair.js';
 
 /**
  * Runs inside a test guest as root, on the built module (dist/): usbip.ts's
@@ -31,36 +31,7 @@ import {
  *   usbip-guest.js detach PORT | attached
  */
 
-export type StreamKind = 'tcp' | 'unix';
-
-/**
- * The fd of a connected net.Socket. `_handle.fd` is libuv's descriptor of a
- * TCP or pipe handle, on Linux, in Node 18 and 20 alike (stream_wrap's fd
- * getter); it is not public API, so anything else is refused here.
- */
-export function socketFd(socket: net.Socket): number {
-  const fd = (socket as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
-  if (typeof fd !== 'number' || !Number.isInteger(fd) || fd < 0) throw new Error(`this socket has no file descriptor (its handle's fd is ${String(fd)})`);
-  return fd;
-}
-
-/** Both ends of one connected stream in this process: TCP on the loopback, or a Unix socket in a private folder. */
-export async function streamPair(kind: StreamKind): Promise<[net.Socket, net.Socket]> {
-  const dir = kind === 'unix' ? mkdtempSync(path.join(tmpdir(), 'xdpvm-usbip-')) : undefined;
-  const server = net.createServer();
-  try {
-    const where = dir ? { path: path.join(dir, 'pair.sock') } : { host: '127.0.0.1', port: 0 };
-    await new Promise<void>((resolve, reject) => server.once('error', reject).listen(where, resolve));
-    const accepted = new Promise<net.Socket>((resolve) => server.once('connection', resolve));
-    const address = server.address();
-    const client = dir ? net.connect(path.join(dir, 'pair.sock')) : net.connect((address as net.AddressInfo).port, '127.0.0.1');
-    await new Promise<void>((resolve, reject) => client.once('error', reject).once('connect', resolve));
-    return [client, await accepted];
-  } finally {
-    server.close();
-    if (dir) rmSync(dir, { recursive: true, force: true });
-  }
-}
+export type { StreamKind };
 
 export interface Loopback {
   device: ExportableDevice;

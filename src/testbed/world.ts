@@ -30,6 +30,8 @@ export interface WorldVmSpec {
   tags?: string[];
   /** A real QEMU guest: virtio-serial transport, QMP control socket, the share mounted in the guest. */
   qemu?: boolean;
+  /** Its config's `usb` (a provider VM, as Qubes' sys-usb). */
+  usb?: { provider: boolean };
 }
 
 export interface Guest {
@@ -208,6 +210,7 @@ export class World {
         label: vm.label ?? vm.name,
         color: vm.color ?? '#3465a4',
         ...(vm.tags ? { tags: vm.tags } : {}),
+        ...(vm.usb ? { usb: vm.usb } : {}),
         ...(vm.qemu
           ? {
               transport: { type: 'virtio-serial', socket: p.portal },

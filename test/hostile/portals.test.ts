@@ -154,7 +154,7 @@ describe('Usb, from a hostile guest', () => {
 });
 
 describe('host-to-guest methods, called by a guest', () => {
-  it('folder.mount, folder.unmount, share.mount and openUri.launch are unknown methods to the host; the link stays up', async () => {
+  it('folder.mount, folder.unmount, share.mount, openUri.launch and the usbip.* requests are unknown methods to the host; the link stays up', async () => {
     const { link, request } = await rawLink('evil');
     let id = 1;
     for (const [method, params] of [
@@ -162,6 +162,9 @@ describe('host-to-guest methods, called by a guest', () => {
       ['folder.unmount', { name: 'x', tag: 'xdpvm-f-x' }],
       ['share.mount', { tag: 'xdpvm-doc' }],
       ['openUri.launch', { uri: 'https://example.com/' }],
+      ['usbip.export', { busid: '1-1', port: 'io.github.xdp_vm.usbip.x' }],
+      ['usbip.import', { port: 'io.github.xdp_vm.usbip.x', devid: 65539, speed: 5 }],
+      ['usbip.devices', {}],
     ] as const) {
       expect(await request(id++, method, params), method).toMatchObject({ t: 'err', code: 'unknown-method' });
     }

@@ -87,8 +87,9 @@ describe('the config skeleton', () => {
   it('its example, uncommented, is a valid config that sets every key of a VM', () => {
     const cfg = parseConfig(uncommented(configSkeleton()), 'skeleton');
     const work = cfg.vms.work!;
-    expect(Object.keys(work).sort()).toEqual(['color', 'label', 'share', 'tags', 'transport', 'vmm']);
+    expect(Object.keys(work).sort()).toEqual(['color', 'label', 'share', 'tags', 'transport', 'usb', 'vmm']);
     expect(Object.keys(work.share).sort()).toEqual(['cache', 'guestMount', 'socket', 'tag']);
+    expect(work.usb).toEqual({ provider: false });
     expect(cfg).toMatchObject({ virtiofsd: '/usr/lib/qemu/virtiofsd', flood: { maxPending: 4, maxRecent: 30, windowSeconds: 60 } });
   });
 });

@@ -93,6 +93,8 @@ export async function bootPortalVm(world: World, name: string, options: PortalVm
     name,
     rootPorts: 2,
     serialPorts: [{ name: PORTAL_PORT, socketPath: paths.portal }],
+    // QEMU runs as root here and the world's daemon as the test user, who must reach the sockets QEMU makes later (channels), in the daemon's own 0700 directory.
+    umask: '0000',
     ...opts,
     extraQemuArgs: ['-qmp', `unix:${paths.qmp},server=on,wait=off`, ...(opts.extraQemuArgs ?? [])],
   }).finally(handed);

@@ -12,6 +12,8 @@ export interface LaunchOptions {
   qmpSocket: string;
   timeoutMs?: number;
   onStdoutLine?: (line: string) => void;
+  /** Start QEMU with this umask (octal digits). */
+  umask?: string;
 }
 
 export interface LaunchedQemu {
@@ -25,9 +27,10 @@ export interface LaunchedQemu {
 export async function launchQemu(opts: LaunchOptions): Promise<LaunchedQemu> {
   const qemu = requireProgram('qemu-system-x86_64');
   const args = [...opts.args, '-qmp', `unix:${opts.qmpSocket},server=on,wait=off`];
-  const service = reapOnExit(
-    startService(`qemu-${opts.name}`, ...diesWithParent(qemu, args), opts.onStdoutLine ? { onStdoutLine: opts.onStdoutLine } : {}),
-  );
+  if (opts.umask !== undefined && !/^[0-7]{3,4}$/.test(opts.umask)) throw new Error(`umask ${opts.umask} is not octal digits`);
+  const [file, argv] = diesWithParent(qemu, args);
+  const command: [string, string[]] = opts.umask === undefined ? [file, argv] : ['/bin/sh', ['-c', `umask ${opts.umask} && exec "$0" "$@"`, file, ...argv]];
+  const service = reapOnExit(startService(`qemu-${opts.name}`, ...command, opts.onStdoutLine ? { onStdoutLine: opts.onStdoutLine } : {}));
   const timeoutMs = opts.timeoutMs ?? 10_000;
   const qmp = new QmpClient({ name: opts.name });
   try {

@@ -72,6 +72,12 @@ export interface BootGuestOptions {
   hostRoot?: boolean;
   /** Module groups to load (see MODULE_GROUPS); default all. */
   modules?: readonly string[];
+  /**
+   * QEMU's umask, for the sockets it makes once running (a channel's
+   * chardev): a QEMU run as root here serves a daemon run as the test user,
+   * who must be able to connect. Default: this process's.
+   */
+  umask?: string;
 }
 
 export interface BootTimings {
@@ -232,6 +238,7 @@ export async function bootGuest(opts: BootGuestOptions): Promise<Guest> {
       name: opts.name,
       args,
       qmpSocket: res.file('qmp.sock'),
+      ...(opts.umask !== undefined ? { umask: opts.umask } : {}),
       onStdoutLine: (line) => {
         const mark = /^XDPVM-([A-Z-]+)/.exec(line)?.[1];
         if (mark && !marks.has(mark)) marks.set(mark, Date.now() - tSpawn);

@@ -1,0 +1,31 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+
+/**
+ * Both ends of one connected stream socket in this process, for handing one
+ * end (or both) to the kernel's USB/IP drivers, which take a connected
+ * SOCK_STREAM socket's fd (usbip_sockfd, vhci-hcd's attach). Node has no
+ * socketpair(2): a listener is made, connected to and closed at once. A Unix
+ * socket in a private folder needs no network; TCP needs the loopback up.
+ */
+export type StreamKind = 'tcp' | 'unix';
+
+/** Both ends of one connected stream in this process: TCP on the loopback, or a Unix socket in a private folder. */
+export async function streamPair(kind: StreamKind): Promise<[net.Socket, net.Socket]> {
+  const dir = kind === 'unix' ? mkdtempSync(path.join(tmpdir(), 'xdpvm-usbip-')) : undefined;
+  const server = net.createServer();
+  try {
+    const where = dir ? { path: path.join(dir, 'pair.sock') } : { host: '127.0.0.1', port: 0 };
+    await new Promise<void>((resolve, reject) => server.once('error', reject).listen(where, resolve));
+    const accepted = new Promise<net.Socket>((resolve) => server.once('connection', resolve));
+    const address = server.address();
+    const client = dir ? net.connect(path.join(dir, 'pair.sock')) : net.connect((address as net.AddressInfo).port, '127.0.0.1');
+    await new Promise<void>((resolve, reject) => client.once('error', reject).once('connect', resolve));
+    return [client, await accepted];
+  } finally {
+    server.close();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  }
+}
