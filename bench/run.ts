@@ -14,6 +14,7 @@ import { benchRoundTrip } from './portal-round-trip.js';
 import { benchScale, benchSingleVmRate } from './scale.js';
 import { benchVm } from './vm.js';
 import { benchNetwork } from './network.js';
+import { benchUsb } from './usb.js';
 import { fmt } from './stats.js';
 import { benchLinkFloor } from './link-floor.js';
 import { breakdownRows, linkRows, roundTripRows } from './own-cost.js';
@@ -91,6 +92,8 @@ async function main(): Promise<void> {
   const vm = await benchVm({ plugs: Number(process.env.BENCH_PLUGS ?? 20), grants: Number(process.env.BENCH_GRANTS ?? 20), reads: 3 }).catch((err: Error) => err);
   console.log('two QEMU guests and the privileged helper: NIC hot-plug, VM↔VM ping ...');
   const net = await benchNetwork({ joins: Number(process.env.BENCH_JOINS ?? 10), pings: Number(process.env.BENCH_PINGS ?? 200) }).catch((err: Error) => err);
+  console.log('two QEMU guests, a USB stick from sys-usb into work by USB/IP: attach, sequential read ...');
+  const usb = await benchUsb({ attaches: Number(process.env.BENCH_USB_ATTACHES ?? 10), reads: Number(process.env.BENCH_USB_READS ?? 5) }).catch((err: Error) => err);
 
   const w = [52, 12, 12, 22];
   const r4 = (cols: (string | number)[]) => row(cols, w);
@@ -141,12 +144,22 @@ async function main(): Promise<void> {
     lines.push(row(['VM↔VM ping, hot-plugged NICs (tap, vm-only bridge)', fmt(net.pingHotplugged.p50), fmt(net.pingHotplugged.p99), ''], w));
     lines.push(row(['  baseline: NICs the VMs booted with (QEMU stream link)', fmt(net.pingBootNic.p50), fmt(net.pingBootNic.p99), ''], w));
   }
+  if (usb instanceof Error) lines.push('', `USB in QEMU guests: FAILED: ${usb.message}`);
+  else {
+    lines.push('', `USB, a ${usb.stickMiB} MiB stick from VM sys-usb into VM work by USB/IP (two QEMU guests)`);
+    lines.push(row(['measure', 'p50', 'p99', ''], w));
+    lines.push(row(['AttachUsb → disk present in the guest (ms)', fmt(usb.attachToDisk.p50), fmt(usb.attachToDisk.p99), ''], w));
+    lines.push(row(['  baseline: guest agent round trip (the wait\'s own cost, ms)', fmt(usb.agentRoundTrip.p50), fmt(usb.agentRoundTrip.p99), ''], w));
+    lines.push(row(['sequential read in work, through USB/IP (MiB/s)', usb.readUsbip.p50.toFixed(1), usb.readUsbip.min.toFixed(1), 'p99 column: slowest'], w));
+    lines.push(row(['  baseline: the same stick read in sys-usb (MiB/s)', usb.readNative.p50.toFixed(1), usb.readNative.min.toFixed(1), ''], w));
+  }
   console.log(`\n${lines.join('\n')}`);
   const file = path.join(packageRoot(), 'bench-results.json');
-  writeFileSync(file, `${JSON.stringify({ date: new Date().toISOString(), node: process.version, cpus: os.cpus().length, roundTrip: rt, hostRoute: route, hops, link, docView, vm: vm instanceof Error ? { error: vm.message } : vm, network: net instanceof Error ? { error: net.message } : net, scale: { ...scale, soloRate: solo } }, null, 2)}\n`);
+  writeFileSync(file, `${JSON.stringify({ date: new Date().toISOString(), node: process.version, cpus: os.cpus().length, roundTrip: rt, hostRoute: route, hops, link, docView, vm: vm instanceof Error ? { error: vm.message } : vm, network: net instanceof Error ? { error: net.message } : net, usb: usb instanceof Error ? { error: usb.message } : usb, scale: { ...scale, soloRate: solo } }, null, 2)}\n`);
   console.log(`\nwrote ${file}`);
   if (vm instanceof Error) throw vm;
   if (net instanceof Error) throw net;
+  if (usb instanceof Error) throw usb;
 }
 
 main().then(
