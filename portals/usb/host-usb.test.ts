@@ -444,6 +444,9 @@ describe('HostUsb: a provider VM\'s devices, by USB/IP', () => {
     expect(list.map((d) => [d.id, d.key, d.product])).toEqual([['sys-usb.b1d3', STICK_KEY, 'QEMU USB HARDDRIVE']]);
     expect(await w.usb.list('sys-usb')).toEqual([]);
     expect(w.sysUsb.asked[0]).toEqual(['usbip.devices', {}]);
+    // Lists in a burst, from any VM, ask the provider once a second at most.
+    await Promise.all([w.usb.list('work'), w.usb.list('work'), w.usb.hostList()]);
+    expect(w.sysUsb.asked.filter(([m]) => m === 'usbip.devices')).toHaveLength(1);
   });
 
   it('attaches by USB/IP: a channel into each VM, relayed both ways; the provider exports, the VM imports; release undoes it all', async () => {

@@ -109,6 +109,8 @@ interface Held {
 }
 
 const PROVIDER_ASK_MS = 10_000;
+/** A provider's list this recent is used as it is. */
+const PROVIDER_FRESH_MS = 1000;
 const USBIP_STEP_MS = 30_000;
 
 /** What `xdp-vm usb list` shows on the host: every device, offered or not, and who holds it. */
@@ -167,8 +169,9 @@ export class HostUsb {
   private readonly held = new Map<UsbId, Held>();
   /** The devices as last read, by id: what an unplug's event no longer has in sysfs. */
   private known = new Map<UsbId, Dev>();
-  /** Each provider VM's devices, as it last said. */
+  /** Each provider VM's devices, as it last said, and when it was last asked. */
   private readonly provided = new Map<string, Dev[]>();
+  private readonly asked = new Map<string, { at: number; pending: boolean; done: Promise<void> }>();
   private readonly locks = new Map<UsbId, Promise<unknown>>();
   private readonly log: Logger;
 
@@ -216,20 +219,34 @@ export class HostUsb {
     return devices;
   }
 
-  /** Ask each provider VM whose guest is connected for its devices; one that does not answer keeps what it said last. */
+  /**
+   * Ask each provider VM whose guest is connected for its devices; one that
+   * does not answer keeps what it said last. Asked at most once a second per
+   * provider, and one ask at a time, however many VMs list at once: a VM
+   * listing in a loop cannot make the daemon hammer the provider's guest.
+   */
   async refreshProviders(): Promise<void> {
     await Promise.all(
       [...this.links.values()]
         .filter(({ link }) => link.vm.usb?.provider)
-        .map(async ({ link }) => {
+        .map(({ link }) => {
+          const name = link.vm.name;
           const guest = link.guest();
-          if (!guest) return void this.provided.delete(link.vm.name);
-          try {
-            const r = await guest.request(UsbipDevices, {}, { signal: AbortSignal.timeout(PROVIDER_ASK_MS) });
-            this.provided.set(link.vm.name, r.devices.flatMap((p) => providedDevice(link.vm.name, p) ?? []));
-          } catch (err) {
-            this.log.warn({ provider: link.vm.name, err: (err as Error).message }, 'the provider VM did not list its USB devices');
+          if (!guest) {
+            this.provided.delete(name);
+            return undefined;
           }
+          const last = this.asked.get(name);
+          if (last && (last.pending || Date.now() - last.at < PROVIDER_FRESH_MS)) return last.done;
+          const done = guest
+            .request(UsbipDevices, {}, { signal: AbortSignal.timeout(PROVIDER_ASK_MS) })
+            .then(
+              (r) => void this.provided.set(name, r.devices.flatMap((p) => providedDevice(name, p) ?? [])),
+              (err: Error) => this.log.warn({ provider: name, err: err.message }, 'the provider VM did not list its USB devices'),
+            )
+            .finally(() => this.asked.set(name, { at: Date.now(), pending: false, done: Promise.resolve() }));
+          this.asked.set(name, { at: Date.now(), pending: true, done });
+          return done;
         }),
     );
   }
@@ -335,6 +352,8 @@ export class HostUsb {
   async guestConnected(vm: string): Promise<void> {
     const link = this.links.get(vm)?.link;
     if (!link?.devices?.vmm) return;
+    // A provider's new guest is asked afresh: what it said before it (re)started is stale.
+    if (link.vm.usb?.provider) this.asked.delete(vm);
     await this.attachAlways(vm);
     if (!link.vm.usb?.provider) return;
     // A provider VM came up: each of its devices goes where an "Always" row wants it.
@@ -632,6 +651,7 @@ export class HostUsb {
    */
   private onVmmGone(vm: string): void {
     this.provided.delete(vm);
+    this.asked.delete(vm);
     for (const [id, h] of [...this.held]) {
       const providerGone = h.usbip?.provider === vm;
       if (h.vm !== vm && !providerGone) continue;
