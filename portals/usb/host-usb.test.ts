@@ -410,7 +410,8 @@ describe('HostUsb: a provider VM\'s devices, by USB/IP', () => {
   const STICK_KEY = 'usb:46f4/0001/QEMU_QEMU_USB_HARDDRIVE_XDPVM-1';
 
   function world(opts: { failImport?: string; importerNoChannels?: boolean; rows?: PolicyRow[] } = {}) {
-    const sysUsb = usbipVm({ provider: true, provided: [STICK_IN_VM, { ...STICK_IN_VM, busid: '1-2', devnum: 4, idSerial: 'bad/serial' }] });
+    const provided: unknown[] = [STICK_IN_VM, { ...STICK_IN_VM, busid: '1-2', devnum: 4, idSerial: 'bad/serial' }];
+    const sysUsb = usbipVm({ provider: true, provided });
     const work = usbipVm({ ...(opts.failImport ? { failImport: opts.failImport } : {}), noChannels: opts.importerNoChannels ?? false });
     const cap = captureLogger();
     configureAudit({ logger: cap.log, file: null });
@@ -435,7 +436,7 @@ describe('HostUsb: a provider VM\'s devices, by USB/IP', () => {
     ] as const) {
       usb.register({ vm: { ...vmConfig(name, name === 'work' ? 'Work' : 'sys-usb'), usb: { provider: v.provider } }, devices: v.devices, notify: (event, device) => (v.told.push({ event, device }), true), guest: () => v.guest as never });
     }
-    return { usb, sysUsb, work, asked, audits: () => cap.lines().filter((l) => l.audit === true) };
+    return { usb, sysUsb, work, asked, provided, audits: () => cap.lines().filter((l) => l.audit === true) };
   }
 
   it('lists a provider\'s devices to the other VMs, never to itself, with its words made showable and bad keys left out', async () => {
@@ -503,5 +504,30 @@ describe('HostUsb: a provider VM\'s devices, by USB/IP', () => {
     expect(w.audits().some((l) => (l.asked as { why?: string }).why === 'VM "sys-usb", which the device is plugged into, stopped')).toBe(true);
     await w.usb.guestConnected('sys-usb');
     expect(w.work.asked.filter(([m]) => m === 'usbip.import')).toHaveLength(2);
+  });
+
+  it('a device unplugged from the provider leaves the VM that had it; replugged, the "Always" row follows it', async () => {
+    const w = world({ rows: [{ portal: 'Usb', subject: 'work', verdict: 'allow', arg: STICK_KEY }] });
+    await w.usb.guestConnected('work');
+    expect(w.work.asked.map(([m]) => m)).toEqual(['usbip.import']);
+    w.provided.splice(0, 1);
+    await new Promise((r) => setTimeout(r, 1100));
+    await w.usb.refreshProviders();
+    await new Promise((r) => setTimeout(r, 20));
+    expect(w.work.told.map((x) => [x.event, x.device.id])).toEqual([
+      ['attached', 'sys-usb.b1d3'],
+      ['detached', 'sys-usb.b1d3'],
+      ['unplugged', 'sys-usb.b1d3'],
+    ]);
+    expect(w.sysUsb.told).toEqual([]);
+    expect(w.work.asked.at(-1)).toEqual(['usbip.unimport', { vhciPort: 15 }]);
+    expect(w.audits().some((l) => (l.asked as { why?: string }).why === 'the device was unplugged from VM "sys-usb"')).toBe(true);
+    w.provided.push({ ...STICK_IN_VM, devnum: 9 });
+    await new Promise((r) => setTimeout(r, 1100));
+    await w.usb.refreshProviders();
+    await new Promise((r) => setTimeout(r, 50));
+    expect(w.work.told.at(-2)).toMatchObject({ event: 'plugged', device: { id: 'sys-usb.b1d9' } });
+    expect(w.work.told.at(-1)).toMatchObject({ event: 'attached', device: { id: 'sys-usb.b1d9', state: 'here' } });
+    expect(w.sysUsb.asked.filter(([m]) => m === 'usbip.export').at(-1)).toEqual(['usbip.export', { busid: '1-1', port: 'io.github.xdp_vm.usbip.work.b1d9' }]);
   });
 });

@@ -241,7 +241,12 @@ export class HostUsb {
           const done = guest
             .request(UsbipDevices, {}, { signal: AbortSignal.timeout(PROVIDER_ASK_MS) })
             .then(
-              (r) => void this.provided.set(name, r.devices.flatMap((p) => providedDevice(name, p) ?? [])),
+              (r) => {
+                const before = this.provided.get(name);
+                const now = r.devices.flatMap((p) => providedDevice(name, p) ?? []);
+                this.provided.set(name, now);
+                if (before) void this.providerChanged(before, now);
+              },
               (err: Error) => this.log.warn({ provider: name, err: err.message }, 'the provider VM did not list its USB devices'),
             )
             .finally(() => this.asked.set(name, { at: Date.now(), pending: false, done: Promise.resolve() }));
@@ -249,6 +254,46 @@ export class HostUsb {
           return done;
         }),
     );
+  }
+
+  /**
+   * What a provider's new list says came and went since its last, told as
+   * the host's own plugging is: unplugged devices leave the VM that had them,
+   * new ones go where an "Always" row wants them. Only between two lists of
+   * the same guest: a provider that (re)connects is its start, not a plug.
+   */
+  private async providerChanged(before: readonly Dev[], now: readonly Dev[]): Promise<void> {
+    const ids = (list: readonly Dev[]) => new Set(list.map((d) => usbIdOf(d)));
+    const had = ids(before);
+    const has = ids(now);
+    try {
+      for (const dev of before) if (!has.has(usbIdOf(dev))) await this.unplugged(dev);
+      for (const dev of now) {
+        if (had.has(usbIdOf(dev))) continue;
+        const offer = offerOf(dev);
+        if (!offer.offered) continue;
+        for (const { link } of this.links.values()) {
+          if (link.vm.name === dev.source) continue;
+          if ((await this.deps.policy.decision(PORTAL, permissionKey(dev), link.vm)).verdict !== 'deny') link.notify('plugged', this.entryOf(dev, link.vm.name, offer));
+        }
+        await this.attachWanted(dev);
+      }
+    } catch (err) {
+      this.log.error({ err: (err as Error).message }, 'could not follow a provider VM\'s USB devices');
+    }
+  }
+
+  /**
+   * Ask the provider VMs for their devices every `intervalMs`, so a device
+   * plugged into or out of one is noticed (and an "Always" row follows it)
+   * without anyone listing. Returns the function that stops it.
+   */
+  pollProviders(intervalMs = 2000): () => void {
+    const timer = setInterval(() => {
+      if ([...this.links.values()].some(({ link }) => link.vm.usb?.provider && link.guest())) void this.refreshProviders();
+    }, intervalMs);
+    timer.unref();
+    return () => clearInterval(timer);
   }
 
   /** Every host device, offered or not, with the VM holding it: for the host's user. */
@@ -389,11 +434,14 @@ export class HostUsb {
         this.held.delete(id);
         const link = this.links.get(h.vm)?.link;
         // QEMU keeps a usb-host whose device went, waiting for it: take it out, as a replug gets a new address.
-        await link?.devices?.vmm?.usb?.detachUsb(id).catch((err: Error) => this.log.warn({ vm: h.vm, device: id, err: err.message }, 'could not remove the VMM\'s device for an unplugged USB device'));
-        this.record(h.vm, this.deps.nextRequestId(), 'revoke', 'failure', { device: id, key: h.key, busid: h.busid, detached: true, why: 'the device was unplugged from the host' });
+        // A USB/IP route's channels and import go the same way.
+        if (h.usbip) await this.detachUsbip(h.vm, id, h);
+        else await link?.devices?.vmm?.usb?.detachUsb(id).catch((err: Error) => this.log.warn({ vm: h.vm, device: id, err: err.message }, 'could not remove the VMM\'s device for an unplugged USB device'));
+        this.record(h.vm, this.deps.nextRequestId(), 'revoke', 'failure', { device: id, key: h.key, busid: h.busid, detached: true, why: dev.source ? `the device was unplugged from VM "${dev.source}"` : 'the device was unplugged from the host' });
         if (link) link.notify('detached', this.entryOf(dev, h.vm));
       }
       for (const { link } of this.links.values()) {
+        if (link.vm.name === dev.source) continue;
         if ((await this.deps.policy.decision(PORTAL, permissionKey(dev), link.vm)).verdict !== 'deny') link.notify('unplugged', this.entryOf(dev, link.vm.name));
       }
     });
@@ -402,7 +450,7 @@ export class HostUsb {
   /** A device just plugged in goes to the VM whose allow row names it, if that VM is up. */
   private async attachWanted(dev: Dev): Promise<void> {
     for (const { link } of this.links.values()) {
-      if (!link.devices?.vmm) continue;
+      if (!link.devices?.vmm || link.vm.name === dev.source) continue;
       if (await this.alwaysRow(link.vm, dev)) {
         await this.tryAlways(link, dev);
         return;

@@ -21,7 +21,9 @@ import { World } from '../../src/testbed/world.js';
  * vhci-hcd. work's kernel then enumerates the stick, and the test reads the
  * known bytes from the disk it makes. Then: detach takes it away and gives
  * it back to sys-usb's usb-storage; an "Always" row brings it back after
- * work reboots; a VM a row denies never sees it.
+ * work reboots, and after the stick is unplugged from sys-usb and plugged in
+ * again (over sys-usb's own QMP, as a hand would); a VM a row denies never
+ * sees it.
  */
 const SLOW = 420_000;
 const NODE = process.execPath;
@@ -106,7 +108,7 @@ beforeAll(async () => {
   sysUsb = await bootPortalVm(world, 'sys-usb', {
     rootPorts: 2,
     prepare: insmod,
-    extraQemuArgs: ['-device', 'qemu-xhci,id=xhci', '-drive', `if=none,id=stick,format=raw,readonly=on,file=${image.file.replaceAll(',', ',,')}`, '-device', `usb-storage,bus=xhci.0,drive=stick,serial=${SERIAL}`],
+    extraQemuArgs: ['-device', 'qemu-xhci,id=xhci', '-drive', `if=none,id=stick,format=raw,readonly=on,file=${image.file.replaceAll(',', ',,')}`, '-device', `usb-storage,bus=xhci.0,drive=stick,serial=${SERIAL},id=stick-dev`],
   });
   await ready(sysUsb);
   await bootWork();
@@ -165,5 +167,21 @@ describe('a USB stick from sys-usb into work, by USB/IP through the host', () =>
     expect(disk).not.toBe('');
     await expectKnownBytes(work!, disk);
     expect(audit().at(-1)).toMatchObject({ vm: 'work', decision: 'allow', reason: 'policy', asked: { via: 'always', by: 'usbip' } });
+  }, SLOW);
+
+  it('unplugged from sys-usb, it leaves work; plugged in again, the "Always" row follows it', async () => {
+    const qmp = sysUsb!.guest.qmp;
+    const deleted = qmp.waitForEvent((e) => e.event === 'DEVICE_DELETED' && e.data.device === 'stick-dev', { timeoutMs: 30_000 });
+    await qmp.execute('device_del', { id: 'stick-dev' });
+    await deleted;
+    await expect.poll(() => vhciDisk(work!, 1), { timeout: 60_000, interval: 1000 }).toBe('');
+    expect(audit().at(-1)).toMatchObject({ vm: 'work', decision: 'revoke', asked: { key: KEY, why: 'the device was unplugged from VM "sys-usb"' } });
+    // The legacy -drive went with its device: plug the same image in again as a new node.
+    await qmp.execute('blockdev-add', { driver: 'raw', 'node-name': 'stick2', 'read-only': true, file: { driver: 'file', filename: image.file, 'read-only': true } });
+    await qmp.execute('device_add', { driver: 'usb-storage', bus: 'xhci.0', drive: 'stick2', serial: SERIAL, id: 'stick-dev' });
+    const disk = await vhciDisk(work!, 90);
+    expect(disk).not.toBe('');
+    await expectKnownBytes(work!, disk);
+    expect(audit().at(-1)).toMatchObject({ vm: 'work', decision: 'allow', reason: 'policy', asked: { via: 'always', by: 'usbip', from: 'sys-usb' } });
   }, SLOW);
 });
