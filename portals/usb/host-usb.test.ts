@@ -191,6 +191,7 @@ describe('HostUsb: acquiring and releasing', () => {
     expect(await t.usb.acquire('work', 'b1d5', 'guest')).toEqual({ id: 'b1d5', key: KEY });
     expect(t.asked.map((q) => q.summary)).toEqual(["Work wants to use the USB device 'YubiKey 5 NFC' (1050:0407)"]);
     expect(t.asked[0]).toMatchObject({ portal: 'Usb', arg: KEY });
+    expect(t.asked[0]!.details).toContainEqual({ label: 'Plugged into', value: 'USB port 1-2 of this computer' });
     expect(t.vms.work!.attached).toEqual([{ id: 'b1d5', vendorId: 0x1050, productId: 0x0407, hostBus: 1, hostAddress: 5 }]);
     expect(t.vms.work!.told.map((x) => [x.event, x.device.id, x.device.state])).toEqual([['attached', 'b1d5', 'here']]);
     expect(t.audits().at(-1)).toMatchObject({ vm: 'work', portal: 'Usb', decision: 'allow', reason: 'user', asked: { device: 'b1d5', key: KEY, busid: '1-2', via: 'guest', attached: true, by: 'address' } });
@@ -454,6 +455,7 @@ describe('HostUsb: a provider VM\'s devices, by USB/IP', () => {
     const w = world();
     expect(await w.usb.acquire('work', 'sys-usb.b1d3', 'guest')).toEqual({ id: 'sys-usb.b1d3', key: STICK_KEY });
     expect(w.asked[0]!.summary).toBe("Work wants to use the USB device 'QEMU USB HARDDRIVE' (46f4:0001)");
+    expect(w.asked[0]!.details).toContainEqual({ label: 'Plugged into', value: 'USB port 1-1 of VM "sys-usb", which passes it on through this computer' });
     expect(w.sysUsb.opened.map((c) => [c.id, c.name])).toEqual([['usb-work-b1d3', 'io.github.xdp_vm.usbip.work.b1d3']]);
     expect(w.work.opened.map((c) => [c.id, c.name])).toEqual([['usb-sys-usb-b1d3', 'io.github.xdp_vm.usbip.sys-usb.b1d3']]);
     expect(w.sysUsb.asked.filter(([m]) => m !== 'usbip.devices')).toEqual([['usbip.export', { busid: '1-1', port: 'io.github.xdp_vm.usbip.work.b1d3' }]]);

@@ -126,11 +126,6 @@ export function usbIdOf(dev: Pick<Dev, 'busnum' | 'devnum' | 'source'>): UsbId {
   return `${dev.source ? `${dev.source}.` : ''}b${dev.busnum}d${dev.devnum}`;
 }
 
-/** Where a device is plugged in, in words: `USB port 1-2 of this computer`, or of a VM. */
-export function whereIs(dev: Pick<Dev, 'busid' | 'source'>): string {
-  return dev.source ? `USB port ${dev.busid} of VM "${dev.source}"` : `USB port ${dev.busid} of this computer`;
-}
-
 /**
  * A provider VM's word for one of its devices, as HostUsb holds it: every
  * string made showable again and capped, and its key checked as the policy
