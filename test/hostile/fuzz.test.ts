@@ -29,6 +29,8 @@ const TARGET_FRAMES = Number(process.env.XDP_VM_FUZZ_FRAMES ?? 100_000);
 const TIME_BUDGET_MS = 150_000;
 const RSS_HEADROOM_KIB = 256 * 1024;
 const WORK_EVERY_MS = 2500;
+/** How long a request at the dialog may go unanswered, though the scripted user cancels at once, before it counts as hung. */
+const DIALOG_ANSWER_MS = 15_000;
 /** journald's default for one unit: RateLimitBurst=10000 per RateLimitIntervalSec=30s. */
 const JOURNALD_BURST = 10_000;
 const JOURNALD_INTERVAL_MS = 30_000;
@@ -121,7 +123,7 @@ interface RunStats {
   windows: [number, number][];
   /** Links that waited for the user to cancel a dialog one of their requests reached. */
   waitedForDialogs: number;
-  /** Requests admitted past the flood gate that were still unanswered 3 s later, though the user cancels at once. */
+  /** Requests admitted past the flood gate that were still unanswered 15 s later, though the user cancels at once: hung, not slow (the machines are shared and noisy). */
   slowDialogs: string[];
   ms: number;
 }
@@ -209,8 +211,8 @@ async function fuzz(endpoint: string, rng: Rng): Promise<RunStats> {
       stats.waitedForDialogs++;
       const waitStarted = Date.now();
       const unanswered: string[] = [];
-      for (const f of owed) if ((await link.answer(f.awaits!, Math.max(1, waitStarted + 3000 - Date.now()))) !== 'answered') unanswered.push(`${f.awaits}: ${f.what}`);
-      if (unanswered.length) stats.slowDialogs.push(`link ${stats.links}: no answer within 3 s to ${unanswered.join(', ')}`);
+      for (const f of owed) if ((await link.answer(f.awaits!, Math.max(1, waitStarted + DIALOG_ANSWER_MS - Date.now()))) !== 'answered') unanswered.push(`${f.awaits}: ${f.what}`);
+      if (unanswered.length) stats.slowDialogs.push(`link ${stats.links}: no answer within ${DIALOG_ANSWER_MS / 1000} s to ${unanswered.join(', ')}`);
       if (unanswered.length && process.env.XDP_VM_FUZZ_DEBUG) console.log(`link ${stats.links}`, link.answered.size, body.map((f) => `${f.awaits ?? ''} ${f.kind} ${f.what.slice(0, 60)}`).join('\n'));
     }
     // End the link: mostly with a frame the host must refuse, sometimes by just going away. A frame held
@@ -405,7 +407,8 @@ describe('a seeded fuzz of a VM link', () => {
     expect.soft(stats.garbledFromHost).toBe(0);
 
     // The other VM: every save answered, and on the host.
-    expect(workResults.length, 'saves of VM work during the fuzz').toBeGreaterThanOrEqual(Math.floor(stats.ms / WORK_EVERY_MS / 2));
+    // Served at all while the fuzz ran; how fast is the bench's to say, not a test's (a shared machine stalls at times).
+    expect(workResults.length, 'saves of VM work during the fuzz').toBeGreaterThanOrEqual(Math.max(1, Math.floor(stats.ms / WORK_EVERY_MS / 4)));
     expect.soft(workResults.filter((r) => r.response !== 0 || !r.landed)).toEqual([]);
     expect.soft(Math.max(...workResults.map((r) => r.ms)), 'slowest save of VM work, ms').toBeLessThan(10_000);
 
