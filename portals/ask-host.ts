@@ -26,3 +26,15 @@ export async function askHost<M extends MethodDescriptor>(host: HostLink, method
   if (r && typeof r === 'object' && 'response' in r) throw new PortalError('Failed', FLOODED);
   return r as Answered<ResultOf<M>>;
 }
+
+/**
+ * The same for the host's bus API (io.github.xdp_vm.Host1), where what the
+ * caller named and the host does not have is NotFound. Throws `err` on as
+ * it is when it is not a ProtocolError.
+ */
+export function asControlError(err: unknown): never {
+  if (err instanceof ProtocolError) {
+    throw new PortalError(err.code === 'invalid-params' ? 'NotFound' : err.code === 'denied' ? 'NotAllowed' : 'Failed', err.message);
+  }
+  throw err;
+}

@@ -1,6 +1,6 @@
 import { PortalError } from '../../src/dbus/bus.js';
 import type { VmSession } from '../../src/host/vm-session.js';
-import { ProtocolError } from '../../src/protocol/messages.js';
+import { asControlError } from '../ask-host.js';
 import { describeNetwork } from './question.js';
 
 /**
@@ -14,13 +14,6 @@ function sessionOf(sessions: ReadonlyMap<string, VmSession>, vm: string): VmSess
   if (!s) throw new PortalError('NotFound', `no VM named "${vm}"; configured: ${[...sessions.keys()].join(', ') || 'none'}`);
   if (!s.networks) throw new PortalError('Failed', 'this host daemon serves no networks');
   return s;
-}
-
-function asPortalError(err: unknown): never {
-  if (err instanceof ProtocolError) {
-    throw new PortalError(err.code === 'invalid-params' ? 'NotFound' : err.code === 'denied' ? 'NotAllowed' : 'Failed', err.message);
-  }
-  throw err;
 }
 
 export function networkControl(sessions: ReadonlyMap<string, VmSession>) {
@@ -38,12 +31,12 @@ export function networkControl(sessions: ReadonlyMap<string, VmSession>) {
     },
     AttachNetwork: async ([vm, network]: unknown[]) => {
       const s = sessionOf(sessions, vm as string);
-      const r = await s.networks!.join(String(network), 'cli').catch(asPortalError);
+      const r = await s.networks!.join(String(network), 'cli').catch(asControlError);
       return [r.mac];
     },
     DetachNetwork: async ([vm, network]: unknown[]) => {
       const s = sessionOf(sessions, vm as string);
-      const left = await s.networks!.leave(String(network), 'cli').catch(asPortalError);
+      const left = await s.networks!.leave(String(network), 'cli').catch(asControlError);
       if (!left) throw new PortalError('NotFound', `VM "${s.vm.name}" is not on the network '${String(network).slice(0, 40)}'; see xdp-vm net list`);
       return [];
     },

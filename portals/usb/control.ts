@@ -1,5 +1,5 @@
 import { PortalError, variant } from '../../src/dbus/bus.js';
-import { ProtocolError } from '../../src/protocol/messages.js';
+import { asControlError } from '../ask-host.js';
 import type { HostUsb } from './host-usb.js';
 
 /**
@@ -8,13 +8,6 @@ import type { HostUsb } from './host-usb.js';
  * nothing more; each change is audited with reason "cli". Refusals are
  * sentences the caller can show as they are.
  */
-function asPortalError(err: unknown): never {
-  if (err instanceof ProtocolError) {
-    throw new PortalError(err.code === 'invalid-params' ? 'NotFound' : err.code === 'denied' ? 'NotAllowed' : 'Failed', err.message);
-  }
-  throw err;
-}
-
 export function usbControl(usb: HostUsb | undefined) {
   const need = () => {
     if (!usb) throw new PortalError('Failed', 'this host daemon serves no USB devices');
@@ -45,7 +38,7 @@ export function usbControl(usb: HostUsb | undefined) {
         const r = await u.acquire(String(vm), row.id, 'cli');
         return [r.id, row.offer.offered ? (row.offer.warning ?? '') : ''];
       } catch (err) {
-        return asPortalError(err);
+        return asControlError(err);
       }
     },
     DetachUsb: async ([device]: unknown[]) => {
@@ -55,7 +48,7 @@ export function usbControl(usb: HostUsb | undefined) {
         if (!row.holder || !(await u.release(undefined, row.id, 'cli'))) throw new PortalError('NotFound', `no VM has ${row.id} (${row.device.busid}); xdp-vm usb list shows who has what`);
         return [row.holder];
       } catch (err) {
-        return asPortalError(err);
+        return asControlError(err);
       }
     },
   };

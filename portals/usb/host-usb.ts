@@ -15,6 +15,7 @@ import type { VmmEvent } from '../../src/vmm/adapter.js';
 import type { MethodDescriptor, Params, ResultOf } from '../../src/protocol/methods.js';
 import type { GuestPeer } from '../portal.js';
 import { UsbDeviceId } from './key.js';
+import { relayBoth } from '../../src/usb/stream-pair.js';
 import { UsbipDevices, UsbipExport, UsbipImport, UsbipUnexport, UsbipUnimport, type ProvidedDevice } from './usbip-schema.js';
 import { acquireQuestion, deviceInWords } from './question.js';
 import type { UsbEntry, UsbEvent, UsbId, UsbState } from './schema.js';
@@ -585,7 +586,7 @@ export class HostUsb {
       const toImporter = await i.openChannel({ id: route.importerChannel, name: portName(provider.vm.name), socketPath: this.channelSocket(link.vm.name, route.importerChannel) });
       undo.push(() => i.closeChannel(route.importerChannel));
       route.streams = [fromProvider, toImporter];
-      this.relay(fromProvider, toImporter, { vm: link.vm.name, device: id });
+      relayBoth(fromProvider, toImporter, ["the provider's channel", "the VM's channel"], (why) => this.log.info({ vm: link.vm.name, device: id, why }, 'USB/IP relay ended'));
       const exported = await this.ask(provider, UsbipExport, { busid: dev.busid, port: portName(link.vm.name) });
       undo.push(() => this.ask(provider, UsbipUnexport, { busid: dev.busid }));
       const imported = await this.ask(link, UsbipImport, { port: portName(provider.vm.name), devid: exported.devid, speed: exported.speed });
@@ -620,24 +621,6 @@ export class HostUsb {
     await step('its channel stayed in the VM', importer?.devices?.vmm?.channels ? () => importer.devices!.vmm!.channels!.closeChannel(r.importerChannel) : undefined);
     await step(`its channel stayed in VM "${r.provider}"`, provider?.devices?.vmm?.channels ? () => provider.devices!.vmm!.channels!.closeChannel(r.providerChannel) : undefined);
     if (failures.length) this.log.warn({ vm, device: id, failures }, 'a USB/IP detach was not clean');
-  }
-
-  /** Bytes both ways between the two channels, each stream's backpressure holding the other; either end going ends both. */
-  private relay(a: Duplex, b: Duplex, facts: Record<string, unknown>): void {
-    let ended = false;
-    const end = (why: string) => {
-      if (ended) return;
-      ended = true;
-      this.log.info({ ...facts, why }, 'USB/IP relay ended');
-      a.destroy();
-      b.destroy();
-    };
-    a.on('error', (err: Error) => end(`the provider's channel: ${err.message}`));
-    b.on('error', (err: Error) => end(`the VM's channel: ${err.message}`));
-    a.on('close', () => end('the provider\'s channel closed'));
-    b.on('close', () => end('the VM\'s channel closed'));
-    a.pipe(b);
-    b.pipe(a);
   }
 
   private channelSocket(vm: string, channel: string): string {

@@ -5,7 +5,7 @@ import type { Logger } from '../log.js';
 import { socketFd } from '../native/fds.js';
 import { busIdProblem } from '../helper/commands.js';
 import { listUsbDevices, type UsbHostDevice } from '../usb/devices.js';
-import { streamPair } from '../usb/stream-pair.js';
+import { relayBoth, streamPair } from '../usb/stream-pair.js';
 import {
   attachToVhci,
   bindToUsbipHost,
@@ -39,6 +39,8 @@ interface Relay {
   port: Duplex;
   ours: net.Socket;
   closed: boolean;
+  /** End both streams. */
+  close: () => void;
 }
 
 export interface UsbAgentOptions {
@@ -177,25 +179,17 @@ export class UsbAgent {
   }
 
   private relay(port: Duplex, ours: net.Socket, facts: Record<string, unknown>): Relay {
-    const r: Relay = { port, ours, closed: false };
-    const end = (why: string) => {
-      if (r.closed) return;
+    const r: Relay = { port, ours, closed: false, close: () => undefined };
+    r.close = relayBoth(port, ours, ['the channel', 'the kernel side'], (why) => {
+      r.closed = true;
       this.log.info({ ...facts, why }, 'USB/IP stream ended');
-      this.close(r);
-    };
-    port.on('error', (err: Error) => end(`channel: ${err.message}`));
-    ours.on('error', (err: Error) => end(`kernel side: ${err.message}`));
-    port.on('close', () => end('the channel closed'));
-    ours.on('close', () => end('the kernel closed its end'));
-    port.pipe(ours);
-    ours.pipe(port);
+    });
     return r;
   }
 
   private close(r: Relay): void {
     r.closed = true;
-    r.port.destroy();
-    r.ours.destroy();
+    r.close();
   }
 
   /** Run `op`; if the driver it needs is not loaded, load it once and run it again. */

@@ -1,5 +1,6 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import net from 'node:net';
+import type { Duplex } from 'node:stream';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 
@@ -28,4 +29,27 @@ export async function streamPair(kind: StreamKind): Promise<[net.Socket, net.Soc
     server.close();
     if (dir) rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/**
+ * Bytes both ways between two streams, each one's backpressure holding the
+ * other; either end erring or closing ends both, and `onEnd` hears why,
+ * once. `names` say which end is which in that sentence.
+ */
+export function relayBoth(a: Duplex, b: Duplex, names: [string, string], onEnd: (why: string) => void): () => void {
+  let ended = false;
+  const end = (why: string) => {
+    if (ended) return;
+    ended = true;
+    onEnd(why);
+    a.destroy();
+    b.destroy();
+  };
+  a.on('error', (err: Error) => end(`${names[0]}: ${err.message}`));
+  b.on('error', (err: Error) => end(`${names[1]}: ${err.message}`));
+  a.on('close', () => end(`${names[0]} closed`));
+  b.on('close', () => end(`${names[1]} closed`));
+  a.pipe(b);
+  b.pipe(a);
+  return () => end('closed here');
 }
