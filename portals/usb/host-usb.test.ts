@@ -1,5 +1,6 @@
 import { EventEmitter } from 'node:events';
-import { fstatSync, mkdtempSync, openSync } from 'node:fs';
+import { fstatSync, mkdtempSync, openSync, rmSync } from 'node:fs';
+import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { Duplex } from 'node:stream';
@@ -56,7 +57,8 @@ const HUB = device({ busid: '1-1', devnum: 2, vendorId: '0409', productId: '55aa
 const WEBCAM = device({ busid: '1-4', devnum: 3, vendorId: '04f2', productId: 'b6dd', product: 'Integrated Camera', removable: 'fixed', idSerial: 'Chicony_Integrated_Camera' });
 const STICK = device({ busid: '1-5', devnum: 7, vendorId: '46f4', productId: '0001', manufacturer: 'QEMU', product: 'QEMU USB HARDDRIVE', idSerial: 'QEMU_QEMU_USB_HARDDRIVE_1', interfaces: [{ name: '1-5:1.0', number: 0, class: '08', subclass: '06', protocol: '50', driver: 'usb-storage' }] });
 
-const vmConfig = (name: string, label: string) => ({ name, label, color: '#3366cc', tags: [] }) as unknown as VmConfig;
+const vmConfig = (name: string, label: string, transport: VmConfig['transport'] = { type: 'virtio-serial', socket: `/run/${name}.sock` }) =>
+  ({ name, label, color: '#3366cc', tags: [], transport }) as unknown as VmConfig;
 
 interface FakeVm {
   attached: UsbSpec[];
@@ -410,10 +412,10 @@ describe('HostUsb: a provider VM\'s devices, by USB/IP', () => {
   };
   const STICK_KEY = 'usb:46f4/0001/QEMU_QEMU_USB_HARDDRIVE_XDPVM-1';
 
-  function world(opts: { failImport?: string; importerNoChannels?: boolean; rows?: PolicyRow[] } = {}) {
+  function world(opts: { failImport?: string; importerNoChannels?: boolean; importerTransport?: VmConfig['transport']; rows?: PolicyRow[]; importer?: ReturnType<typeof usbipVm> } = {}) {
     const provided: unknown[] = [STICK_IN_VM, { ...STICK_IN_VM, busid: '1-2', devnum: 4, idSerial: 'bad/serial' }];
     const sysUsb = usbipVm({ provider: true, provided });
-    const work = usbipVm({ ...(opts.failImport ? { failImport: opts.failImport } : {}), noChannels: opts.importerNoChannels ?? false });
+    const work = opts.importer ?? usbipVm({ ...(opts.failImport ? { failImport: opts.failImport } : {}), noChannels: opts.importerNoChannels ?? false });
     const cap = captureLogger();
     configureAudit({ logger: cap.log, file: null });
     const asked: ConsentQuestion[] = [];
@@ -435,7 +437,8 @@ describe('HostUsb: a provider VM\'s devices, by USB/IP', () => {
       ['sys-usb', sysUsb],
       ['work', work],
     ] as const) {
-      usb.register({ vm: { ...vmConfig(name, name === 'work' ? 'Work' : 'sys-usb'), usb: { provider: v.provider } }, devices: v.devices, notify: (event, device) => (v.told.push({ event, device }), true), guest: () => v.guest as never });
+      const transport = name === 'work' ? opts.importerTransport : undefined;
+      usb.register({ vm: { ...vmConfig(name, name === 'work' ? 'Work' : 'sys-usb', transport), usb: { provider: v.provider } }, devices: v.devices, notify: (event, device) => (v.told.push({ event, device }), true), guest: () => v.guest as never });
     }
     return { usb, sysUsb, work, asked, provided, audits: () => cap.lines().filter((l) => l.audit === true) };
   }
@@ -493,6 +496,88 @@ describe('HostUsb: a provider VM\'s devices, by USB/IP', () => {
     const w = world({ importerNoChannels: true });
     await expect(w.usb.acquire('work', 'sys-usb.b1d3', 'guest')).rejects.toThrow(/VM "work" \(the VM that asks\) runs on libvirt, which cannot hot-plug the byte channel USB\/IP rides on/);
     expect(w.asked).toEqual([]);
+  });
+
+  /**
+   * A cloud-hypervisor VM: no channels, its link is hybrid vsock. The
+   * VMM's muxer (a Unix socket) is played here as cloud-hypervisor's
+   * docs/vsock.md has it: `CONNECT P\n` gets `OK <n>\n` when the guest
+   * listens on P, and a hang-up when nothing does. The guest's agent
+   * listens only once asked to import.
+   */
+  async function hybridVsockImporter() {
+    const dir = mkdtempSync(path.join(tmpdir(), 'hostusb-hv-'));
+    const socket = path.join(dir, 'vsock.sock');
+    const listening = new Map<number, (s: net.Socket) => void>();
+    const dials: number[] = [];
+    const muxer = net.createServer((c) => {
+      let line = '';
+      const onData = (d: Buffer) => {
+        line += d.toString('latin1');
+        const m = /^CONNECT (\d+)\n/.exec(line);
+        if (!m) return;
+        c.off('data', onData);
+        const port = Number(m[1]);
+        dials.push(port);
+        const take = listening.get(port);
+        if (!take) return void c.destroy();
+        listening.delete(port);
+        c.write('OK 1073741824\n', () => take(c));
+      };
+      c.on('data', onData);
+    });
+    await new Promise<void>((r) => muxer.listen(socket, r));
+    const v = usbipVm({ noChannels: true });
+    let kernelEnd: net.Socket | undefined;
+    v.guest.request = async (method: { name: string }, params: unknown) => {
+      v.asked.push([method.name, params]);
+      if (method.name !== 'usbip.import') return {};
+      const port = (params as { vsockPort: number }).vsockPort;
+      // The agent's round trip: it listens a moment after the host asked.
+      await new Promise((r) => setTimeout(r, 120));
+      kernelEnd = await new Promise<net.Socket>((resolve) => listening.set(port, resolve));
+      return { vhciPort: 15 };
+    };
+    return { v, socket, dials, kernel: () => kernelEnd!, close: () => (muxer.close(), rmSync(dir, { recursive: true, force: true })) };
+  }
+
+  it('a VM whose link is hybrid vsock (cloud-hypervisor) gets the device on a reserved vsock port its agent listens on, dialled through the VMM\'s muxer', async () => {
+    const hv = await hybridVsockImporter();
+    try {
+      const w = world({ importer: hv.v, importerTransport: { type: 'hybrid-vsock', socket: hv.socket, port: 5000 } });
+      await w.usb.acquire('work', 'sys-usb.b1d3', 'cli');
+      const [method, params] = w.work.asked[0]!;
+      expect(method).toBe('usbip.import');
+      const vsockPort = (params as { vsockPort: number }).vsockPort;
+      expect(params).toEqual({ vsockPort, devid: 65539, speed: 5 });
+      expect(vsockPort).toBeGreaterThan(0);
+      expect(vsockPort).toBeLessThan(1024);
+      // Dialled until the agent listened: refused at first, then taken.
+      expect(hv.dials.length).toBeGreaterThan(1);
+      expect(new Set(hv.dials)).toEqual(new Set([vsockPort]));
+      expect(w.work.opened).toEqual([]);
+      const provider = w.sysUsb.guestEnds.get('usb-work-b1d3')!;
+      const got = (s: Duplex) => new Promise<string>((resolve) => s.once('data', (d: Buffer) => resolve(d.toString())));
+      const atImporter = got(hv.kernel());
+      provider.write('URB reply');
+      expect(await atImporter).toBe('URB reply');
+      const atProvider = got(provider);
+      hv.kernel().write('CMD_SUBMIT');
+      expect(await atProvider).toBe('CMD_SUBMIT');
+      expect(w.audits().at(-1)).toMatchObject({ vm: 'work', decision: 'allow', asked: { by: 'usbip', vhciPort: 15 } });
+
+      const gone = new Promise((r) => hv.kernel().once('close', r));
+      expect(await w.usb.release('work', 'sys-usb.b1d3', 'cli')).toBe(true);
+      expect(w.work.asked.at(-1)).toEqual(['usbip.unimport', { vhciPort: 15 }]);
+      await gone;
+    } finally {
+      hv.close();
+    }
+  });
+
+  it('a VM with neither channels nor vsock is told that USB/IP needs one or the other', async () => {
+    const w = world({ importerNoChannels: true });
+    await expect(w.usb.acquire('work', 'sys-usb.b1d3', 'cli')).rejects.toThrow('VM "work" (the VM that asks) runs on libvirt, which cannot hot-plug the byte channel USB/IP rides on, and its link to the host is virtio-serial, not vsock: USB/IP needs one or the other');
   });
 
   it('the provider stopping takes the device from the VM, which is told; the "Always" row brings it back when the provider is up again', async () => {

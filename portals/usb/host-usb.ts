@@ -16,6 +16,7 @@ import type { MethodDescriptor, Params, ResultOf } from '../../src/protocol/meth
 import type { GuestPeer } from '../portal.js';
 import { UsbDeviceId } from './key.js';
 import { relayBoth } from '../../src/usb/stream-pair.js';
+import { openUsbipEnd, usbipEndProblem, VsockPorts, type UsbipEnd } from './usbip-ends.js';
 import { UsbipDevices, UsbipExport, UsbipImport, UsbipUnexport, UsbipUnimport, type ProvidedDevice } from './usbip-schema.js';
 import { acquireQuestion, deviceInWords } from './question.js';
 import type { UsbEntry, UsbEvent, UsbId, UsbState } from './schema.js';
@@ -41,9 +42,10 @@ import type { UsbEntry, UsbEvent, UsbId, UsbState } from './schema.js';
  * A host device gets into the VM through the VM's device layer (`usb`:
  * QEMU's usb-host, libvirt's hostdev). A device plugged into a provider VM
  * (Qubes' sys-usb, `usb.provider` in its config) goes by USB/IP: the host
- * hot-plugs a raw channel into each of the two VMs, the provider's root
- * agent exports the device on its channel, the other VM's imports it from
- * its own, and the daemon relays the bytes between the two. A device is
+ * has a stream into each of the two VMs (a channel QEMU hot-plugs, or a
+ * vsock connection to the VM's root agent: usbip-ends.ts), the provider's
+ * root agent exports the device on its stream, the other VM's imports it
+ * from its own, and the daemon relays the bytes between the two. A device is
  * named by its bus number and address while it is plugged in (`b1d5`, or
  * `sys-usb.b1d5` for one in a VM), which is also our id for it in the VMM,
  * so a restarted daemon finds what it had attached.
@@ -92,9 +94,8 @@ export type Dev = UsbHostDevice & { source?: string };
 /** What goes on while a provider VM's device is in another VM. */
 interface UsbipRoute {
   provider: string;
-  /** Our channel ids in the provider and in the importer. */
-  providerChannel: string;
-  importerChannel: string;
+  /** The host's end in the provider and in the importer (usbip-ends.ts). */
+  ends: UsbipEnd[];
   vhciPort: number;
   streams: Duplex[];
 }
@@ -169,6 +170,7 @@ export class HostUsb {
   private readonly provided = new Map<string, Dev[]>();
   private readonly asked = new Map<string, { at: number; pending: boolean; done: Promise<void> }>();
   private readonly locks = new Map<UsbId, Promise<unknown>>();
+  private readonly vsockPorts = new VsockPorts();
   private readonly log: Logger;
 
   constructor(private readonly deps: HostUsbDeps) {
@@ -511,15 +513,7 @@ export class HostUsb {
   private usbipProblem(link: UsbVmLink, provider: string): string | undefined {
     const p = this.links.get(provider)?.link;
     if (!p) return `VM "${provider}" is not configured any more`;
-    for (const [l, role] of [
-      [p, 'the VM the device is plugged into'],
-      [link, 'the VM that asks'],
-    ] as const) {
-      if (!l.devices?.vmm) return `the host cannot reach the VMM of VM "${l.vm.name}" (${role}): ${l.devices?.detail ?? 'it has no "vmm" in its config'}`;
-      if (!l.devices.vmm.channels) return `VM "${l.vm.name}" (${role}) runs on ${l.devices.vmm.kind}, which cannot hot-plug the byte channel USB/IP rides on (only QEMU can, in this version)`;
-      if (!l.guest()) return `VM "${l.vm.name}" (${role}) has no guest side connected, and its root agent does the USB/IP`;
-    }
-    return undefined;
+    return usbipEndProblem(p, 'the VM the device is plugged into') ?? usbipEndProblem(link, 'the VM that asks');
   }
 
   private mountsOf(dev: Dev): BlockDevice[] {
@@ -565,9 +559,11 @@ export class HostUsb {
   }
 
   /**
-   * A provider VM's device to `link`'s VM by USB/IP: a channel into each,
+   * A provider VM's device to `link`'s VM by USB/IP: a stream into each,
    * relayed here; the provider exports the device on its end, then the VM
-   * imports it from its own. Anything done is undone when a later step fails.
+   * imports it from its own. The relay starts once both streams are there
+   * (a channel's at once, a vsock connection once its agent listens).
+   * Anything done is undone when a later step fails.
    */
   private async attachUsbip(link: UsbVmLink, dev: Dev, request: string, how: { via: Via; reason: AuditReason; rule?: string }): Promise<void> {
     const id = usbIdOf(dev);
@@ -575,25 +571,35 @@ export class HostUsb {
     const provider = this.links.get(dev.source!)!.link;
     const facts = { device: id, key, name: deviceInWords(dev), busid: dev.busid, from: provider.vm.name, via: how.via };
     const tag = `b${dev.busnum}d${dev.devnum}`;
-    const route: UsbipRoute = { provider: provider.vm.name, providerChannel: `usb-${link.vm.name}-${tag}`, importerChannel: `usb-${provider.vm.name}-${tag}`, vhciPort: -1, streams: [] };
-    const portName = (vm: string) => `io.github.xdp_vm.usbip.${vm}.${tag}`;
+    const route: UsbipRoute = { provider: provider.vm.name, ends: [], vhciPort: -1, streams: [] };
+    const end = async (vm: UsbVmLink, other: string) => {
+      const channel = `usb-${other}-${tag}`;
+      const e = await openUsbipEnd(vm, { id: channel, name: `io.github.xdp_vm.usbip.${other}.${tag}`, socketPath: this.channelSocket(vm.vm.name, channel) }, this.vsockPorts);
+      route.ends.push(e);
+      return e;
+    };
     const undo: (() => Promise<unknown>)[] = [];
     try {
-      const p = provider.devices!.vmm!.channels!;
-      const i = link.devices!.vmm!.channels!;
-      const fromProvider = await p.openChannel({ id: route.providerChannel, name: portName(link.vm.name), socketPath: this.channelSocket(provider.vm.name, route.providerChannel) });
-      undo.push(() => p.closeChannel(route.providerChannel));
-      const toImporter = await i.openChannel({ id: route.importerChannel, name: portName(provider.vm.name), socketPath: this.channelSocket(link.vm.name, route.importerChannel) });
-      undo.push(() => i.closeChannel(route.importerChannel));
-      route.streams = [fromProvider, toImporter];
-      relayBoth(fromProvider, toImporter, ["the provider's channel", "the VM's channel"], (why) => this.log.info({ vm: link.vm.name, device: id, why }, 'USB/IP relay ended'));
-      const exported = await this.ask(provider, UsbipExport, { busid: dev.busid, port: portName(link.vm.name) });
-      undo.push(() => this.ask(provider, UsbipUnexport, { busid: dev.busid }));
-      const imported = await this.ask(link, UsbipImport, { port: portName(provider.vm.name), devid: exported.devid, speed: exported.speed });
+      const p = await end(provider, link.vm.name);
+      const i = await end(link, provider.vm.name);
+      const exporting = this.ask(provider, UsbipExport, { busid: dev.busid, ...p.channel });
+      // Undone once it is known to have been done, even when the stream beside it failed first.
+      undo.push(() => exporting.then(() => this.ask(provider, UsbipUnexport, { busid: dev.busid }), () => undefined));
+      const fromProvider = p.connect(exporting);
+      const [exported] = await Promise.all([exporting, fromProvider]);
+      const importing = this.ask(link, UsbipImport, { ...i.channel, devid: exported.devid, speed: exported.speed });
+      undo.push(() => importing.then(({ vhciPort }) => this.ask(link, UsbipUnimport, { vhciPort }), () => undefined));
+      const toImporter = i.connect(importing);
+      const streams = Promise.all([fromProvider, toImporter]).then(([a, b]) => {
+        route.streams = [a, b];
+        relayBoth(a, b, ["the provider's stream", "the VM's stream"], (why) => this.log.info({ vm: link.vm.name, device: id, why }, 'USB/IP relay ended'));
+      });
+      const [imported] = await Promise.all([importing, streams]);
       route.vhciPort = imported.vhciPort;
     } catch (err) {
       for (const u of undo.reverse()) await u().catch((e: Error) => this.log.warn({ ...facts, err: e.message }, 'could not undo a step of a USB/IP attach'));
       for (const s of route.streams) s.destroy();
+      for (const e of route.ends.reverse()) await e.close().catch((e: Error) => this.log.warn({ ...facts, err: e.message }, 'could not take down a USB/IP channel'));
       const why = (err as Error).message;
       this.record(link.vm.name, request, 'error', 'failure', { ...facts, attached: false, why });
       this.log.error({ vm: link.vm.name, ...facts, err: why }, 'could not attach the USB device');
@@ -618,8 +624,9 @@ export class HostUsb {
     await step('the VM would not let it go', importer?.guest() && r.vhciPort >= 0 ? () => this.ask(importer, UsbipUnimport, { vhciPort: r.vhciPort }) : undefined);
     await step(`VM "${r.provider}" would not take it back`, provider?.guest() ? () => this.ask(provider, UsbipUnexport, { busid: h.busid }) : undefined);
     for (const s of r.streams) s.destroy();
-    await step('its channel stayed in the VM', importer?.devices?.vmm?.channels ? () => importer.devices!.vmm!.channels!.closeChannel(r.importerChannel) : undefined);
-    await step(`its channel stayed in VM "${r.provider}"`, provider?.devices?.vmm?.channels ? () => provider.devices!.vmm!.channels!.closeChannel(r.providerChannel) : undefined);
+    const [fromProvider, toImporter] = r.ends;
+    await step('its channel stayed in the VM', importer && toImporter ? () => toImporter.close() : undefined);
+    await step(`its channel stayed in VM "${r.provider}"`, provider && fromProvider ? () => fromProvider.close() : undefined);
     if (failures.length) this.log.warn({ vm, device: id, failures }, 'a USB/IP detach was not clean');
   }
 

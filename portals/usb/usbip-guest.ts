@@ -2,6 +2,7 @@ import type { HostLink } from '../../src/guest/host-link.js';
 import { askMountAgent } from '../../src/guest/mount-agent-client.js';
 import { ProtocolError } from '../../src/protocol/messages.js';
 import type { Params } from '../../src/protocol/methods.js';
+import type { UsbipChannel } from '../../src/usb/usbip.js';
 import { UsbipDevices, UsbipExport, UsbipImport, UsbipUnexport, UsbipUnimport } from './usbip-schema.js';
 
 /**
@@ -19,6 +20,11 @@ async function ask(command: `usb-${string}`): Promise<string> {
   return r.detail;
 }
 
+/** The agent's word for a channel (src/guest/usb-agent.ts): the port's name, or vsock:PORT. */
+function channelWord(c: UsbipChannel): string {
+  return 'vsockPort' in c ? `vsock:${c.vsockPort}` : c.port;
+}
+
 export function handleUsbipRequests(link: HostLink): void {
   link.handle(UsbipDevices.name, async () => {
     const json = await ask('usb-devices');
@@ -30,7 +36,7 @@ export function handleUsbipRequests(link: HostLink): void {
   });
   link.handle(UsbipExport.name, async (params) => {
     const p = params as Params<typeof UsbipExport>;
-    const [devid, speed] = (await ask(`usb-export ${p.busid} ${p.port}`)).split(' ').map(Number);
+    const [devid, speed] = (await ask(`usb-export ${p.busid} ${channelWord(p)}`)).split(' ').map(Number);
     return { devid, speed };
   });
   link.handle(UsbipUnexport.name, async (params) => {
@@ -39,7 +45,7 @@ export function handleUsbipRequests(link: HostLink): void {
   });
   link.handle(UsbipImport.name, async (params) => {
     const p = params as Params<typeof UsbipImport>;
-    return { vhciPort: Number(await ask(`usb-import ${p.port} ${p.devid} ${p.speed}`)) };
+    return { vhciPort: Number(await ask(`usb-import ${channelWord(p)} ${p.devid} ${p.speed}`)) };
   });
   link.handle(UsbipUnimport.name, async (params) => {
     await ask(`usb-unimport ${(params as Params<typeof UsbipUnimport>).vhciPort}`);

@@ -2,6 +2,7 @@ import { z } from 'zod';
 import { defineMethod } from '../../src/protocol/methods.js';
 import { busIdProblem } from '../../src/helper/commands.js';
 import { MAX_PORT_NAME, portNameProblem } from '../../src/guest/vport.js';
+import { VSOCK_RESERVED_BELOW } from '../../src/usb/usbip.js';
 
 /**
  * USB/IP between VMs: what the host asks the root agents of a provider VM
@@ -16,6 +17,11 @@ const PortName = z
   .string()
   .max(MAX_PORT_NAME)
   .refine((s) => portNameProblem(s) === undefined, 'a channel name is letters, digits, ".", "_" and "-"');
+/** A vsock channel's port: a reserved one (src/usb/usbip.ts UsbipChannel). */
+const VsockPort = z.number().int().min(1).max(VSOCK_RESERVED_BELOW - 1);
+/** `shape` plus exactly one of the two channels, and nothing else. */
+const withChannel = <T extends z.ZodRawShape>(shape: T) =>
+  z.union([z.object({ ...shape, port: PortName }).strict(), z.object({ ...shape, vsockPort: VsockPort }).strict()]);
 const Hex4 = z.string().regex(/^[0-9a-f]{4}$/);
 const Hex2 = z.string().regex(/^[0-9a-f]{2}$/);
 /** Device text, before it is made showable again on the host. */
@@ -54,11 +60,11 @@ export const UsbipDevices = defineMethod({
   result: z.object({ devices: z.array(ProvidedDevice).max(64) }).strict(),
 });
 
-/** Export BUSID on the channel PORT the host hot-plugged into the provider VM. */
+/** Export BUSID on the channel the host hot-plugged into the provider VM, or on its vsock connection. */
 export const UsbipExport = defineMethod({
   name: 'usbip.export',
   direction: 'host-to-guest',
-  params: z.object({ busid: BusId, port: PortName }).strict(),
+  params: withChannel({ busid: BusId }),
   result: z.object({ devid: z.number().int().min(0).max(0xffffffff), speed: z.number().int().min(1).max(6) }).strict(),
 });
 
@@ -69,11 +75,11 @@ export const UsbipUnexport = defineMethod({
   result: z.object({}).strict(),
 });
 
-/** Import the device the host relays on channel PORT: vhci-hcd's attach. */
+/** Import the device the host relays on the channel (or sends on its vsock connection): vhci-hcd's attach. */
 export const UsbipImport = defineMethod({
   name: 'usbip.import',
   direction: 'host-to-guest',
-  params: z.object({ port: PortName, devid: z.number().int().min(0).max(0xffffffff), speed: z.number().int().min(1).max(6) }).strict(),
+  params: withChannel({ devid: z.number().int().min(0).max(0xffffffff), speed: z.number().int().min(1).max(6) }),
   result: z.object({ vhciPort: z.number().int().min(0).max(1023) }).strict(),
 });
 

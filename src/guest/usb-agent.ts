@@ -17,7 +17,10 @@ import {
   usbDriverOf,
   USBIP_HOST,
   UsbipError,
+  VSOCK_RESERVED_BELOW,
+  type UsbipChannel,
 } from '../usb/usbip.js';
+import { VMADDR_CID_HOST, VsockServer, type VsockSocket } from '../transport/af-vsock.js';
 import { findPort, openPort, portNameProblem } from './vport.js';
 
 /**
@@ -34,19 +37,28 @@ import { findPort, openPort, portNameProblem } from './vport.js';
  * socketpair(2)); the end the kernel gets is destroyed in the tick it is
  * handed over, so Node never reads a byte of it and the kernel's reference
  * (sockfd_lookup) is what keeps it open (src/usb/usbip.ts).
+ *
+ * Where the VM's link is vsock (cloud-hypervisor, Firecracker, crosvm, or
+ * QEMU's vhost-vsock), there is no channel to hot-plug and nothing to
+ * relay here: the agent listens on a reserved vsock port the host named
+ * (below 1024, so only root in this VM can bind it), takes one connection
+ * from the host (CID 2; a process of this VM connecting over the loopback
+ * is turned away) and hands that socket itself to the kernel.
  */
 interface Relay {
-  port: Duplex;
-  ours: net.Socket;
   closed: boolean;
-  /** End both streams. */
+  /** End the streams. */
   close: () => void;
 }
+
+const HOST_CONNECT_MS = 10_000;
 
 export interface UsbAgentOptions {
   log: Logger;
   /** Run `modprobe NAME` (the guest's own); default execFileSync('modprobe'). */
   modprobe?: (name: string) => void;
+  /** The only peer a vsock stream is taken from; default the host (CID 2). A test over vsock_loopback passes 1. */
+  usbipPeerCid?: number;
 }
 
 /** What a provider VM tells the host of one of its devices: the facts src/usb/devices.ts reads, as JSON. */
@@ -66,30 +78,34 @@ export class UsbAgent {
     return listUsbDevices().map(({ major: _major, minor: _minor, driver: _driver, idSerialFrom: _from, ...d }) => d);
   }
 
-  /** Hand BUSID to usbip-host on a stream relayed to channel PORTNAME. */
-  async export(busid: string, portName: string): Promise<{ devid: number; speed: number }> {
+  /** Hand BUSID to usbip-host on a stream to the host: relayed to a channel, or the host's vsock connection itself. */
+  async export(busid: string, channel: UsbipChannel): Promise<{ devid: number; speed: number }> {
     const existing = this.exports.get(busid);
     if (existing && !existing.closed) throw new UsbipError('state', `${busid} is already exported`);
     this.exports.delete(busid);
     const device = exportableDevice(busid);
-    const port = await openPort(await findPort(portName, { timeoutMs: 10_000 }));
+    let bound = false;
+    const bind = () => {
+      if (usbDriverOf(busid) === USBIP_HOST) return;
+      this.withModule('usbip-host', () => bindToUsbipHost(busid));
+      bound = true;
+    };
+    let link: Relay;
     try {
-      if (usbDriverOf(busid) !== USBIP_HOST) this.withModule('usbip-host', () => bindToUsbipHost(busid));
-      const [kernel, ours] = await streamPair('unix');
-      try {
-        exportOnSocket(busid, socketFd(kernel));
-      } catch (err) {
-        ours.destroy();
-        throw err;
-      } finally {
-        kernel.destroy();
-      }
-      this.exports.set(busid, this.relay(port, ours, { busid, portName }));
+      link = await this.toKernel(channel, { busid }, bind, (fd) => exportOnSocket(busid, fd));
     } catch (err) {
-      port.destroy();
+      // The device goes back to its own driver: a failed export leaves it as it was.
+      if (bound) {
+        try {
+          unbindFromUsbipHost(busid);
+        } catch (e) {
+          this.log.warn({ busid, err: (e as Error).message }, 'could not give the device back to its own driver');
+        }
+      }
       throw err;
     }
-    this.log.info({ busid, port: portName, devid: device.devid, speed: device.speed }, 'exported a USB device to the host');
+    this.exports.set(busid, link);
+    this.log.info({ busid, ...channel, devid: device.devid, speed: device.speed }, 'exported a USB device to the host');
     return { devid: device.devid, speed: device.speed };
   }
 
@@ -109,27 +125,90 @@ export class UsbAgent {
     return 'unexported';
   }
 
-  /** Attach the device the host relays on channel PORTNAME to vhci-hcd; answers the vhci port. */
-  async import(portName: string, devid: number, speed: number): Promise<number> {
-    const port = await openPort(await findPort(portName, { timeoutMs: 10_000 }));
-    try {
-      const [kernel, ours] = await streamPair('unix');
-      let vhciPort: number;
+  /** Attach the device the host sends on `channel` to vhci-hcd; answers the vhci port. */
+  async import(channel: UsbipChannel, devid: number, speed: number): Promise<number> {
+    let vhciPort = -1;
+    const link = await this.toKernel(channel, { devid }, () => undefined, (fd) => {
+      vhciPort = this.withModule('vhci-hcd', () => attachToVhci({ sockfd: fd, devid, speed })).port;
+    });
+    this.imports.set(vhciPort, link);
+    this.log.info({ ...channel, vhciPort, devid, speed }, 'imported a USB device from the host');
+    return vhciPort;
+  }
+
+  /**
+   * A stream to the host, handed to the kernel by `hand(fd)` once `prepare`
+   * ran: over a channel, one end of a socket pair whose other end is
+   * relayed to it; over vsock, the host's own connection.
+   */
+  private async toKernel(channel: UsbipChannel, facts: Record<string, unknown>, prepare: () => void, hand: (fd: number) => void): Promise<Relay> {
+    if ('vsockPort' in channel) {
+      const server = await this.listenForHost(channel.vsockPort);
+      let socket: VsockSocket;
       try {
-        vhciPort = this.withModule('vhci-hcd', () => attachToVhci({ sockfd: socketFd(kernel), devid, speed })).port;
+        prepare();
+        socket = await this.acceptHost(server, channel.vsockPort);
+      } finally {
+        void server.close();
+      }
+      try {
+        hand(socket.fd);
+      } finally {
+        // The kernel holds its own reference now; Node never read from it.
+        socket.destroy();
+      }
+      return { closed: false, close: () => undefined };
+    }
+    const port = await openPort(await findPort(channel.port, { timeoutMs: 10_000 }));
+    try {
+      prepare();
+      const [kernel, ours] = await streamPair('unix');
+      try {
+        hand(socketFd(kernel));
       } catch (err) {
         ours.destroy();
         throw err;
       } finally {
         kernel.destroy();
       }
-      this.imports.set(vhciPort, this.relay(port, ours, { vhciPort, portName }));
-      this.log.info({ port: portName, vhciPort, devid, speed }, 'imported a USB device from the host');
-      return vhciPort;
+      return this.relay(port, ours, { ...facts, port: channel.port });
     } catch (err) {
       port.destroy();
       throw err;
     }
+  }
+
+  private async listenForHost(port: number): Promise<VsockServer> {
+    const server = new VsockServer({ backlog: 4 });
+    try {
+      await server.listen(port);
+    } catch (err) {
+      const code = (err as { code?: string }).code;
+      throw new Error(code === 'EADDRINUSE' ? `vsock port ${port} is in use in this VM` : code === 'EACCES' ? `vsock port ${port} is reserved and this agent is not root` : `cannot listen on vsock port ${port}: ${(err as Error).message}`);
+    }
+    return server;
+  }
+
+  /** The host's connection to `server`; any other peer's is closed and logged, and the wait goes on. */
+  private acceptHost(server: VsockServer, port: number): Promise<VsockSocket> {
+    const peer = this.opts.usbipPeerCid ?? VMADDR_CID_HOST;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => done(new Error(`the host did not connect to vsock port ${port} within ${HOST_CONNECT_MS / 1000} s`)), HOST_CONNECT_MS);
+      const done = (err: Error | undefined, socket?: VsockSocket) => {
+        clearTimeout(timer);
+        server.off('connection', onConnection);
+        server.off('error', done);
+        if (err) reject(err);
+        else resolve(socket!);
+      };
+      const onConnection = (s: VsockSocket) => {
+        if (s.remote.cid === peer) return done(undefined, s);
+        this.log.warn({ vsockPort: port, peerCid: s.remote.cid }, 'turned away a connection to the USB/IP port that did not come from the host');
+        s.destroy();
+      };
+      server.on('connection', onConnection);
+      server.on('error', done);
+    });
   }
 
   unimport(vhciPort: number): string {
@@ -144,17 +223,27 @@ export class UsbAgent {
     return 'detached';
   }
 
-  /** The agent's line commands: `usb-devices`, `usb-export BUSID PORT`, `usb-unexport BUSID`, `usb-import PORT DEVID SPEED`, `usb-unimport VHCIPORT`. */
+  /**
+   * The agent's line commands: `usb-devices`, `usb-export BUSID CHANNEL`,
+   * `usb-unexport BUSID`, `usb-import CHANNEL DEVID SPEED`, `usb-unimport
+   * VHCIPORT`; a CHANNEL is a virtio-serial port's name or `vsock:PORT`.
+   */
   async command(line: string): Promise<string> {
     const [verb, ...args] = line.split(' ');
     const busid = (s: string | undefined) => {
       if (s === undefined || busIdProblem(s) !== undefined) throw new Error(`"${String(s).slice(0, 40)}" is not a USB bus id`);
       return s;
     };
-    const portName = (s: string | undefined) => {
+    const channel = (s: string | undefined): UsbipChannel => {
+      const vsock = /^vsock:([0-9]{1,4})$/.exec(s ?? '');
+      if (vsock) {
+        const vsockPort = Number(vsock[1]);
+        if (vsockPort < 1 || vsockPort >= VSOCK_RESERVED_BELOW) throw new Error(`vsock port ${vsockPort} is not a reserved port (1 to ${VSOCK_RESERVED_BELOW - 1})`);
+        return { vsockPort };
+      }
       const why = s === undefined ? 'missing' : portNameProblem(s);
       if (why) throw new Error(`not a channel name: ${why}`);
-      return s!;
+      return { port: s! };
     };
     const int = (s: string | undefined, max: number) => {
       if (s === undefined || !/^[0-9]{1,10}$/.test(s) || Number(s) > max) throw new Error(`"${String(s).slice(0, 20)}" is not a number up to ${max}`);
@@ -164,13 +253,13 @@ export class UsbAgent {
       case 'usb-devices':
         return JSON.stringify(this.devices());
       case 'usb-export': {
-        const r = await this.export(busid(args[0]), portName(args[1]));
+        const r = await this.export(busid(args[0]), channel(args[1]));
         return `${r.devid} ${r.speed}`;
       }
       case 'usb-unexport':
         return this.unexport(busid(args[0]));
       case 'usb-import':
-        return String(await this.import(portName(args[0]), int(args[1], 0xffffffff), int(args[2], 6)));
+        return String(await this.import(channel(args[0]), int(args[1], 0xffffffff), int(args[2], 6)));
       case 'usb-unimport':
         return this.unimport(int(args[0], 1023));
       default:
@@ -179,7 +268,7 @@ export class UsbAgent {
   }
 
   private relay(port: Duplex, ours: net.Socket, facts: Record<string, unknown>): Relay {
-    const r: Relay = { port, ours, closed: false, close: () => undefined };
+    const r: Relay = { closed: false, close: () => undefined };
     r.close = relayBoth(port, ours, ['the channel', 'the kernel side'], (why) => {
       r.closed = true;
       this.log.info({ ...facts, why }, 'USB/IP stream ended');

@@ -9,6 +9,8 @@ import {
   exportOnSocket,
   stopExport,
   unbindFromUsbipHost,
+  usbDriverOf,
+  USBIP_HOST,
   usbipHostStatus,
   vhciAttached,
   UsbipError,
@@ -17,6 +19,9 @@ import {
 } from '../usb/usbip.js';
 import { socketFd } from '../native/fds.js';
 import { streamPair, type StreamKind } from '../usb/stream-pair.js';
+import { UsbAgent } from '../guest/usb-agent.js';
+import { rootLogger } from '../log.js';
+import { connectVsock, VMADDR_CID_LOCAL, type VsockSocket } from '../transport/af-vsock.js';
 
 /**
  * Runs inside a test guest as root, on the built module (dist/): usbip.ts's
@@ -29,6 +34,15 @@ import { streamPair, type StreamKind } from '../usb/stream-pair.js';
  *   usbip-guest.js loopback BUSID tcp|unix
  *   usbip-guest.js refusals BUSID        (each side handed a file that is no socket)
  *   usbip-guest.js detach PORT | attached
+ *   usbip-guest.js agent-vsock BUSID import|export VSOCKPORT [stranger]
+ *
+ * `agent-vsock` runs the root agent's USB/IP (src/guest/usb-agent.ts) over a
+ * real AF_VSOCK stream, this process dialling it over vsock_loopback as the
+ * host would over the VM's vsock: `import` has the agent hand the accepted
+ * connection to vhci-hcd while this side hands its own end to usbip-host;
+ * `export` the other way round. The agent takes only the host's peer CID,
+ * which a loopback peer is not, so it is told to take CID 1 here; with
+ * `stranger` it is not, and must turn this process away.
  */
 
 export type { StreamKind };
@@ -98,6 +112,65 @@ export function refusals(busid: string): { exporting: Refusal; importing: Refusa
   }
 }
 
+export interface AgentVsock {
+  device: ExportableDevice;
+  /** The vhci port the device is on, in this guest. */
+  vhciPort: number;
+}
+
+/** Dial the agent's port over the loopback until it listens, while `asked` is pending. */
+async function dialAgent(port: number, asked: Promise<unknown>): Promise<VsockSocket> {
+  let settled = false;
+  void asked.then(
+    () => (settled = true),
+    () => (settled = true),
+  );
+  const deadline = Date.now() + 15_000;
+  for (;;) {
+    try {
+      return await connectVsock(VMADDR_CID_LOCAL, port, { timeoutMs: 2000 });
+    } catch (err) {
+      // The agent's own failure says more than the refused dial.
+      if (settled) await asked;
+      if (settled || Date.now() > deadline) throw err;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+}
+
+/** One side of USB/IP is the agent's, on vsock port `port`; the other is this process's end of the agent's connection. */
+export async function agentOverVsock(busid: string, direction: 'import' | 'export', port: number, stranger: boolean): Promise<AgentVsock | { refused: string; turnedAway: boolean }> {
+  const device = exportableDevice(busid);
+  const agent = new UsbAgent({ log: rootLogger(), ...(stranger ? {} : { usbipPeerCid: VMADDR_CID_LOCAL }) });
+  if (direction === 'import' && usbDriverOf(busid) !== USBIP_HOST) bindToUsbipHost(busid);
+  const asked = direction === 'import' ? agent.import({ vsockPort: port }, device.devid, device.speed) : agent.export(busid, { vsockPort: port }).then(() => -1);
+  const ours = await dialAgent(port, asked);
+  if (stranger) {
+    const closed = new Promise<boolean>((resolve) => ours.once('close', () => resolve(true)).once('end', () => resolve(true)).resume());
+    const refused = await asked.then(
+      () => '',
+      (err: Error) => err.message,
+    );
+    const turnedAway = await Promise.race([closed, new Promise<boolean>((r) => setTimeout(() => r(false), 1000))]);
+    ours.destroy();
+    return { refused, turnedAway };
+  }
+  let vhciPort: number;
+  try {
+    if (direction === 'import') {
+      exportOnSocket(busid, ours.fd);
+      vhciPort = await asked;
+    } else {
+      vhciPort = attachToVhci({ sockfd: ours.fd, devid: device.devid, speed: device.speed }).port;
+      await asked;
+    }
+  } finally {
+    // Node never read from it; the kernel keeps its own reference.
+    ours.destroy();
+  }
+  return { device, vhciPort };
+}
+
 async function main(): Promise<unknown> {
   const [verb, arg = '', kind = 'tcp'] = process.argv.slice(2);
   switch (verb) {
@@ -125,6 +198,12 @@ async function main(): Promise<unknown> {
       return { detached: Number(arg) };
     case 'attached':
       return vhciAttached();
+    case 'agent-vsock': {
+      const [, , direction, port, stranger] = process.argv.slice(2);
+      if (direction !== 'import' && direction !== 'export') throw new Error(`agent-vsock: "${direction}" is neither import nor export`);
+      if (!/^[0-9]{1,4}$/.test(port ?? '')) throw new Error(`agent-vsock: "${port}" is not a vsock port`);
+      return agentOverVsock(arg, direction, Number(port), stranger === 'stranger');
+    }
     default:
       throw new Error(`usage: usbip-guest.js device|bind|unbind|status|stop|refusals BUSID, loopback BUSID tcp|unix, detach PORT, attached (not "${verb}")`);
   }

@@ -55,9 +55,12 @@ export function connectHybridVsock(socket: string, port: number, opts: { timeout
     const timer = setTimeout(() => fail(new Error(`no reply to CONNECT ${port} on ${socket} within ${opts.timeoutMs ?? 5000} ms`)), opts.timeoutMs ?? 5000);
     const fail = (err: Error) => {
       clearTimeout(timer);
+      s.off('close', onClose);
       s.destroy();
       reject(err);
     };
+    // The muxer hangs up without a word when nothing in the guest listens on the port.
+    const onClose = () => fail(new Error(`VMM muxer on ${socket} closed the connection: nothing in the guest listens on port ${port}`));
     const onData = (chunk: Buffer) => {
       line = Buffer.concat([line, chunk]);
       const nl = line.indexOf(0x0a);
@@ -66,6 +69,7 @@ export function connectHybridVsock(socket: string, port: number, opts: { timeout
         return;
       }
       s.off('data', onData);
+      s.off('close', onClose);
       clearTimeout(timer);
       const reply = line.subarray(0, nl).toString('latin1');
       if (!/^OK \d+$/.test(reply)) return fail(new Error(`VMM muxer on ${socket} refused CONNECT ${port}: "${reply.slice(0, 60)}"`));
@@ -75,6 +79,7 @@ export function connectHybridVsock(socket: string, port: number, opts: { timeout
       resolve(s);
     };
     s.once('error', (err) => fail(new Error(`cannot connect to ${socket}: ${err.message}`)));
+    s.once('close', onClose);
     s.once('connect', () => s.write(`CONNECT ${port}\n`));
     s.on('data', onData);
   });

@@ -73,6 +73,18 @@ export class VsockSocket extends Duplex {
     handle.onevent = (status, events) => this.#onEvent(status, events);
   }
 
+  /**
+   * The kernel descriptor, for handing the connection to a kernel driver
+   * that takes a socket's fd (USB/IP's vhci-hcd and usbip-host). It stays
+   * this socket's: destroy() closes it, and the driver keeps its own
+   * reference.
+   */
+  get fd(): number {
+    const fd = this.#handle?.fd();
+    if (fd === undefined || fd < 0) throw codedError('ERR_SOCKET_CLOSED', 'the vsock socket is closed');
+    return fd;
+  }
+
   /** Let the process exit while this socket is idle-open (like net.Socket#unref). */
   unref(): this {
     this.#handle?.setRef(false);

@@ -94,6 +94,16 @@ const SPEEDS: Readonly<Record<string, number>> = {
 
 export const USBIP_HOST = 'usbip-host';
 
+/**
+ * Where the host's end of a VM's USB/IP stream is, as the host names it to
+ * the VM's root agent: a virtio-serial port it hot-plugged (QEMU), or a
+ * vsock port the agent listens on for the host's connection (any VMM with
+ * vsock). The vsock port is a reserved one, below 1024, which only root in
+ * the VM can bind.
+ */
+export type UsbipChannel = { port: string } | { vsockPort: number };
+export const VSOCK_RESERVED_BELOW = 1024;
+
 /** One sysfs page; an attribute never holds more. */
 const MAX_ATTR_BYTES = 4096;
 /** USB addresses are 7 bits; usbcore numbers devices 1 to 127 on each bus. */

@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { whichProgram } from '../../src/deps.js';
 import { packageRoot } from '../../src/paths.js';
 import { bootGuest, type Guest } from '../../src/testbed/qemu/vm.js';
-import type { Loopback, Refusal } from '../../src/testbed/usbip-guest.js';
+import type { AgentVsock, Loopback, Refusal } from '../../src/testbed/usbip-guest.js';
 import { patternImage, usbipModules, type PatternImage } from '../../src/testbed/usbip-kit.js';
 import type { ExportableDevice, UsbipHostStatus, VhciPort } from '../../src/usb/usbip.js';
 
@@ -28,6 +28,7 @@ const GUEST_SCRIPT = path.join(packageRoot(), 'dist', 'src', 'testbed', 'usbip-g
 const BUILT = [
   [path.join(packageRoot(), 'dist', 'src', 'usb', 'usbip.js'), path.join(packageRoot(), 'src', 'usb', 'usbip.ts')],
   [GUEST_SCRIPT, path.join(packageRoot(), 'src', 'testbed', 'usbip-guest.ts')],
+  [path.join(packageRoot(), 'dist', 'src', 'guest', 'usb-agent.js'), path.join(packageRoot(), 'src', 'guest', 'usb-agent.ts')],
 ] as const;
 
 interface Stick {
@@ -205,6 +206,39 @@ describe('USB/IP through sysfs, both kernel halves in one guest', () => {
     await waitInGuest(`grep -Eq '^${port.hub}  ${String(port.port).padStart(4, '0')} 004 ' /sys/devices/platform/vhci_hcd.0/status`, 30, `vhci port ${port.port} freed`);
     expect(await usbip<VhciPort[]>('attached')).toEqual([]);
     await offeredAgain(sticks.ss);
+  }, SLOW);
+
+  /** The agent's side over vsock, then the device read on the vhci bus and detached again. */
+  async function overVsock(stick: Stick, direction: 'import' | 'export', vsockPort: number): Promise<void> {
+    const r = await usbip<AgentVsock>('agent-vsock', stick.busid, direction, String(vsockPort));
+    expect(r.device).toEqual(stick.device);
+    const port = (await usbip<VhciPort[]>('attached')).find((p) => p.port === r.vhciPort);
+    expect(port).toMatchObject({ state: 'used', devid: stick.device.devid, speed: stick.device.speed });
+    await expectImageOn(await diskOf(port!.localBusid!, `${stick.serial}, the agent's ${direction} over vsock`), stick.image);
+    await usbip('detach', String(r.vhciPort));
+    await waitInGuest(gone(port!.localBusid!), 30, `${port!.localBusid} leaving the vhci bus`);
+    await offeredAgain(stick);
+  }
+
+  it("the root agent imports over a real AF_VSOCK stream: the connection it accepted on its reserved port goes to vhci-hcd itself, with no relay", async () => {
+    await overVsock(sticks.fs, 'import', 700);
+  }, SLOW);
+
+  it('the root agent exports over AF_VSOCK the same way: its accepted connection goes to usbip-host', async () => {
+    await overVsock(sticks.ss, 'export', 701);
+  }, SLOW);
+
+  it("a process of the VM's own connecting to the agent's port is turned away, and nothing reaches vhci-hcd: only the host's connection is taken", async () => {
+    const r = await usbip<{ refused: string; turnedAway: boolean }>('agent-vsock', sticks.fs.busid, 'import', '702', 'stranger');
+    expect(r).toEqual({ refused: 'the host did not connect to vsock port 702 within 10 s', turnedAway: true });
+    expect(await usbip<VhciPort[]>('attached')).toEqual([]);
+    expect(await statusOf(sticks.fs)).toBe('available');
+  }, SLOW);
+
+  it('a user of the VM cannot listen on a reserved port in the agent\'s place', async () => {
+    const asNobody = await guest.agent.run(`setpriv --reuid=65534 --regid=65534 --clear-groups -- node ${GUEST_SCRIPT} agent-vsock ${sticks.fs.busid} export 703`, { timeoutMs: 60_000 });
+    expect(asNobody.status).not.toBe(0);
+    expect(asNobody.stderr).toContain('vsock port 703 is reserved and this agent is not root');
   }, SLOW);
 
   it('unbinds: each stick is back with usb-storage, a disk on its own bus again', async () => {

@@ -1,0 +1,133 @@
+import type { Duplex } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { connectVsock } from '../../src/transport/af-vsock.js';
+import { connectHybridVsock } from '../../src/transport/hybrid-vsock.js';
+import { VSOCK_RESERVED_BELOW, type UsbipChannel } from '../../src/usb/usbip.js';
+import type { ChannelSpec } from '../../src/vmm/adapter.js';
+import type { UsbVmLink } from './host-usb.js';
+
+/**
+ * The host's end of one USB/IP stream into a VM, over the VM's own link:
+ *
+ * - **a channel the VMM hot-plugs** (QEMU's virtserialport): the daemon
+ *   listens, QEMU connects, and the guest's root agent relays the port to
+ *   the kernel. Used wherever the VMM can, since it needs nothing more of
+ *   the VM's config.
+ * - **vsock**, for a VM whose link to us is vsock: hybrid vsock through the
+ *   VMM's Unix socket (cloud-hypervisor, Firecracker, crosvm) or AF_VSOCK to
+ *   the guest's CID (vhost-vsock). The root agent listens on a reserved
+ *   port (below 1024: only root in the VM can bind it, so no user of the VM
+ *   can stand in for the agent), and the daemon connects to it; the agent
+ *   hands that connection itself to the kernel.
+ *
+ * Either way the daemon holds a plain byte stream, and the daemon's relay
+ * between two VMs does not care which kind each side is.
+ */
+export interface UsbipEnd {
+  /** What the VM's root agent is told (usbip.export / usbip.import). */
+  channel: UsbipChannel;
+  /** The host's stream, once the guest has its end; `asked` is the request that makes the guest take it. */
+  connect(asked: Promise<unknown>): Promise<Duplex>;
+  /** Take the channel down (the stream itself is the relay's to end). */
+  close(): Promise<void>;
+}
+
+/** The reserved vsock ports used for USB/IP, one per stream of a VM in use: the top half of the reserved range. */
+const VSOCK_FIRST = VSOCK_RESERVED_BELOW / 2;
+/** One try at connecting to the agent's port; the agent listens within its request's round trip. */
+const DIAL_MS = 2000;
+const RETRY_MS = 50;
+const CONNECT_MS = 15_000;
+
+/** Why `link`'s VM cannot carry a USB/IP stream now, in words that name `role`; undefined when it can. */
+export function usbipEndProblem(link: UsbVmLink, role: string): string | undefined {
+  const t = link.vm.transport.type;
+  if (!link.devices?.vmm?.channels && t !== 'vsock' && t !== 'hybrid-vsock') {
+    const vmm = link.devices?.vmm ? `runs on ${link.devices.vmm.kind}, which cannot hot-plug the byte channel USB/IP rides on` : `has no VMM the host can reach (${link.devices?.detail ?? 'no "vmm" in its config'})`;
+    return `VM "${link.vm.name}" (${role}) ${vmm}, and its link to the host is ${t}, not vsock: USB/IP needs one or the other`;
+  }
+  if (!link.guest()) return `VM "${link.vm.name}" (${role}) has no guest side connected, and its root agent does the USB/IP`;
+  return undefined;
+}
+
+/** Reserved vsock ports handed out per VM, so two streams being set up in one VM never share one. */
+export class VsockPorts {
+  private readonly used = new Map<string, Set<number>>();
+
+  take(vm: string): number {
+    const used = this.used.get(vm) ?? new Set<number>();
+    for (let p = VSOCK_FIRST; p < VSOCK_RESERVED_BELOW; p++) {
+      if (used.has(p)) continue;
+      used.add(p);
+      this.used.set(vm, used);
+      return p;
+    }
+    throw new Error(`VM "${vm}" has ${used.size} USB/IP streams already, which is as many as it can have`);
+  }
+
+  give(vm: string, port: number): void {
+    this.used.get(vm)?.delete(port);
+  }
+}
+
+/** The end for `link`'s VM: its VMM's channel where it has one, else its vsock. */
+export async function openUsbipEnd(link: UsbVmLink, spec: ChannelSpec, ports: VsockPorts): Promise<UsbipEnd> {
+  const channels = link.devices?.vmm?.channels;
+  if (channels) {
+    const stream = await channels.openChannel(spec);
+    return { channel: { port: spec.name }, connect: () => Promise.resolve(stream), close: () => channels.closeChannel(spec.id) };
+  }
+  const t = link.vm.transport;
+  if (t.type !== 'vsock' && t.type !== 'hybrid-vsock') throw new Error(usbipEndProblem(link, 'the VM') ?? `VM "${link.vm.name}" has no link for USB/IP`);
+  const vm = link.vm.name;
+  const port = ports.take(vm);
+  const dial = (): Promise<Duplex> => (t.type === 'vsock' ? connectVsock(t.cid, port, { timeoutMs: DIAL_MS }) : connectHybridVsock(t.socket, port, { timeoutMs: DIAL_MS }));
+  let stream: Duplex | undefined;
+  let closed = false;
+  return {
+    channel: { vsockPort: port },
+    connect: async (asked) => {
+      stream = await dialWhileAsked(dial, asked, `vsock port ${port} of VM "${vm}"`);
+      if (closed) stream.destroy();
+      return stream;
+    },
+    close: () => {
+      closed = true;
+      stream?.destroy();
+      ports.give(vm, port);
+      return Promise.resolve();
+    },
+  };
+}
+
+/**
+ * Dial until the guest's agent takes the connection, for as long as the
+ * request that makes it listen is pending (and a deadline): a request that
+ * failed stops the dialling, and its own error is what the caller hears.
+ */
+async function dialWhileAsked(dial: () => Promise<Duplex>, asked: Promise<unknown>, what: string): Promise<Duplex> {
+  let answered: { err?: unknown } | undefined;
+  asked.then(
+    () => (answered = {}),
+    (err: unknown) => (answered = { err }),
+  );
+  const deadline = Date.now() + CONNECT_MS;
+  for (;;) {
+    let stream: Duplex | undefined;
+    let last: Error | undefined;
+    try {
+      stream = await dial();
+    } catch (err) {
+      last = err as Error;
+    }
+    if (answered?.err) {
+      stream?.destroy();
+      throw answered.err;
+    }
+    if (stream) return stream;
+    last ??= new Error('no connection');
+    if (answered) throw new Error(`the VM's root agent answered, but ${what} took no connection: ${last.message}`);
+    if (Date.now() > deadline) throw new Error(`could not connect to ${what} within ${CONNECT_MS / 1000} s: ${last.message}`);
+    await sleep(RETRY_MS);
+  }
+}
