@@ -132,6 +132,9 @@ function setup(opts: { rows?: (PolicyRow & { vm?: string })[]; consent?: boolean
               if (opts.helper!.refuse) throw new Error(opts.helper!.refuse);
               return openSync('/dev/null', 'r+');
             },
+            usbBind: () => Promise.reject(new Error('not used here')),
+            usbExport: () => Promise.reject(new Error('not used here')),
+            usbUnbind: () => Promise.reject(new Error('not used here')),
             close: () => undefined,
           }),
         }
@@ -362,8 +365,8 @@ describe('HostUsb: persistence and hot-plug', () => {
 
 describe('HostUsb: a provider VM\'s devices, by USB/IP', () => {
   /** A VM whose QEMU can hot-plug channels, and whose guest answers the USB/IP requests as its root agent would. */
-  function usbipVm(opts: { provider?: boolean; failImport?: string; noChannels?: boolean; provided?: unknown[] } = {}) {
-    const v = fakeVm(opts.noChannels ? 'libvirt' : 'qemu');
+  function usbipVm(opts: { provider?: boolean; failImport?: string; noChannels?: boolean; provided?: unknown[]; kind?: VmmKind } = {}) {
+    const v = fakeVm(opts.kind ?? (opts.noChannels ? 'libvirt' : 'qemu'));
     const opened: { id: string; name: string; socketPath: string }[] = [];
     const closed: string[] = [];
     /** The guest's end of each channel, by channel id: what its root agent would relay to the kernel. */
@@ -412,7 +415,32 @@ describe('HostUsb: a provider VM\'s devices, by USB/IP', () => {
   };
   const STICK_KEY = 'usb:46f4/0001/QEMU_QEMU_USB_HARDDRIVE_XDPVM-1';
 
-  function world(opts: { failImport?: string; importerNoChannels?: boolean; importerTransport?: VmConfig['transport']; rows?: PolicyRow[]; importer?: ReturnType<typeof usbipVm> } = {}) {
+  /** The host kernel's side through a helper: usb-bind, usb-export (a stream whose other end, usbip-host's, is kept here), usb-unbind. */
+  function fakeHelper(refuseBind?: string) {
+    const calls: string[] = [];
+    const kernelEnds: Duplex[] = [];
+    const helper = {
+      usbOpen: () => Promise.reject(new Error('not used here')),
+      usbBind: async (busid: string) => {
+        calls.push(`usb-bind ${busid}`);
+        if (refuseBind) throw new Error(refuseBind);
+      },
+      usbExport: async (busid: string) => {
+        calls.push(`usb-export ${busid}`);
+        const [kernel, ours] = await streamPair('unix');
+        kernelEnds.push(kernel);
+        return ours;
+      },
+      usbUnbind: async (busid: string) => {
+        calls.push(`usb-unbind ${busid}`);
+        for (const k of kernelEnds) k.destroy();
+      },
+      close: () => undefined,
+    };
+    return { calls, kernelEnds, connect: async () => helper };
+  }
+
+  function world(opts: { failImport?: string; importerNoChannels?: boolean; importerTransport?: VmConfig['transport']; rows?: PolicyRow[]; importer?: ReturnType<typeof usbipVm>; host?: UsbHostDevice[]; helper?: ReturnType<typeof fakeHelper> } = {}) {
     const provided: unknown[] = [STICK_IN_VM, { ...STICK_IN_VM, busid: '1-2', devnum: 4, idSerial: 'bad/serial' }];
     const sysUsb = usbipVm({ provider: true, provided });
     const work = opts.importer ?? usbipVm({ ...(opts.failImport ? { failImport: opts.failImport } : {}), noChannels: opts.importerNoChannels ?? false });
@@ -430,8 +458,9 @@ describe('HostUsb: a provider VM\'s devices, by USB/IP', () => {
       consent: async (q) => (asked.push(q), { allowed: true, reason: 'user' }),
       nextRequestId: () => 'r',
       log: captureLogger().log,
-      readDevices: () => [],
+      readDevices: () => opts.host ?? [],
       runtimeDir: mkdtempSync(path.join(tmpdir(), 'hostusb-')),
+      ...(opts.helper ? { helper: opts.helper.connect } : {}),
     });
     for (const [name, v] of [
       ['sys-usb', sysUsb],
@@ -505,7 +534,7 @@ describe('HostUsb: a provider VM\'s devices, by USB/IP', () => {
    * listens on P, and a hang-up when nothing does. The guest's agent
    * listens only once asked to import.
    */
-  async function hybridVsockImporter() {
+  async function hybridVsockImporter(kind: VmmKind = 'libvirt') {
     const dir = mkdtempSync(path.join(tmpdir(), 'hostusb-hv-'));
     const socket = path.join(dir, 'vsock.sock');
     const listening = new Map<number, (s: net.Socket) => void>();
@@ -527,7 +556,7 @@ describe('HostUsb: a provider VM\'s devices, by USB/IP', () => {
       c.on('data', onData);
     });
     await new Promise<void>((r) => muxer.listen(socket, r));
-    const v = usbipVm({ noChannels: true });
+    const v = usbipVm({ noChannels: true, kind });
     let kernelEnd: net.Socket | undefined;
     v.guest.request = async (method: { name: string }, params: unknown) => {
       v.asked.push([method.name, params]);
@@ -570,6 +599,59 @@ describe('HostUsb: a provider VM\'s devices, by USB/IP', () => {
       expect(await w.usb.release('work', 'sys-usb.b1d3', 'cli')).toBe(true);
       expect(w.work.asked.at(-1)).toEqual(['usbip.unimport', { vhciPort: 15 }]);
       await gone;
+    } finally {
+      hv.close();
+    }
+  });
+
+  it("a host device goes to a cloud-hypervisor VM by USB/IP from the host kernel: the helper binds it to usbip-host and exports it on a stream the daemon relays to the VM's vsock; release gives it back", async () => {
+    const hv = await hybridVsockImporter('cloud-hypervisor');
+    const helper = fakeHelper();
+    try {
+      const w = world({ importer: hv.v, importerTransport: { type: 'hybrid-vsock', socket: hv.socket, port: 5000 }, host: [YUBIKEY], helper });
+      expect((await w.usb.list('work')).map((d) => d.id)).toContain('b1d5');
+      await w.usb.acquire('work', 'b1d5', 'cli');
+      expect(helper.calls).toEqual(['usb-bind 1-2', 'usb-export 1-2']);
+      // devid is busnum << 16 | devnum; "12" (Mbit/s) is full speed, usb_device_speed 2.
+      expect(w.work.asked[0]).toEqual(['usbip.import', { vsockPort: expect.any(Number), devid: (1 << 16) | 5, speed: 2 }]);
+      const got = (s: Duplex) => new Promise<string>((resolve) => s.once('data', (d: Buffer) => resolve(d.toString())));
+      const atImporter = got(hv.kernel());
+      helper.kernelEnds[0]!.write('URB reply');
+      expect(await atImporter).toBe('URB reply');
+      const atHost = got(helper.kernelEnds[0]!);
+      hv.kernel().write('CMD_SUBMIT');
+      expect(await atHost).toBe('CMD_SUBMIT');
+      expect(w.audits().at(-1)).toMatchObject({ vm: 'work', decision: 'allow', asked: { device: 'b1d5', from: 'this computer', by: 'usbip', vhciPort: 15 } });
+      expect((await w.usb.hostList()).find((r) => r.id === 'b1d5')!.holder).toBe('work');
+
+      expect(await w.usb.release('work', 'b1d5', 'cli')).toBe(true);
+      expect(w.work.asked.at(-1)).toEqual(['usbip.unimport', { vhciPort: 15 }]);
+      expect(helper.calls.at(-1)).toBe('usb-unbind 1-2');
+      expect((await w.usb.hostList()).find((r) => r.id === 'b1d5')!.holder).toBeUndefined();
+    } finally {
+      hv.close();
+    }
+  });
+
+  it('a helper that will not bind the device leaves it with the host, and the VM is told the helper\'s words', async () => {
+    const hv = await hybridVsockImporter('cloud-hypervisor');
+    const helper = fakeHelper('uid 1000 (alice) may not use USB device 1050:0407: no "usb" rule in /etc/xdp-vm/helper.conf names this user or their groups');
+    try {
+      const w = world({ importer: hv.v, importerTransport: { type: 'hybrid-vsock', socket: hv.socket, port: 5000 }, host: [YUBIKEY], helper });
+      await expect(w.usb.acquire('work', 'b1d5', 'cli')).rejects.toThrow("could not attach 'YubiKey 5 NFC' (1050:0407): the privileged helper: uid 1000 (alice) may not use USB device 1050:0407");
+      expect(helper.calls).toEqual(['usb-bind 1-2']);
+      expect(w.work.asked).toEqual([]);
+      expect((await w.usb.hostList()).find((r) => r.id === 'b1d5')!.holder).toBeUndefined();
+    } finally {
+      hv.close();
+    }
+  });
+
+  it('a cloud-hypervisor VM with no helper on the host is told it can have no host device, and why', async () => {
+    const hv = await hybridVsockImporter('cloud-hypervisor');
+    try {
+      const w = world({ importer: hv.v, importerTransport: { type: 'hybrid-vsock', socket: hv.socket, port: 5000 }, host: [YUBIKEY] });
+      await expect(w.usb.acquire('work', 'b1d5', 'cli')).rejects.toThrow('cloud-hypervisor cannot attach USB devices: it has no USB emulation; nor by USB/IP from this computer, which takes the privileged helper, and this daemon has none');
     } finally {
       hv.close();
     }

@@ -16,6 +16,7 @@ import type { MethodDescriptor, Params, ResultOf } from '../../src/protocol/meth
 import type { GuestPeer } from '../portal.js';
 import { UsbDeviceId } from './key.js';
 import { relayBoth } from '../../src/usb/stream-pair.js';
+import { usbSpeedOf } from '../../src/usb/usbip.js';
 import { openUsbipEnd, usbipEndProblem, VsockPorts, type UsbipEnd } from './usbip-ends.js';
 import { UsbipDevices, UsbipExport, UsbipImport, UsbipUnexport, UsbipUnimport, type ProvidedDevice } from './usbip-schema.js';
 import { acquireQuestion, deviceInWords } from './question.js';
@@ -63,9 +64,18 @@ export interface UsbVmLink {
   guest: () => GuestPeer | undefined;
 }
 
-/** The privileged helper's part: open the device node for a VMM that takes a descriptor. */
+/**
+ * The privileged helper's part: open the device node for a VMM that takes a
+ * descriptor; for a VM that gets a host device by USB/IP, bind it to
+ * usbip-host, have the host kernel export it on a stream (a descriptor of
+ * the stream's other end), and give it back.
+ */
 export interface UsbHelper {
   usbOpen(busid: string): Promise<number>;
+  usbBind(busid: string): Promise<void>;
+  /** The daemon's end of the stream usbip-host has the other end of. */
+  usbExport(busid: string): Promise<Duplex>;
+  usbUnbind(busid: string): Promise<void>;
   close(): void;
 }
 
@@ -91,9 +101,10 @@ export interface HostUsbDeps {
 /** A device as HostUsb knows it: a host device, or (`source`) one plugged into a provider VM. */
 export type Dev = UsbHostDevice & { source?: string };
 
-/** What goes on while a provider VM's device is in another VM. */
+/** What goes on while a device is in a VM by USB/IP. */
 interface UsbipRoute {
-  provider: string;
+  /** The provider VM the device is plugged into; undefined for the host's own, which the host kernel exports. */
+  provider: string | undefined;
   /** The host's end in the provider and in the importer (usbip-ends.ts). */
   ends: UsbipEnd[];
   vhciPort: number;
@@ -109,6 +120,16 @@ interface Held {
   busid: string;
   usbip?: UsbipRoute;
 }
+
+/**
+ * The exporting side of a USB/IP route: exports the device and gives the
+ * devid and speed the importer needs, and the daemon's stream from it,
+ * recording its channels in `route` and its undoing in `undo`.
+ */
+type Exporter = (route: UsbipRoute, undo: (() => Promise<unknown>)[]) => Promise<{ devid: number; speed: number; stream: Promise<Duplex> }>;
+
+/** A device's part of its channels' names: where it is plugged in now. */
+const usbTag = (dev: Pick<Dev, 'busnum' | 'devnum'>) => `b${dev.busnum}d${dev.devnum}`;
 
 const PROVIDER_ASK_MS = 10_000;
 /** A provider's list this recent is used as it is. */
@@ -495,18 +516,32 @@ export class HostUsb {
       why = facts.via === 'guest' ? `${deviceInWords(dev)} is in use by another VM; it can be had once that VM lets it go` : `${deviceInWords(dev)} is attached to VM "${holder}"; detach it there first (xdp-vm usb detach ${id})`;
     } else if (offer.massStorage) why = mountRefusal(dev, this.mountsOf(dev));
     if (!why && dev.source === link.vm.name) why = `${deviceInWords(dev)} is plugged into VM "${link.vm.name}" itself`;
-    if (!why && !link.devices) why = `VM "${link.vm.name}" has no VMM socket in its config ("vmm"), and USB devices are attached through it`;
-    if (!why && dev.source !== undefined) why = this.usbipProblem(link, dev.source);
-    else if (!why) {
-      try {
-        link.devices!.require('usb');
-      } catch (err) {
-        why = (err as Error).message;
-      }
-    }
+    if (!why) why = dev.source !== undefined ? this.usbipProblem(link, dev.source) : this.hostRouteProblem(link);
     if (!why) return;
     this.record(link.vm.name, request, 'error', 'failure', { ...facts, attached: false, why });
     throw new ProtocolError(holder !== undefined && holder !== link.vm.name ? 'denied' : 'failed', why);
+  }
+
+  /**
+   * Why a host device cannot go to `link`'s VM now, or undefined: through
+   * its VMM's `usb` (QEMU, libvirt), else by USB/IP from the host kernel,
+   * through the privileged helper, where the VM's link can carry it.
+   */
+  private hostRouteProblem(link: UsbVmLink): string | undefined {
+    let vmm: string;
+    if (!link.devices) vmm = `VM "${link.vm.name}" has no VMM socket in its config ("vmm"), and USB devices are attached through it`;
+    else {
+      try {
+        link.devices.require('usb');
+        return undefined;
+      } catch (err) {
+        vmm = (err as Error).message;
+      }
+    }
+    if (!link.devices?.vmm) return vmm;
+    if (!this.deps.helper) return `${vmm}; nor by USB/IP from this computer, which takes the privileged helper, and this daemon has none`;
+    const end = usbipEndProblem(link, 'the VM that asks');
+    return end ? `${vmm}; nor by USB/IP: ${end}` : undefined;
   }
 
   /** Why a provider VM's device cannot go to `link`'s VM by USB/IP now, or undefined. */
@@ -535,8 +570,9 @@ export class HostUsb {
     const h = this.held.get(id);
     if (h?.vm === link.vm.name) return;
     if (h) throw new ProtocolError('denied', `${deviceInWords(dev)} was attached to another VM meanwhile`);
-    if (dev.source !== undefined) return this.attachUsbip(link, dev, request, how);
+    if (dev.source !== undefined) return this.attachUsbip(link, dev, request, how, this.providerExport(link, dev));
     const vmm = link.devices?.vmm;
+    if (vmm && !vmm.usb) return this.attachUsbip(link, dev, request, how, this.hostExport(dev));
     let fd: number | undefined;
     let helperSaid: string | undefined;
     try {
@@ -559,40 +595,31 @@ export class HostUsb {
   }
 
   /**
-   * A provider VM's device to `link`'s VM by USB/IP: a stream into each,
-   * relayed here; the provider exports the device on its end, then the VM
-   * imports it from its own. The relay starts once both streams are there
-   * (a channel's at once, a vsock connection once its agent listens).
-   * Anything done is undone when a later step fails.
+   * A device to `link`'s VM by USB/IP: the exporting side (a provider VM's
+   * root agent, or the host kernel through the helper) gives the daemon a
+   * stream, the VM's root agent imports the device from a stream into the
+   * VM (usbip-ends.ts), and the daemon relays between the two. The relay
+   * starts once both are there (a channel's at once, a vsock connection
+   * once its agent listens). Anything done is undone when a later step fails.
    */
-  private async attachUsbip(link: UsbVmLink, dev: Dev, request: string, how: { via: Via; reason: AuditReason; rule?: string }): Promise<void> {
+  private async attachUsbip(link: UsbVmLink, dev: Dev, request: string, how: { via: Via; reason: AuditReason; rule?: string }, exporter: Exporter): Promise<void> {
     const id = usbIdOf(dev);
     const key = permissionKey(dev);
-    const provider = this.links.get(dev.source!)!.link;
-    const facts = { device: id, key, name: deviceInWords(dev), busid: dev.busid, from: provider.vm.name, via: how.via };
-    const tag = `b${dev.busnum}d${dev.devnum}`;
-    const route: UsbipRoute = { provider: provider.vm.name, ends: [], vhciPort: -1, streams: [] };
-    const end = async (vm: UsbVmLink, other: string) => {
-      const channel = `usb-${other}-${tag}`;
-      const e = await openUsbipEnd(vm, { id: channel, name: `io.github.xdp_vm.usbip.${other}.${tag}`, socketPath: this.channelSocket(vm.vm.name, channel) }, this.vsockPorts);
-      route.ends.push(e);
-      return e;
-    };
+    const facts = { device: id, key, name: deviceInWords(dev), busid: dev.busid, from: dev.source ?? 'this computer', via: how.via };
+    const route: UsbipRoute = { provider: dev.source, ends: [], vhciPort: -1, streams: [] };
     const undo: (() => Promise<unknown>)[] = [];
     try {
-      const p = await end(provider, link.vm.name);
-      const i = await end(link, provider.vm.name);
-      const exporting = this.ask(provider, UsbipExport, { busid: dev.busid, ...p.channel });
-      // Undone once it is known to have been done, even when the stream beside it failed first.
-      undo.push(() => exporting.then(() => this.ask(provider, UsbipUnexport, { busid: dev.busid }), () => undefined));
-      const fromProvider = p.connect(exporting);
-      const [exported] = await Promise.all([exporting, fromProvider]);
+      const exported = await exporter(route, undo);
+      const other = dev.source ?? 'host';
+      const channel = `usb-${other}-${usbTag(dev)}`;
+      const i = await openUsbipEnd(link, { id: channel, name: `io.github.xdp_vm.usbip.${other}.${usbTag(dev)}`, socketPath: this.channelSocket(link.vm.name, channel) }, this.vsockPorts);
+      route.ends.push(i);
       const importing = this.ask(link, UsbipImport, { ...i.channel, devid: exported.devid, speed: exported.speed });
       undo.push(() => importing.then(({ vhciPort }) => this.ask(link, UsbipUnimport, { vhciPort }), () => undefined));
       const toImporter = i.connect(importing);
-      const streams = Promise.all([fromProvider, toImporter]).then(([a, b]) => {
+      const streams = Promise.all([exported.stream, toImporter]).then(([a, b]) => {
         route.streams = [a, b];
-        relayBoth(a, b, ["the provider's stream", "the VM's stream"], (why) => this.log.info({ vm: link.vm.name, device: id, why }, 'USB/IP relay ended'));
+        relayBoth(a, b, ['the exporting side', "the VM's stream"], (why) => this.log.info({ vm: link.vm.name, device: id, why }, 'USB/IP relay ended'));
       });
       const [imported] = await Promise.all([importing, streams]);
       route.vhciPort = imported.vhciPort;
@@ -611,20 +638,67 @@ export class HostUsb {
     link.notify('attached', this.entryOf(dev, link.vm.name));
   }
 
+  /** The provider VM's root agent exports the device on a stream from it (its channel, or its vsock). */
+  private providerExport(link: UsbVmLink, dev: Dev): Exporter {
+    return async (route, undo) => {
+      const provider = this.links.get(dev.source!)!.link;
+      const channel = `usb-${link.vm.name}-${usbTag(dev)}`;
+      const p = await openUsbipEnd(provider, { id: channel, name: `io.github.xdp_vm.usbip.${link.vm.name}.${usbTag(dev)}`, socketPath: this.channelSocket(provider.vm.name, channel) }, this.vsockPorts);
+      route.ends.push(p);
+      const exporting = this.ask(provider, UsbipExport, { busid: dev.busid, ...p.channel });
+      // Undone once it is known to have been done, even when the stream beside it failed first.
+      undo.push(() => exporting.then(() => this.ask(provider, UsbipUnexport, { busid: dev.busid }), () => undefined));
+      const stream = p.connect(exporting);
+      const [exported] = await Promise.all([exporting, stream]);
+      return { ...exported, stream };
+    };
+  }
+
+  /**
+   * The host kernel exports the device, through the privileged helper: bound
+   * to usbip-host (the host's own driver lets it go), then handed one end of
+   * a stream whose other end the helper gives the daemon.
+   */
+  private hostExport(dev: Dev): Exporter {
+    return async (_route, undo) => {
+      const speed = usbSpeedOf(dev.speed);
+      if (speed === undefined) throw new Error(`its speed (${JSON.stringify(dev.speed ?? 'unknown')}) is none vhci-hcd can attach`);
+      await this.withHelper(async (h) => {
+        await h.usbBind(dev.busid);
+        undo.push(() => this.withHelper((h2) => h2.usbUnbind(dev.busid)));
+      });
+      const stream = await this.withHelper((h) => h.usbExport(dev.busid));
+      return { devid: ((dev.busnum << 16) | dev.devnum) >>> 0, speed, stream: Promise.resolve(stream) };
+    };
+  }
+
+  private async withHelper<T>(op: (h: UsbHelper) => Promise<T>): Promise<T> {
+    const helper = await this.deps.helper!();
+    try {
+      return await op(helper);
+    } catch (err) {
+      throw new Error(`the privileged helper: ${(err as Error).message}`);
+    } finally {
+      helper.close();
+    }
+  }
+
   /** Undo a USB/IP attach, each step whatever the others do; the first failure is thrown after all were tried. */
   private async detachUsbip(vm: string, id: UsbId, h: Held): Promise<void> {
     const r = h.usbip!;
     const importer = this.links.get(vm)?.link;
-    const provider = this.links.get(r.provider)?.link;
+    const provider = r.provider !== undefined ? this.links.get(r.provider)?.link : undefined;
     const failures: string[] = [];
     const step = async (what: string, op: (() => Promise<unknown>) | undefined) => {
       if (!op) return;
       await op().catch((err: Error) => failures.push(`${what}: ${err.message}`));
     };
     await step('the VM would not let it go', importer?.guest() && r.vhciPort >= 0 ? () => this.ask(importer, UsbipUnimport, { vhciPort: r.vhciPort }) : undefined);
-    await step(`VM "${r.provider}" would not take it back`, provider?.guest() ? () => this.ask(provider, UsbipUnexport, { busid: h.busid }) : undefined);
+    if (r.provider === undefined) await step('the host would not take it back', () => this.withHelper((helper) => helper.usbUnbind(h.busid)));
+    else await step(`VM "${r.provider}" would not take it back`, provider?.guest() ? () => this.ask(provider, UsbipUnexport, { busid: h.busid }) : undefined);
     for (const s of r.streams) s.destroy();
-    const [fromProvider, toImporter] = r.ends;
+    const toImporter = r.ends.at(-1);
+    const fromProvider = r.provider === undefined ? undefined : r.ends[0];
     await step('its channel stayed in the VM', importer && toImporter ? () => toImporter.close() : undefined);
     await step(`its channel stayed in VM "${r.provider}"`, provider && fromProvider ? () => fromProvider.close() : undefined);
     if (failures.length) this.log.warn({ vm, device: id, failures }, 'a USB/IP detach was not clean');

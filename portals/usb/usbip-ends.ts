@@ -14,8 +14,8 @@ import type { UsbVmLink } from './host-usb.js';
  *   the kernel. Used wherever the VMM can, since it needs nothing more of
  *   the VM's config.
  * - **vsock**, for a VM whose link to us is vsock: hybrid vsock through the
- *   VMM's Unix socket (cloud-hypervisor, Firecracker, crosvm) or AF_VSOCK to
- *   the guest's CID (vhost-vsock). The root agent listens on a reserved
+ *   VMM's Unix socket (cloud-hypervisor, Firecracker) or AF_VSOCK to the
+ *   guest's CID (vhost-vsock: crosvm, QEMU, libvirt). The root agent listens on a reserved
  *   port (below 1024: only root in the VM can bind it, so no user of the VM
  *   can stand in for the agent), and the daemon connects to it; the agent
  *   hands that connection itself to the kernel.

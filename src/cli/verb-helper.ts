@@ -22,6 +22,8 @@ opens them for passthrough. What it allows is /etc/xdp-vm/helper.conf
              usb-bind BUSID      e.g. 1-2.3
              usb-unbind BUSID
              usb-open BUSID      opens the device node and closes it again (a check)
+             usb-export BUSID    a device you bound: the host kernel exports it on a
+                                 stream, which is closed again at once (a check)
 
 The --*-sysfs, --dev-usb and --state-dir options point the service at
 another system (the tests use a fake sysfs); --idle-exit 0 keeps it up.`;
@@ -89,6 +91,9 @@ export const helperVerb: Verb = {
       else if (cmd.name === 'usb-open' && typeof out === 'number') {
         closeSync(out);
         console.log(`${cmd.arg}: the helper opened its device node for you (descriptor received, now closed)`);
+      } else if (cmd.name === 'usb-export' && typeof out === 'number') {
+        closeSync(out);
+        console.log(`${cmd.arg}: usbip-host took one end of a stream and you the other (received, now closed: usbip-host offers it again)`);
       } else if (cmd.name === 'tap-open' && typeof out === 'number') {
         closeSync(out);
         console.log(`${cmd.arg}: the helper opened a queue of your tap for you (descriptor received, now closed)`);

@@ -1,3 +1,4 @@
+import net from 'node:net';
 import { Bus } from '../dbus/bus.js';
 import { COMMANDS, HELPER_BUS_NAME, HELPER_INTERFACE, HELPER_PATH, systemBusAddress, type CommandName } from './commands.js';
 
@@ -58,7 +59,13 @@ export class HelperClient {
     return this.descriptor('usb-open', busid);
   }
 
-  private async descriptor(name: 'usb-open' | 'tap-open', arg: string): Promise<number> {
+  /** A device the caller bound, exported by the host kernel: the caller's end of the Unix stream usbip-host has the other end of. */
+  async usbExport(busid: string): Promise<net.Socket> {
+    const fd = await this.descriptor('usb-export', busid);
+    return new net.Socket({ fd, readable: true, writable: true });
+  }
+
+  private async descriptor(name: 'usb-open' | 'tap-open' | 'usb-export', arg: string): Promise<number> {
     if (!this.bus.unixFds) throw new Error('this D-Bus connection cannot receive descriptors (no unix fd passing)');
     const fd = await this.run(name, arg);
     if (typeof fd !== 'number') throw new Error('the helper sent no descriptor');

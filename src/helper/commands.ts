@@ -22,6 +22,7 @@ export const COMMANDS = {
   'usb-bind': { method: 'UsbBind', arg: 'BUSID' },
   'usb-unbind': { method: 'UsbUnbind', arg: 'BUSID' },
   'usb-open': { method: 'UsbOpen', arg: 'BUSID' },
+  'usb-export': { method: 'UsbExport', arg: 'BUSID' },
 } as const;
 export type CommandName = keyof typeof COMMANDS;
 

@@ -105,7 +105,7 @@ describe('command set', () => {
       }
       return 'accepted';
     };
-    expect(msg(['tap-up', 'br0'])).toBe('unknown command "tap-up": the helper\'s commands are tap-create BRIDGE, tap-delete TAP, tap-open TAP, vm-only-up BRIDGE, usb-bind BUSID, usb-unbind BUSID, usb-open BUSID');
+    expect(msg(['tap-up', 'br0'])).toBe('unknown command "tap-up": the helper\'s commands are tap-create BRIDGE, tap-delete TAP, tap-open TAP, vm-only-up BRIDGE, usb-bind BUSID, usb-unbind BUSID, usb-open BUSID, usb-export BUSID');
     expect(msg(['__proto__', 'x'])).toMatch(/^unknown command "__proto__"/);
     expect(msg([])).toMatch(/^no command: /);
     expect(msg(['tap-create'])).toBe('tap-create takes exactly one argument, BRIDGE; got 0');

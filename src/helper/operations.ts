@@ -3,7 +3,10 @@ import path from 'node:path';
 import { requireProgram } from '../deps.js';
 import { ExecError, runProgram } from '../exec.js';
 import { openTap } from '../native/fds.js';
-import { bindToUsbipHost, checkBoundToUsbipHost, unbindFromUsbipHost, UsbipError, USBIP_HOST } from '../usb/usbip.js';
+import type net from 'node:net';
+import { bindToUsbipHost, checkBoundToUsbipHost, exportOnSocket, unbindFromUsbipHost, UsbipError, USBIP_HOST } from '../usb/usbip.js';
+import { socketFd } from '../native/fds.js';
+import { streamPair } from '../usb/stream-pair.js';
 import { ipv4Range, ipv4Text, readAllowList, type AllowList } from './allow-list.js';
 import { HelperError, MAX_TAP_NUMBER, TAP_PREFIX, tapNameProblem, type Command } from './commands.js';
 import { decideBridge, decideUsb, decideVmOnly, describeCaller, describeDevice, type Caller, type Decision, type UsbDevice } from './decide.js';
@@ -44,6 +47,8 @@ export interface Outcome {
   address?: string;
   /** usb-open: the open device node; the caller of execute() closes it once sent. */
   fd?: number;
+  /** usb-export: the caller's end of the stream usbip-host has the other end of; the caller of execute() destroys it once sent. */
+  stream?: net.Socket;
 }
 
 function allowed(d: Decision): string {
@@ -92,6 +97,8 @@ export async function execute(cmd: Command, caller: Caller, paths: HelperPaths):
       return usbUnbind(cmd.arg, caller, paths);
     case 'usb-open':
       return usbOpen(cmd.arg, caller, paths);
+    case 'usb-export':
+      return usbExport(cmd.arg, caller, paths);
   }
 }
 
@@ -259,21 +266,58 @@ function usbBind(busid: string, caller: Caller, paths: HelperPaths): Outcome {
   // The record's folder first: no device is taken that could not be recorded.
   mkdirSync(paths.stateDir, { recursive: true, mode: 0o700 });
   sysfs(() => bindToUsbipHost(busid, { usbBus: paths.usbSysfs }));
-  writeFileSync(record(busid, paths), `${caller.uid}\n`, { mode: 0o600 });
+  // Who it was bound for, and which device it was: usbip-host keeps the port, and would take whatever is plugged in there next.
+  writeFileSync(record(busid, paths), `${caller.uid}\n${dev.vendor}:${dev.product}\n`, { mode: 0o600 });
   return { rule: `${rule} (${describeDevice(dev)})` };
+}
+
+/** Throws unless usbip-host has BUSID and this helper bound it for the caller; answers the VVVV:PPPP it bound there. */
+function boundForCaller(busid: string, caller: Caller, paths: HelperPaths): string | undefined {
+  sysfs(() => checkBoundToUsbipHost(busid, { usbBus: paths.usbSysfs }));
+  const [boundBy, ids] = (readAttr(record(busid, paths)) ?? '').split('\n');
+  if (!boundBy) throw new HelperError('refused', `${busid} was not bound to ${USBIP_HOST} by this helper`);
+  if (boundBy !== String(caller.uid)) throw new HelperError('refused', `${busid} was bound to ${USBIP_HOST} for uid ${boundBy}, not for ${describeCaller(caller)}`);
+  return ids;
 }
 
 /** Only what this helper bound, for the uid it bound it for; then the device's own driver back (usbip.ts). */
 function usbUnbind(busid: string, caller: Caller, paths: HelperPaths): Outcome {
   usbDevice(busid, paths);
   const usb = { usbBus: paths.usbSysfs };
-  sysfs(() => checkBoundToUsbipHost(busid, usb));
-  const boundBy = readAttr(record(busid, paths));
-  if (boundBy === undefined) throw new HelperError('refused', `${busid} was not bound to ${USBIP_HOST} by this helper`);
-  if (boundBy !== String(caller.uid)) throw new HelperError('refused', `${busid} was bound to ${USBIP_HOST} for uid ${boundBy}, not for ${describeCaller(caller)}`);
+  boundForCaller(busid, caller, paths);
   sysfs(() => unbindFromUsbipHost(busid, usb));
   rmSync(record(busid, paths), { force: true });
   return { rule: `${busid} was bound for the caller` };
+}
+
+/**
+ * The host kernel as USB/IP's exporting side: a device this helper bound
+ * for the caller (usb-bind) gets one end of a new stream socket, as
+ * `usbip attach` over TCP would give it; the caller is handed the other
+ * end, to relay to the VM that imports the device. The bind's decision
+ * stands: bound to usbip-host, a device has no interfaces in sysfs, so a
+ * class rule could not be asked again. It must still be the device that
+ * was bound, since usbip-host takes whatever is plugged into a port it
+ * was given. Undone by usb-unbind, which ends the stream too.
+ */
+async function usbExport(busid: string, caller: Caller, paths: HelperPaths): Promise<Outcome> {
+  const dev = usbDevice(busid, paths);
+  const ids = boundForCaller(busid, caller, paths);
+  if (ids !== `${dev.vendor}:${dev.product}`) {
+    throw new HelperError('refused', `${busid} is ${dev.vendor}:${dev.product} now, not the ${ids ?? 'device'} bound for ${describeCaller(caller)}: usb-unbind it and bind it again`);
+  }
+  const rule = `bound for ${describeCaller(caller)} by usb-bind`;
+  const [kernel, theirs] = await streamPair('unix');
+  try {
+    // Handed over and closed in one tick: this process never reads a byte of the URB stream.
+    sysfs(() => exportOnSocket(busid, socketFd(kernel), { usbBus: paths.usbSysfs }));
+  } catch (err) {
+    theirs.destroy();
+    throw err;
+  } finally {
+    kernel.destroy();
+  }
+  return { rule: `${rule} (${describeDevice(dev)})`, stream: theirs };
 }
 
 /** Opened read-write for passthrough, and only if the node is the device sysfs names (its `dev`), not whatever took its number. */

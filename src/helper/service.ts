@@ -4,6 +4,7 @@ import { loadInterface } from '../dbus/interfaces.js';
 import { requireProgram } from '../deps.js';
 import { runProgram } from '../exec.js';
 import { childLogger } from '../log.js';
+import { socketFd } from '../native/fds.js';
 import { COMMANDS, HELPER_BUS_NAME, HELPER_INTERFACE, HELPER_PATH, HelperError, parseCommand, printable, type CommandName } from './commands.js';
 import type { Caller } from './decide.js';
 import { execute, type HelperPaths } from './operations.js';
@@ -89,9 +90,12 @@ async function request(bus: Bus, paths: HelperPaths, name: CommandName, args: un
       const fd = outcome.fd;
       ctx.afterReply?.(() => closeSync(fd));
     }
+    const stream = outcome.stream;
+    if (stream) ctx.afterReply?.(() => stream.destroy());
     log.info({ ...line, decision: 'allowed', rule: outcome.rule, ...(outcome.tap ? { tap: outcome.tap } : {}), ...(outcome.address ? { address: outcome.address } : {}) }, `helper: ${name} ${line.arg}: allowed`);
     if (name === 'tap-create') return [outcome.tap];
     if (name === 'vm-only-up') return [outcome.address];
+    if (name === 'usb-export') return [socketFd(stream!)];
     return name === 'usb-open' || name === 'tap-open' ? [outcome.fd] : [];
   } catch (err) {
     const e = err instanceof HelperError ? err : new HelperError('failed', (err as Error).message);

@@ -19,7 +19,10 @@ import {
 } from '../usb/usbip.js';
 import { socketFd } from '../native/fds.js';
 import { streamPair, type StreamKind } from '../usb/stream-pair.js';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { UsbAgent } from '../guest/usb-agent.js';
+import { parseCommand } from '../helper/commands.js';
+import { DEFAULT_PATHS, execute, type HelperPaths } from '../helper/operations.js';
 import { rootLogger } from '../log.js';
 import { connectVsock, VMADDR_CID_LOCAL, type VsockSocket } from '../transport/af-vsock.js';
 
@@ -35,6 +38,7 @@ import { connectVsock, VMADDR_CID_LOCAL, type VsockSocket } from '../transport/a
  *   usbip-guest.js refusals BUSID        (each side handed a file that is no socket)
  *   usbip-guest.js detach PORT | attached
  *   usbip-guest.js agent-vsock BUSID import|export VSOCKPORT [stranger]
+ *   usbip-guest.js helper usb-bind|usb-export|usb-unbind BUSID
  *
  * `agent-vsock` runs the root agent's USB/IP (src/guest/usb-agent.ts) over a
  * real AF_VSOCK stream, this process dialling it over vsock_loopback as the
@@ -43,6 +47,12 @@ import { connectVsock, VMADDR_CID_LOCAL, type VsockSocket } from '../transport/a
  * `export` the other way round. The agent takes only the host's peer CID,
  * which a loopback peer is not, so it is told to take CID 1 here; with
  * `stranger` it is not, and must turn this process away.
+ *
+ * `helper` runs the privileged helper's operations (src/helper/operations.ts)
+ * on this kernel, as root asking for itself, with an allow list that gives
+ * root mass storage: the host kernel as USB/IP's exporting side. The stream
+ * `usb-export` hands back is attached to this guest's vhci-hcd, as a VM's
+ * agent would attach the daemon's relay of it.
  */
 
 export type { StreamKind };
@@ -171,6 +181,27 @@ export async function agentOverVsock(busid: string, direction: 'import' | 'expor
   return { device, vhciPort };
 }
 
+/** The helper's files in this guest: its allow list (root's, 0644, in a root-owned folder) and its records. */
+function helperPaths(): HelperPaths {
+  const dir = '/run/xdpvm-helper-test';
+  mkdirSync(dir, { recursive: true, mode: 0o755 });
+  const allowList = path.join(dir, 'helper.conf');
+  writeFileSync(allowList, 'usb root class:08\n', { mode: 0o644 });
+  return { ...DEFAULT_PATHS, allowList, stateDir: path.join(dir, 'state') };
+}
+
+/** One helper command as root; usb-export's stream goes to vhci-hcd here. */
+export async function helperCommand(name: string, busid: string): Promise<{ rule: string; place?: VhciPlace }> {
+  const outcome = await execute(parseCommand([name, busid]), { uid: 0, user: 'root', groups: ['root'] }, helperPaths());
+  if (!outcome.stream) return { rule: outcome.rule };
+  try {
+    const device = exportableDevice(busid);
+    return { rule: outcome.rule, place: attachToVhci({ sockfd: socketFd(outcome.stream), devid: device.devid, speed: device.speed }) };
+  } finally {
+    outcome.stream.destroy();
+  }
+}
+
 async function main(): Promise<unknown> {
   const [verb, arg = '', kind = 'tcp'] = process.argv.slice(2);
   switch (verb) {
@@ -198,6 +229,8 @@ async function main(): Promise<unknown> {
       return { detached: Number(arg) };
     case 'attached':
       return vhciAttached();
+    case 'helper':
+      return helperCommand(arg, kind);
     case 'agent-vsock': {
       const [, , direction, port, stranger] = process.argv.slice(2);
       if (direction !== 'import' && direction !== 'export') throw new Error(`agent-vsock: "${direction}" is neither import nor export`);

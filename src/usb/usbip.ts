@@ -94,6 +94,12 @@ const SPEEDS: Readonly<Record<string, number>> = {
 
 export const USBIP_HOST = 'usbip-host';
 
+/** The usb_device_speed vhci-hcd's attach takes for a device whose sysfs `speed` reads `text`; undefined for "unknown" and the like. */
+export function usbSpeedOf(text: string | undefined): number | undefined {
+  const t = text?.replace(/\n$/, '');
+  return t !== undefined && Object.hasOwn(SPEEDS, t) ? SPEEDS[t] : undefined;
+}
+
 /**
  * Where the host's end of a VM's USB/IP stream is, as the host names it to
  * the VM's root agent: a virtio-serial port it hot-plugged (QEMU), or a
@@ -218,7 +224,7 @@ export function exportableDevice(busid: string, opts: UsbipOptions = {}): Export
   const devnum = need('devnum', MAX_DEVNUM);
   const speedText = readAttribute(path.join(dir, 'speed'));
   if (speedText === undefined) throw new UsbipError('not-found', `${dir}/speed is missing: the device is going away`);
-  const speed = SPEEDS[speedText.replace(/\n$/, '')];
+  const speed = usbSpeedOf(speedText);
   if (speed === undefined) throw new UsbipError('malformed', `${dir}/speed reads ${JSON.stringify(speedText.slice(0, 40))}, not a speed vhci-hcd can attach`);
   return { busid, busnum, devnum, devid: ((busnum << 16) | devnum) >>> 0, speed };
 }

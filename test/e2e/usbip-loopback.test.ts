@@ -7,7 +7,7 @@ import { packageRoot } from '../../src/paths.js';
 import { bootGuest, type Guest } from '../../src/testbed/qemu/vm.js';
 import type { AgentVsock, Loopback, Refusal } from '../../src/testbed/usbip-guest.js';
 import { patternImage, usbipModules, type PatternImage } from '../../src/testbed/usbip-kit.js';
-import type { ExportableDevice, UsbipHostStatus, VhciPort } from '../../src/usb/usbip.js';
+import type { ExportableDevice, UsbipHostStatus, VhciPlace, VhciPort } from '../../src/usb/usbip.js';
 
 /**
  * src/usb/usbip.ts against a real kernel's USB/IP, both halves in one TCG
@@ -29,6 +29,7 @@ const BUILT = [
   [path.join(packageRoot(), 'dist', 'src', 'usb', 'usbip.js'), path.join(packageRoot(), 'src', 'usb', 'usbip.ts')],
   [GUEST_SCRIPT, path.join(packageRoot(), 'src', 'testbed', 'usbip-guest.ts')],
   [path.join(packageRoot(), 'dist', 'src', 'guest', 'usb-agent.js'), path.join(packageRoot(), 'src', 'guest', 'usb-agent.ts')],
+  [path.join(packageRoot(), 'dist', 'src', 'helper', 'operations.js'), path.join(packageRoot(), 'src', 'helper', 'operations.ts')],
 ] as const;
 
 interface Stick {
@@ -249,5 +250,27 @@ describe('USB/IP through sysfs, both kernel halves in one guest', () => {
       await expectImageOn(disk, stick.image);
     }
     expect(await guest.agent.check('cat /sys/bus/usb/drivers/usbip-host/match_busid')).toBe('\n');
+  }, SLOW);
+
+  it("the privileged helper's usb-bind and usb-export on a real kernel: the stream it hands back carries the stick to vhci-hcd; usb-unbind gives it back to usb-storage", async () => {
+    const stick = sticks.ss;
+    const bound = await usbip<{ rule: string }>('helper', 'usb-bind', stick.busid);
+    expect(bound.rule).toContain('usb root class:08');
+    expect(await driverOf(stick.busid)).toBe('usbip-host');
+    // Bound, the stick shows no interfaces in sysfs: the bind's class decision is what stands.
+    const exported = await usbip<{ rule: string; place: VhciPlace }>('helper', 'usb-export', stick.busid);
+    expect(exported.rule).toMatch(/^bound for uid 0 \(root\) by usb-bind/);
+    expect(exported.place.hub).toBe('ss');
+    const port = (await usbip<VhciPort[]>('attached')).find((p) => p.port === exported.place.port);
+    expect(port).toMatchObject({ state: 'used', devid: stick.device.devid, speed: stick.device.speed });
+    expect(await statusOf(stick)).toBe('used');
+    await expectImageOn(await diskOf(port!.localBusid!, `${stick.serial}, exported by the helper`), stick.image);
+    // A second export of a device on a link is refused with usbip-host's state.
+    await expect(usbip('helper', 'usb-export', stick.busid)).rejects.toThrow(`${stick.busid} is already exported on a connection: stop that one first`);
+    await usbip('helper', 'usb-unbind', stick.busid);
+    await waitInGuest(gone(port!.localBusid!), 30, `${port!.localBusid} leaving the vhci bus once the helper unbinds`);
+    const disk = await diskOf(stick.busid, `${stick.serial} given back by the helper`);
+    expect(await driverOf(stick.busid)).toBe('usb');
+    await expectImageOn(disk, stick.image);
   }, SLOW);
 });

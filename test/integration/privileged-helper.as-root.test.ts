@@ -41,7 +41,7 @@ let root: Bus | undefined;
 let helperLog: string[] = [];
 
 const CLIENT = `
-import { closeSync, openSync, readFileSync, readSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readFileSync, readSync } from 'node:fs';
 import { HelperClient } from './client.ts';
 const [address, name, arg] = process.argv.slice(2);
 const client = await HelperClient.connect(address);
@@ -51,6 +51,11 @@ try {
   if (name === 'usb-open') {
     const buf = Buffer.alloc(8, 0xaa);
     read = { bytes: readSync(value, buf, 0, 8, null), hex: buf.toString('hex') };
+    closeSync(value);
+  }
+  if (name === 'usb-export') {
+    // A stream socket; with a fake sysfs nobody keeps the kernel's end, so it reads as ended.
+    read = { socket: fstatSync(value).isSocket(), bytes: readSync(value, Buffer.alloc(8), 0, 8, null) };
     closeSync(value);
   }
   if (name === 'tap-open') {
@@ -314,7 +319,7 @@ describe.skipIf(skip)('privileged helper: taps, as root in a private network nam
     // The CLI checks the same words itself, and says what the commands are.
     const out = await cli(USER, 'tap-up', 'br0');
     expect(out.code).toBe(2);
-    expect(out.stderr).toContain('xdp-vm: unknown command "tap-up": the helper\'s commands are tap-create BRIDGE, tap-delete TAP, tap-open TAP, vm-only-up BRIDGE, usb-bind BUSID, usb-unbind BUSID, usb-open BUSID');
+    expect(out.stderr).toContain('xdp-vm: unknown command "tap-up": the helper\'s commands are tap-create BRIDGE, tap-delete TAP, tap-open TAP, vm-only-up BRIDGE, usb-bind BUSID, usb-unbind BUSID, usb-open BUSID, usb-export BUSID');
   });
 
   it('tap-delete refuses a tap the helper did not make for the caller, and one that is not there', async () => {
@@ -485,7 +490,7 @@ describe.skipIf(skip)('privileged helper: USB, against a fake sysfs (this machin
     expect(result).toEqual({ ok: true });
     expect(line).toMatchObject({ command: 'usb-bind', arg: '1-2', uid: USER, decision: 'allowed', rule: `${allowList}:4: usb ${userName} class:08 05e3:* (0781:5581 (class 08) at 1-2)` });
     expect(written()).toEqual({ 'drivers/usb/unbind': '1-2', 'drivers/usbip-host/match_busid': 'add 1-2', 'drivers/usbip-host/bind': '1-2' });
-    expect(readFileSync(path.join(stateDir, 'usbip-1-2'), 'utf8')).toBe(`${USER}\n`);
+    expect(readFileSync(path.join(stateDir, 'usbip-1-2'), 'utf8')).toBe(`${USER}\n0781:5581\n`);
     driver('1-2', 'usbip-host');
     try {
       expect(await call(USER, 'usb-bind', '1-2')).toEqual({ ok: false, errorName: 'org.freedesktop.portal.Error.NotAllowed', message: '1-2 is already bound to usbip-host' });
@@ -501,6 +506,43 @@ describe.skipIf(skip)('privileged helper: USB, against a fake sysfs (this machin
     } finally {
       driver('1-2', 'usb');
     }
+  });
+
+  it('usb-export hands usbip-host one end of a new stream and the caller the other, for a device the helper bound for that caller only', async () => {
+    const dev = (f: string) => path.join(usb, 'devices', '1-2', f);
+    expect(await call(USER, 'usb-bind', '1-2')).toEqual({ ok: true });
+    driver('1-2', 'usbip-host');
+    writeFileSync(dev('usbip_status'), '1\n');
+    writeFileSync(dev('usbip_sockfd'), '');
+    try {
+      expect(await call(OTHER, 'usb-export', '1-2')).toEqual({
+        ok: false,
+        errorName: 'org.freedesktop.portal.Error.NotAllowed',
+        message: `1-2 was bound to usbip-host for uid ${USER}, not for uid ${OTHER} (${otherName})`,
+      });
+      expect(readFileSync(dev('usbip_sockfd'), 'utf8')).toBe('');
+      const { result, line } = await oneLine(() => call(USER, 'usb-export', '1-2'));
+      expect(result).toMatchObject({ ok: true, read: { socket: true, bytes: 0 } });
+      expect(line).toMatchObject({ command: 'usb-export', arg: '1-2', uid: USER, decision: 'allowed', rule: expect.stringContaining(`bound for uid ${USER} (${userName}) by usb-bind (0781:5581 (class 08) at 1-2)`) });
+      // What the kernel would read: the number of the helper's own end, in the helper.
+      expect(readFileSync(dev('usbip_sockfd'), 'utf8')).toMatch(/^[0-9]+$/);
+      // Another device in that port: usbip-host would take it, the helper does not export it.
+      writeFileSync(dev('idProduct'), '5599\n');
+      expect(await call(USER, 'usb-export', '1-2')).toEqual({
+        ok: false,
+        errorName: 'org.freedesktop.portal.Error.NotAllowed',
+        message: `1-2 is 0781:5599 now, not the 0781:5581 bound for uid ${USER} (${userName}): usb-unbind it and bind it again`,
+      });
+      writeFileSync(dev('idProduct'), '5581\n');
+      writeFileSync(dev('usbip_status'), '2\n');
+      expect(await call(USER, 'usb-export', '1-2')).toEqual({ ok: false, errorName: 'org.freedesktop.portal.Error.NotAllowed', message: '1-2 is already exported on a connection: stop that one first' });
+      expect(await call(USER, 'usb-unbind', '1-2')).toEqual({ ok: true });
+    } finally {
+      driver('1-2', 'usb');
+      rmSync(dev('usbip_status'), { force: true });
+      rmSync(dev('usbip_sockfd'), { force: true });
+    }
+    expect(await call(USER, 'usb-export', '1-4')).toEqual({ ok: false, errorName: 'org.freedesktop.portal.Error.NotAllowed', message: '1-4 is not bound to usbip-host' });
   });
 
   it('usb-unbind refuses a device that is not bound to usbip-host, or that the helper did not bind', async () => {
