@@ -35,6 +35,7 @@ tests=(
   python3-yaml            # reads cloud-hypervisor's OpenAPI file in its adapter's tests
   lintian                 # checks the .deb files npm run package builds (dpkg-deb is in dpkg)
   util-linux              # setpriv and unshare for the e2e guests' root share
+  libglib2.0-bin          # gdbus: a test calls a guest backend's bus API directly, as a hostile app would
   xdg-desktop-portal-gtk  # the real host file dialog, driven by keystrokes in one test
   dunst                   # a real notification server on the host bus for the Notification test (dunstctl history, action)
   python3-pyqt5 qt5-xdgdesktopportal-platformtheme  # a real Qt app asking the portal for files

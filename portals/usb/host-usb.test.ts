@@ -134,7 +134,10 @@ function setup(opts: { rows?: (PolicyRow & { vm?: string })[]; consent?: boolean
             },
             usbBind: () => Promise.reject(new Error('not used here')),
             usbExport: () => Promise.reject(new Error('not used here')),
-            usbUnbind: () => Promise.reject(new Error('not used here')),
+            usbUnbind: async (busid: string) => {
+              helperCalls.push(`usb-unbind ${busid}`);
+              if (opts.helper!.refuse) throw new Error(opts.helper!.refuse);
+            },
             close: () => undefined,
           }),
         }
@@ -176,6 +179,17 @@ describe('HostUsb: what a VM is offered', () => {
     const t = setup({ rows: [{ portal: 'Usb', subject: 'work', verdict: 'deny', arg: KEY }] });
     expect((await t.usb.list('work')).map((d) => d.id)).toEqual(['b1d6', 'b1d7']);
     expect((await t.usb.list('personal')).map((d) => d.id)).toEqual(['b1d5', 'b1d6', 'b1d7']);
+    // Asking for it by a guessed id gets what a device that is not there gets, word for word, and no question.
+    const absent = await t.usb.acquire('work', 'b1d9', 'guest').then(() => 'attached', (e: Error) => e.message);
+    const denied = await t.usb.acquire('work', 'b1d5', 'guest').then(() => 'attached', (e: Error) => e.message);
+    expect(denied).toBe(absent.replace('b1d9', 'b1d5'));
+    expect(denied).toBe('no USB device b1d5 on the host now (unplugged, or replugged with a new id: list the devices again)');
+    expect(t.asked).toEqual([]);
+    expect(t.vms.work!.attached).toEqual([]);
+    expect(t.audits().at(-1)).toMatchObject({ vm: 'work', decision: 'deny', reason: 'policy', asked: { device: 'b1d5', key: KEY, why: 'a row denies this VM the device, so it was told there is none' } });
+    // The host's CLI is the user: it is told the truth, and attaches.
+    await t.usb.acquire('work', 'b1d5', 'cli');
+    expect(t.vms.work!.attached.map((a) => a.id)).toEqual(['b1d5']);
   });
 
   it('the host resolves a device by id, port, key or unique VID:PID, and says what is ambiguous', async () => {
@@ -277,6 +291,19 @@ describe('HostUsb: acquiring and releasing', () => {
     await r.usb.acquire('work', 'b1d5', 'cli');
     expect(r.vms.work!.attached[0]!.fd).toBeUndefined();
     expect(r.audits().at(-1)).toMatchObject({ asked: { by: 'address' } });
+  });
+
+  it('a device a daemon before this one left bound to usbip-host goes back to the host, through the helper; a refusal leaves it as it is', async () => {
+    const left = device({ busid: '1-2', devnum: 5, driver: 'usbip-host' });
+    const t = setup({ helper: {}, devices: [left, STICK] });
+    await t.usb.reclaimExported();
+    expect(t.helperCalls).toEqual(['usb-unbind 1-2']);
+    const r = setup({ helper: { refuse: '1-2 was bound to usbip-host for uid 1001, not for uid 1000 (alice)' }, devices: [left, STICK] });
+    await r.usb.reclaimExported();
+    expect(r.helperCalls).toEqual(['usb-unbind 1-2']);
+    const none = setup({ devices: [left] });
+    await none.usb.reclaimExported();
+    expect(none.helperCalls).toEqual([]);
   });
 
   it('the helper is not asked for libvirt, which opens the node itself', async () => {

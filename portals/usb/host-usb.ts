@@ -16,7 +16,7 @@ import type { MethodDescriptor, Params, ResultOf } from '../../src/protocol/meth
 import type { GuestPeer } from '../portal.js';
 import { UsbDeviceId } from './key.js';
 import { relayBoth } from '../../src/usb/stream-pair.js';
-import { usbSpeedOf } from '../../src/usb/usbip.js';
+import { USBIP_HOST, usbSpeedOf } from '../../src/usb/usbip.js';
 import { openUsbipEnd, usbipEndProblem, VsockPorts, type UsbipEnd } from './usbip-ends.js';
 import { UsbipDevices, UsbipExport, UsbipImport, UsbipUnexport, UsbipUnimport, type ProvidedDevice } from './usbip-schema.js';
 import { acquireQuestion, deviceInWords } from './question.js';
@@ -127,6 +127,8 @@ interface Held {
  * recording its channels in `route` and its undoing in `undo`.
  */
 type Exporter = (route: UsbipRoute, undo: (() => Promise<unknown>)[]) => Promise<{ devid: number; speed: number; stream: Promise<Duplex> }>;
+
+const noDevice = (id: UsbId) => `no USB device ${id} ${id.includes('.') ? `in VM "${id.slice(0, id.indexOf('.'))}"` : 'on the host'} now (unplugged, or replugged with a new id: list the devices again)`;
 
 /** A device's part of its channels' names: where it is plugged in now. */
 const usbTag = (dev: Pick<Dev, 'busnum' | 'devnum'>) => `b${dev.busnum}d${dev.devnum}`;
@@ -372,6 +374,11 @@ export class HostUsb {
     const key = permissionKey(dev);
     const facts = { device: id, key, name: deviceInWords(dev), busid: dev.busid, via };
     if (this.held.get(id)?.vm === vm) return { id, key };
+    if (via === 'guest' && (await this.deps.policy.decision(PORTAL, key, link.vm)).verdict === 'deny') {
+      // Not listed to this VM, and not there as far as it can tell: the answer a device that is not there gets.
+      this.record(vm, request, 'deny', 'policy', { ...facts, attached: false, why: 'a row denies this VM the device, so it was told there is none' });
+      throw new ProtocolError('invalid-params', noDevice(id));
+    }
     const offer = offerOf(dev);
     // Asking the user is pointless when it cannot be done: say why first.
     this.usable(link, dev, offer, request, facts);
@@ -410,6 +417,27 @@ export class HostUsb {
       if (dev && link) link.notify('detached', this.entryOf(dev, h.vm));
       return true;
     });
+  }
+
+  /**
+   * Host devices left bound to usbip-host, as a daemon that stopped leaves
+   * the ones it had exported by USB/IP (their streams ended with it, so the
+   * VMs lost them), go back to the host's own drivers through the helper,
+   * which unbinds only what it bound for this user. Run before the VMs
+   * connect, so an "Always" row then attaches them afresh.
+   */
+  async reclaimExported(): Promise<void> {
+    if (!this.deps.helper) return;
+    for (const dev of this.read()) {
+      if (dev.source !== undefined || dev.driver !== USBIP_HOST || this.held.has(usbIdOf(dev))) continue;
+      const facts = { device: usbIdOf(dev), key: permissionKey(dev), busid: dev.busid };
+      try {
+        await this.withHelper((h) => h.usbUnbind(dev.busid));
+        this.log.info(facts, 'gave a device left bound to usbip-host back to the host (a daemon before this one had exported it)');
+      } catch (err) {
+        this.log.info({ ...facts, why: (err as Error).message }, 'left a device bound to usbip-host as it is');
+      }
+    }
   }
 
   /** The VM whose guest just connected gets what its "Always" rows name. */
@@ -791,7 +819,7 @@ export class HostUsb {
   private device(id: UsbId, vm: string, request: string, via: Via): Dev {
     const dev = this.read().find((d) => usbIdOf(d) === id);
     if (dev) return dev;
-    const why = `no USB device ${id} ${id.includes('.') ? `in VM "${id.slice(0, id.indexOf('.'))}"` : 'on the host'} now (unplugged, or replugged with a new id: list the devices again)`;
+    const why = noDevice(id);
     this.record(vm, request, 'error', 'failure', { device: id, via, why });
     throw new ProtocolError('invalid-params', why);
   }

@@ -79,6 +79,7 @@ export async function startHostDaemon(opts: HostDaemonOptions): Promise<HostDaem
     if (opts.shares !== false) stoppers.push(...(await startFolders(opts.config, sessions, folderStore, log.child({ component: 'folders' }))));
     stoppers.push(...(await startDevices(sessions)));
     stoppers.push(watchHostUsb(usb, log.child({ component: 'usb' })));
+    await usb.reclaimExported();
     stoppers.push(usb.pollProviders());
     retireLeftoverVirtiofsds(docs, new Set(sessions.keys()), log.child({ component: 'removed-vms' }));
     stoppers.push(...(await startTransports(sessions, log)));

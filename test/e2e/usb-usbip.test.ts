@@ -9,6 +9,8 @@ import { cliEntry } from '../../src/paths.js';
 import { bootPortalVm, type PortalVm } from '../../src/testbed/qemu/portal-vm.js';
 import { patternImage, usbipModules, type PatternImage } from '../../src/testbed/usbip-kit.js';
 import { World } from '../../src/testbed/world.js';
+import { BACKEND_BUS_NAME } from '../../src/guest/backend.js';
+import { USB_INTERFACE, USB_PATH } from '../../portals/usb/names.js';
 
 /**
  * Qubes' sys-usb model end to end, on real kernels: VM "sys-usb" owns an
@@ -125,8 +127,18 @@ afterAll(async () => {
 describe('a USB stick from sys-usb into work, by USB/IP through the host', () => {
   it('work is offered the stick; a VM a row denies is not; the host lists it with nobody holding it', async () => {
     expect(await stickIn(work!)).toMatchObject({ id: expect.stringMatching(/^sys-usb\.b\d+d\d+$/), state: 'free' });
-    const shop = await runProgram(NODE, [CLI, 'usb', 'list', '--json'], { env: { ...world.guest('shop').bus.env }, timeoutMs: 60_000 });
+    const shopEnv = { ...world.guest('shop').bus.env };
+    const shop = await runProgram(NODE, [CLI, 'usb', 'list', '--json'], { env: shopEnv, timeoutMs: 60_000 });
     expect(JSON.parse(shop.stdout)).toEqual([]);
+    // Asked for by its id all the same, it is not there as far as shop can tell: not to its CLI, nor on its backend's bus.
+    const id = (await stickIn(work!))!.id;
+    const failed = (err: Error & { stderr?: string }) => err.stderr ?? err.message;
+    const byCli = await runProgram(NODE, [CLI, 'usb', 'attach', id], { env: shopEnv, timeoutMs: 60_000 }).then(() => 'attached', failed);
+    expect(byCli).toContain(`the host offers this VM no USB device "${id}"`);
+    const gdbus = whichProgram(['gdbus']);
+    if (!gdbus) throw new Error('gdbus is missing: install libglib2.0-bin (scripts/setup.sh tests)');
+    const direct = await runProgram(gdbus, ['call', '--session', '--dest', BACKEND_BUS_NAME, '--object-path', USB_PATH, '--method', `${USB_INTERFACE}.AcquireDevice`, id], { env: shopEnv, timeoutMs: 60_000 }).then(() => 'attached', failed);
+    expect(direct).toContain(`org.freedesktop.portal.Error.InvalidArgument: no USB device ${id} in VM "sys-usb" now`);
     const host = JSON.parse((await world.cli(['usb', 'list', '--json'])).stdout) as { id: string; key: string; holder: string }[];
     expect(host.find((d) => d.key === KEY)).toMatchObject({ holder: '' });
     // sys-usb is never offered its own stick.
