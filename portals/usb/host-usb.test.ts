@@ -446,6 +446,8 @@ describe('HostUsb: a provider VM\'s devices, by USB/IP', () => {
   function fakeHelper(refuseBind?: string) {
     const calls: string[] = [];
     const kernelEnds: Duplex[] = [];
+    /** What the daemon was handed. */
+    const daemonEnds: Duplex[] = [];
     const helper = {
       usbOpen: () => Promise.reject(new Error('not used here')),
       usbBind: async (busid: string) => {
@@ -456,6 +458,7 @@ describe('HostUsb: a provider VM\'s devices, by USB/IP', () => {
         calls.push(`usb-export ${busid}`);
         const [kernel, ours] = await streamPair('unix');
         kernelEnds.push(kernel);
+        daemonEnds.push(ours);
         return ours;
       },
       usbUnbind: async (busid: string) => {
@@ -464,7 +467,7 @@ describe('HostUsb: a provider VM\'s devices, by USB/IP', () => {
       },
       close: () => undefined,
     };
-    return { calls, kernelEnds, connect: async () => helper };
+    return { calls, kernelEnds, daemonEnds, connect: async () => helper };
   }
 
   function world(opts: { failImport?: string; importerNoChannels?: boolean; importerTransport?: VmConfig['transport']; rows?: PolicyRow[]; importer?: ReturnType<typeof usbipVm>; host?: UsbHostDevice[]; helper?: ReturnType<typeof fakeHelper> } = {}) {
@@ -561,7 +564,7 @@ describe('HostUsb: a provider VM\'s devices, by USB/IP', () => {
    * listens on P, and a hang-up when nothing does. The guest's agent
    * listens only once asked to import.
    */
-  async function hybridVsockImporter(kind: VmmKind = 'libvirt') {
+  async function hybridVsockImporter(kind: VmmKind = 'libvirt', failImport?: string) {
     const dir = mkdtempSync(path.join(tmpdir(), 'hostusb-hv-'));
     const socket = path.join(dir, 'vsock.sock');
     const listening = new Map<number, (s: net.Socket) => void>();
@@ -588,6 +591,7 @@ describe('HostUsb: a provider VM\'s devices, by USB/IP', () => {
     v.guest.request = async (method: { name: string }, params: unknown) => {
       v.asked.push([method.name, params]);
       if (method.name !== 'usbip.import') return {};
+      if (failImport) throw new Error(failImport);
       const port = (params as { vsockPort: number }).vsockPort;
       // The agent's round trip: it listens a moment after the host asked.
       await new Promise((r) => setTimeout(r, 120));
@@ -654,6 +658,20 @@ describe('HostUsb: a provider VM\'s devices, by USB/IP', () => {
       expect(await w.usb.release('work', 'b1d5', 'cli')).toBe(true);
       expect(w.work.asked.at(-1)).toEqual(['usbip.unimport', { vhciPort: 15 }]);
       expect(helper.calls.at(-1)).toBe('usb-unbind 1-2');
+      expect((await w.usb.hostList()).find((r) => r.id === 'b1d5')!.holder).toBeUndefined();
+    } finally {
+      hv.close();
+    }
+  });
+
+  it('an import that fails gives the host device back to the host and closes the stream usbip-host had', async () => {
+    const hv = await hybridVsockImporter('cloud-hypervisor', 'vhci-hcd did not attach fd 21 on port 0: the kernel answered EBUSY');
+    const helper = fakeHelper();
+    try {
+      const w = world({ importer: hv.v, importerTransport: { type: 'hybrid-vsock', socket: hv.socket, port: 5000 }, host: [YUBIKEY], helper });
+      await expect(w.usb.acquire('work', 'b1d5', 'cli')).rejects.toThrow("could not attach 'YubiKey 5 NFC' (1050:0407): vhci-hcd did not attach fd 21 on port 0: the kernel answered EBUSY");
+      expect(helper.daemonEnds[0]!.destroyed).toBe(true);
+      expect(helper.calls).toEqual(['usb-bind 1-2', 'usb-export 1-2', 'usb-unbind 1-2']);
       expect((await w.usb.hostList()).find((r) => r.id === 'b1d5')!.holder).toBeUndefined();
     } finally {
       hv.close();

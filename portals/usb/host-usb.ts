@@ -636,8 +636,10 @@ export class HostUsb {
     const facts = { device: id, key, name: deviceInWords(dev), busid: dev.busid, from: dev.source ?? 'this computer', via: how.via };
     const route: UsbipRoute = { provider: dev.source, ends: [], vhciPort: -1, streams: [] };
     const undo: (() => Promise<unknown>)[] = [];
+    let fromExporter: Promise<Duplex> | undefined;
     try {
       const exported = await exporter(route, undo);
+      fromExporter = exported.stream;
       const other = dev.source ?? 'host';
       const channel = `usb-${other}-${usbTag(dev)}`;
       const i = await openUsbipEnd(link, { id: channel, name: `io.github.xdp_vm.usbip.${other}.${usbTag(dev)}`, socketPath: this.channelSocket(link.vm.name, channel) }, this.vsockPorts);
@@ -654,6 +656,8 @@ export class HostUsb {
     } catch (err) {
       for (const u of undo.reverse()) await u().catch((e: Error) => this.log.warn({ ...facts, err: e.message }, 'could not undo a step of a USB/IP attach'));
       for (const s of route.streams) s.destroy();
+      // The exporting side's stream, when the importing side failed before the relay had it.
+      await fromExporter?.then((s) => s.destroy(), () => undefined);
       for (const e of route.ends.reverse()) await e.close().catch((e: Error) => this.log.warn({ ...facts, err: e.message }, 'could not take down a USB/IP channel'));
       const why = (err as Error).message;
       this.record(link.vm.name, request, 'error', 'failure', { ...facts, attached: false, why });
