@@ -50,16 +50,26 @@ export function usbipEndProblem(link: UsbVmLink, role: string): string | undefin
   return undefined;
 }
 
-/** Reserved vsock ports handed out per VM, so two streams being set up in one VM never share one. */
+/**
+ * Reserved vsock ports handed out per VM, so two streams being set up in
+ * one VM never share one. Each VM's next port follows its last, round the
+ * range, so a port something else in the VM holds fails one attach, not
+ * every one after it.
+ */
 export class VsockPorts {
   private readonly used = new Map<string, Set<number>>();
+  private readonly next = new Map<string, number>();
 
   take(vm: string): number {
     const used = this.used.get(vm) ?? new Set<number>();
-    for (let p = VSOCK_FIRST; p < VSOCK_RESERVED_BELOW; p++) {
+    const span = VSOCK_RESERVED_BELOW - VSOCK_FIRST;
+    const from = this.next.get(vm) ?? VSOCK_FIRST;
+    for (let i = 0; i < span; i++) {
+      const p = VSOCK_FIRST + ((from - VSOCK_FIRST + i) % span);
       if (used.has(p)) continue;
       used.add(p);
       this.used.set(vm, used);
+      this.next.set(vm, p + 1 < VSOCK_RESERVED_BELOW ? p + 1 : VSOCK_FIRST);
       return p;
     }
     throw new Error(`VM "${vm}" has ${used.size} USB/IP streams already, which is as many as it can have`);
