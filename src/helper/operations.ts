@@ -8,7 +8,7 @@ import { bindToUsbipHost, checkBoundToUsbipHost, exportOnSocket, unbindFromUsbip
 import { socketFd } from '../native/fds.js';
 import { streamPair } from '../usb/stream-pair.js';
 import { ipv4Range, ipv4Text, readAllowList, type AllowList } from './allow-list.js';
-import { HelperError, MAX_TAP_NUMBER, TAP_PREFIX, tapNameProblem, type Command } from './commands.js';
+import { HelperError, MAX_TAP_NUMBER, printable, TAP_PREFIX, tapNameProblem, type Command } from './commands.js';
 import { decideBridge, decideUsb, decideVmOnly, describeCaller, describeDevice, type Caller, type Decision, type UsbDevice } from './decide.js';
 
 /**
@@ -267,11 +267,17 @@ function usbBind(busid: string, caller: Caller, paths: HelperPaths): Outcome {
   mkdirSync(paths.stateDir, { recursive: true, mode: 0o700 });
   sysfs(() => bindToUsbipHost(busid, { usbBus: paths.usbSysfs }));
   // Who it was bound for, and which device it was: usbip-host keeps the port, and would take whatever is plugged in there next.
-  writeFileSync(record(busid, paths), `${caller.uid}\n${dev.vendor}:${dev.product}\n`, { mode: 0o600 });
+  writeFileSync(record(busid, paths), `${caller.uid}\n${identity(dev, paths)}\n`, { mode: 0o600 });
   return { rule: `${rule} (${describeDevice(dev)})` };
 }
 
-/** Throws unless usbip-host has BUSID and this helper bound it for the caller; answers the VVVV:PPPP it bound there. */
+/** VVVV:PPPP, and /SERIAL when the device has one (its own words: printable ASCII, capped). */
+function identity(dev: UsbDevice, paths: HelperPaths): string {
+  const serial = readAttr(path.join(paths.usbSysfs, 'devices', dev.busid, 'serial'));
+  return `${dev.vendor}:${dev.product}${serial ? `/${printable(serial, 64)}` : ''}`;
+}
+
+/** Throws unless usbip-host has BUSID and this helper bound it for the caller; answers the identity() it bound there. */
 function boundForCaller(busid: string, caller: Caller, paths: HelperPaths): string | undefined {
   sysfs(() => checkBoundToUsbipHost(busid, { usbBus: paths.usbSysfs }));
   const [boundBy, ids] = (readAttr(record(busid, paths)) ?? '').split('\n');
@@ -303,9 +309,8 @@ function usbUnbind(busid: string, caller: Caller, paths: HelperPaths): Outcome {
 async function usbExport(busid: string, caller: Caller, paths: HelperPaths): Promise<Outcome> {
   const dev = usbDevice(busid, paths);
   const ids = boundForCaller(busid, caller, paths);
-  if (ids !== `${dev.vendor}:${dev.product}`) {
-    throw new HelperError('refused', `${busid} is ${dev.vendor}:${dev.product} now, not the ${ids ?? 'device'} bound for ${describeCaller(caller)}: usb-unbind it and bind it again`);
-  }
+  const now = identity(dev, paths);
+  if (ids !== now) throw new HelperError('refused', `${busid} is ${now} now, not the ${ids ?? 'device'} bound for ${describeCaller(caller)}: usb-unbind it and bind it again`);
   const rule = `bound for ${describeCaller(caller)} by usb-bind`;
   const [kernel, theirs] = await streamPair('unix');
   try {

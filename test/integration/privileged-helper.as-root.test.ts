@@ -534,6 +534,10 @@ describe.skipIf(skip)('privileged helper: USB, against a fake sysfs (this machin
         message: `1-2 is 0781:5599 now, not the 0781:5581 bound for uid ${USER} (${userName}): usb-unbind it and bind it again`,
       });
       writeFileSync(dev('idProduct'), '5581\n');
+      // The same model with another serial is another stick.
+      writeFileSync(dev('serial'), 'OTHER-STICK\n');
+      expect(await call(USER, 'usb-export', '1-2')).toMatchObject({ ok: false, message: `1-2 is 0781:5581/OTHER-STICK now, not the 0781:5581 bound for uid ${USER} (${userName}): usb-unbind it and bind it again` });
+      rmSync(dev('serial'));
       writeFileSync(dev('usbip_status'), '2\n');
       expect(await call(USER, 'usb-export', '1-2')).toEqual({ ok: false, errorName: 'org.freedesktop.portal.Error.NotAllowed', message: '1-2 is already exported on a connection: stop that one first' });
       expect(await call(USER, 'usb-unbind', '1-2')).toEqual({ ok: true });
