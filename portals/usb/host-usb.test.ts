@@ -659,6 +659,14 @@ describe('HostUsb: a provider VM\'s devices, by USB/IP', () => {
       expect(w.work.asked.at(-1)).toEqual(['usbip.unimport', { vhciPort: 15 }]);
       expect(helper.calls.at(-1)).toBe('usb-unbind 1-2');
       expect((await w.usb.hostList()).find((r) => r.id === 'b1d5')!.holder).toBeUndefined();
+
+      // Attached again, then the daemon stops: the VM lets it go and the host has it back.
+      await w.usb.acquire('work', 'b1d5', 'cli');
+      await w.usb.stopUsbip();
+      expect(w.work.asked.at(-1)).toEqual(['usbip.unimport', { vhciPort: 15 }]);
+      expect(helper.calls.slice(-3)).toEqual(['usb-bind 1-2', 'usb-export 1-2', 'usb-unbind 1-2']);
+      expect(w.audits().at(-1)).toMatchObject({ vm: 'work', decision: 'revoke', reason: 'closed', asked: { device: 'b1d5', detached: true, why: 'the host daemon stopped' } });
+      expect((await w.usb.hostList()).find((r) => r.id === 'b1d5')!.holder).toBeUndefined();
     } finally {
       hv.close();
     }

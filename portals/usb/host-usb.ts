@@ -226,6 +226,25 @@ export class HostUsb {
     for (const { off } of [...this.links.values()]) off();
   }
 
+  /**
+   * The daemon is stopping, and the USB/IP streams it relays end with it:
+   * each device they carry leaves its VM now, in order (the VM's import
+   * undone while its guest is still there), and goes back to its owner, a
+   * host device to the host's own driver. What a VMM holds (usb-host,
+   * hostdev) stays in the VM, and the next daemon adopts it.
+   */
+  async stopUsbip(): Promise<void> {
+    for (const [id, h] of [...this.held]) {
+      if (!h.usbip) continue;
+      await this.serialized(id, async () => {
+        if (this.held.get(id) !== h) return;
+        this.held.delete(id);
+        await this.detachUsbip(h.vm, id, h);
+        this.record(h.vm, this.deps.nextRequestId(), 'revoke', 'closed', { device: id, key: h.key, busid: h.busid, detached: true, why: 'the host daemon stopped' });
+      }).catch((err: Error) => this.log.warn({ vm: h.vm, device: id, err: err.message }, 'could not take a USB/IP device down as the daemon stopped'));
+    }
+  }
+
   /** The devices as the host has them now, and as each provider VM last said, remembered for the unplug events that follow. */
   private read(): Dev[] {
     let devices: Dev[];

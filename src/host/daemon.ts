@@ -104,6 +104,8 @@ export async function startHostDaemon(opts: HostDaemonOptions): Promise<HostDaem
     docs,
     busGone,
     async stop() {
+      // Before the guests go: their USB/IP imports are undone while they can still be asked.
+      await usb.stopUsbip();
       for (const s of sessions.values()) s.close('host daemon stopping');
       usb.close();
       for (const stop of stoppers.reverse()) await stop();
