@@ -1,7 +1,7 @@
 import { closeSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { BusCallError } from '../../src/dbus/bus.js';
-import type { HelperClient } from '../../src/helper/client.js';
+import { helperWords, type HelperClient } from '../../src/helper/client.js';
 import { systemBusAddress, tapNameProblem } from '../../src/helper/commands.js';
 
 /**
@@ -101,12 +101,4 @@ export class Taps {
       h.close();
     }
   }
-}
-
-/** What the helper said, without the bus's framing; "not installed" in plain words. */
-export function helperWords(err: unknown): string {
-  if (!(err instanceof BusCallError)) return (err as Error).message;
-  if (err.errorName === 'org.freedesktop.DBus.Error.ServiceUnknown') return 'the privileged helper is not installed on this host (README: "The privileged helper")';
-  const said = err.message.slice(`${err.member}: ${err.errorName}: `.length);
-  return `the privileged helper refused: ${said}`;
 }

@@ -66,7 +66,7 @@ const USER_NETWORKING = {
   'cloud-hypervisor': { modes: [], ownForwards: false },
 } as const;
 
-function setup(opts: { rows?: PolicyRow[]; consent?: boolean; present?: string[]; helper?: ReturnType<typeof fakeHelper>; failAttach?: string; vmm?: keyof typeof USER_NETWORKING; passt?: boolean } = {}) {
+function setup(opts: { rows?: PolicyRow[]; consent?: boolean; present?: string[]; helper?: ReturnType<typeof fakeHelper>; helperProblem?: string; failAttach?: string; vmm?: keyof typeof USER_NETWORKING; passt?: boolean } = {}) {
   const attached: NetSpec[] = [];
   const detached: string[] = [];
   const present = new Set(opts.present ?? []);
@@ -98,7 +98,7 @@ function setup(opts: { rows?: PolicyRow[]; consent?: boolean; present?: string[]
   const cap = captureLogger();
   const runtime = mkdtempSync(path.join(tmpdir(), 'vmnet-'));
   configureAudit({ logger: cap.log, file: null });
-  const nets = new VmNetworks({ vm, devices, policy, consent, nextRequestId: () => `r${++seq}`, notify: (c) => (told.push(c), true), dirs: { runtime, logs: '/log' }, passtInstalled: () => opts.passt ?? true, ...(opts.helper ? { helper: opts.helper.connect } : {}), log: captureLogger().log });
+  const nets = new VmNetworks({ vm, devices, policy, consent, nextRequestId: () => `r${++seq}`, notify: (c) => (told.push(c), true), dirs: { runtime, logs: '/log' }, passtInstalled: () => opts.passt ?? true, ...(opts.helper ? { helper: opts.helper.connect } : {}), ...(opts.helperProblem ? { helperProblem: async () => opts.helperProblem } : {}), log: captureLogger().log });
   const audits = () => cap.lines().filter((l) => l.audit === true);
   return { nets, devices, attached, detached, asked, told, audits, runtime };
 }
@@ -181,6 +181,17 @@ describe('VmNetworks', () => {
     await expect(t.nets.join('nope', 'guest')).rejects.toThrow(/there is no network 'nope' on this host; configured: web, dev, lan, lab/);
     expect(t.asked).toEqual([]);
     expect(t.audits().map((l) => l.decision)).toEqual(['error', 'error']);
+  });
+
+  it('a helper the system bus does not have is found out before anyone is asked, for bridge networks only', async () => {
+    const helper = fakeHelper();
+    const t = setup({ consent: true, helper, helperProblem: 'the privileged helper is not installed on this host (README: "The privileged helper")' });
+    await expect(t.nets.join('lan', 'guest')).rejects.toThrow(`could not join 'lan': the privileged helper is not installed on this host (README: "The privileged helper")`);
+    expect(t.asked).toEqual([]);
+    expect(helper.calls).toEqual([]);
+    expect(t.audits().at(-1)).toMatchObject({ decision: 'error', asked: { network: 'lan', why: expect.stringMatching(/not installed/) } });
+    // A user network needs no helper.
+    expect((await t.nets.join('web', 'guest')).network).toBe('web');
   });
 
   it('a deny row keeps a network out of the list', async () => {

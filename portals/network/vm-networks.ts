@@ -47,6 +47,8 @@ export interface VmNetworksDeps {
   dirs: { runtime: string; logs: string };
   /** The privileged helper, for taps; without it only user networks can be joined. */
   helper?: HelperConnect;
+  /** Why the helper cannot be asked now (src/helper/client.ts helperProblem), or undefined; asked before the user is. */
+  helperProblem?: () => Promise<string | undefined>;
   /** Whether passt is installed; default: looked up on PATH each time. */
   passtInstalled?: () => boolean;
   log: Logger;
@@ -124,6 +126,12 @@ export class VmNetworks {
     if (this.joined.has(name)) return { network: name, mac };
     // Asking the user is pointless when it cannot be done: say why first.
     this.usable(name, net, request, via);
+    const missing = net.type === 'user' ? undefined : await this.deps.helperProblem?.();
+    if (missing) {
+      const why = `could not join '${name}': ${missing}`;
+      this.record(request, 'error', 'failure', { network: name, via, why: missing });
+      throw new ProtocolError('failed', why);
+    }
     let consent: ConsentResult = { allowed: true, reason: 'cli' };
     if (via === 'guest') {
       const q = joinQuestion(this.deps.vm.label, name, net);

@@ -470,7 +470,7 @@ describe('HostUsb: a provider VM\'s devices, by USB/IP', () => {
     return { calls, kernelEnds, daemonEnds, connect: async () => helper };
   }
 
-  function world(opts: { failImport?: string; importerNoChannels?: boolean; importerTransport?: VmConfig['transport']; rows?: PolicyRow[]; importer?: ReturnType<typeof usbipVm>; host?: UsbHostDevice[]; helper?: ReturnType<typeof fakeHelper> } = {}) {
+  function world(opts: { failImport?: string; importerNoChannels?: boolean; importerTransport?: VmConfig['transport']; rows?: PolicyRow[]; importer?: ReturnType<typeof usbipVm>; host?: UsbHostDevice[]; helper?: ReturnType<typeof fakeHelper>; helperProblem?: string } = {}) {
     const provided: unknown[] = [STICK_IN_VM, { ...STICK_IN_VM, busid: '1-2', devnum: 4, idSerial: 'bad/serial' }];
     const sysUsb = usbipVm({ provider: true, provided });
     const work = opts.importer ?? usbipVm({ ...(opts.failImport ? { failImport: opts.failImport } : {}), noChannels: opts.importerNoChannels ?? false });
@@ -491,6 +491,7 @@ describe('HostUsb: a provider VM\'s devices, by USB/IP', () => {
       readDevices: () => opts.host ?? [],
       runtimeDir: mkdtempSync(path.join(tmpdir(), 'hostusb-')),
       ...(opts.helper ? { helper: opts.helper.connect } : {}),
+      ...(opts.helperProblem ? { helperProblem: async () => opts.helperProblem } : {}),
     });
     for (const [name, v] of [
       ['sys-usb', sysUsb],
@@ -695,6 +696,20 @@ describe('HostUsb: a provider VM\'s devices, by USB/IP', () => {
       expect(helper.calls).toEqual(['usb-bind 1-2']);
       expect(w.work.asked).toEqual([]);
       expect((await w.usb.hostList()).find((r) => r.id === 'b1d5')!.holder).toBeUndefined();
+    } finally {
+      hv.close();
+    }
+  });
+
+  it('a helper the system bus does not have is found out before the user is asked for a host device by USB/IP', async () => {
+    const hv = await hybridVsockImporter('cloud-hypervisor');
+    const helper = fakeHelper();
+    try {
+      const w = world({ importer: hv.v, importerTransport: { type: 'hybrid-vsock', socket: hv.socket, port: 5000 }, host: [YUBIKEY], helper, helperProblem: 'the privileged helper is not installed on this host (README: "The privileged helper")' });
+      await expect(w.usb.acquire('work', 'b1d5', 'guest')).rejects.toThrow(`'YubiKey 5 NFC' (1050:0407) can reach VM "work" only by USB/IP from this computer, and the privileged helper is not installed on this host`);
+      expect(w.asked).toEqual([]);
+      expect(helper.calls).toEqual([]);
+      expect(w.audits().at(-1)).toMatchObject({ vm: 'work', decision: 'error', asked: { device: 'b1d5', attached: false } });
     } finally {
       hv.close();
     }

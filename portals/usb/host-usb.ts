@@ -16,6 +16,8 @@ import type { MethodDescriptor, Params, ResultOf } from '../../src/protocol/meth
 import type { GuestPeer } from '../portal.js';
 import { UsbDeviceId } from './key.js';
 import { relayBoth } from '../../src/usb/stream-pair.js';
+import { BusCallError } from '../../src/dbus/bus.js';
+import { helperWords } from '../../src/helper/client.js';
 import { USBIP_HOST, usbSpeedOf } from '../../src/usb/usbip.js';
 import { openUsbipEnd, usbipEndProblem, VsockPorts, type UsbipEnd } from './usbip-ends.js';
 import { UsbipDevices, UsbipExport, UsbipImport, UsbipUnexport, UsbipUnimport, type ProvidedDevice } from './usbip-schema.js';
@@ -94,6 +96,8 @@ export interface HostUsbDeps {
   mounted?: (dev: UsbHostDevice) => BlockDevice[];
   /** Connect to the privileged helper; absent where there is none. */
   helper?: () => Promise<UsbHelper>;
+  /** Why the helper cannot be asked now (src/helper/client.ts helperProblem), or undefined; asked before the user is. */
+  helperProblem?: () => Promise<string | undefined>;
   /** The daemon's own 0700 runtime directory, where the VMMs listen for USB/IP channels. */
   runtimeDir?: string;
 }
@@ -401,6 +405,15 @@ export class HostUsb {
     const offer = offerOf(dev);
     // Asking the user is pointless when it cannot be done: say why first.
     this.usable(link, dev, offer, request, facts);
+    if (dev.source === undefined && !link.devices?.vmm?.usb) {
+      // A host device by USB/IP takes the helper: whether it is there is known before anyone is asked.
+      const missing = await this.deps.helperProblem?.();
+      if (missing) {
+        const why = `${deviceInWords(dev)} can reach VM "${vm}" only by USB/IP from this computer, and ${missing}`;
+        this.record(vm, request, 'error', 'failure', { ...facts, attached: false, why });
+        throw new ProtocolError('failed', why);
+      }
+    }
     let consent: ConsentResult = { allowed: true, reason: 'cli' };
     if (via === 'guest') {
       const q = acquireQuestion(link.vm.label, dev, offer.offered ? offer.warning : undefined);
@@ -724,11 +737,16 @@ export class HostUsb {
   }
 
   private async withHelper<T>(op: (h: UsbHelper) => Promise<T>): Promise<T> {
-    const helper = await this.deps.helper!();
+    let helper: UsbHelper;
+    try {
+      helper = await this.deps.helper!();
+    } catch (err) {
+      throw new Error(`the privileged helper cannot be reached on the system bus: ${(err as Error).message}`);
+    }
     try {
       return await op(helper);
     } catch (err) {
-      throw new Error(`the privileged helper: ${(err as Error).message}`);
+      throw new Error(err instanceof BusCallError ? helperWords(err) : `the privileged helper: ${(err as Error).message}`);
     } finally {
       helper.close();
     }

@@ -1,5 +1,5 @@
 import net from 'node:net';
-import { Bus } from '../dbus/bus.js';
+import { Bus, BusCallError } from '../dbus/bus.js';
 import { COMMANDS, HELPER_BUS_NAME, HELPER_INTERFACE, HELPER_PATH, systemBusAddress, type CommandName } from './commands.js';
 
 /**
@@ -74,5 +74,41 @@ export class HelperClient {
 
   close(): void {
     this.bus.close();
+  }
+}
+
+const NOT_INSTALLED = 'the privileged helper is not installed on this host (README: "The privileged helper")';
+
+/** What the helper said, without the bus's framing; "not installed" in plain words. */
+export function helperWords(err: unknown): string {
+  if (!(err instanceof BusCallError)) return (err as Error).message;
+  if (err.errorName === 'org.freedesktop.DBus.Error.ServiceUnknown') return NOT_INSTALLED;
+  const said = err.message.slice(`${err.member}: ${err.errorName}: `.length);
+  return `the privileged helper refused: ${said}`;
+}
+
+/**
+ * Why the helper cannot be asked from here, or undefined: the system bus
+ * answers, and the helper is on it or can be started there by activation.
+ * Asked before the user is, so nobody is asked about what cannot be done.
+ * It starts nothing: the helper's own rules are its answer to a request.
+ */
+export async function helperProblem(address = systemBusAddress()): Promise<string | undefined> {
+  let bus: Bus;
+  try {
+    bus = await Bus.connect(address);
+  } catch (err) {
+    return `the privileged helper cannot be reached on the system bus (${address}): ${(err as Error).message}`;
+  }
+  const dbus = { destination: 'org.freedesktop.DBus', path: '/org/freedesktop/DBus', interface: 'org.freedesktop.DBus', timeoutMs: 5000 };
+  try {
+    const [owned] = await bus.call({ ...dbus, member: 'NameHasOwner', signature: 's', body: [HELPER_BUS_NAME] });
+    if (owned === true) return undefined;
+    const [names] = await bus.call({ ...dbus, member: 'ListActivatableNames', signature: '', body: [] });
+    return Array.isArray(names) && names.includes(HELPER_BUS_NAME) ? undefined : NOT_INSTALLED;
+  } catch (err) {
+    return `the system bus (${address}) would not say whether the privileged helper is there: ${helperWords(err)}`;
+  } finally {
+    bus.close();
   }
 }

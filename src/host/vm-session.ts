@@ -19,7 +19,7 @@ import { guestLogText } from '../guest-input.js';
 import { peerLogLimiter, type LimitedLevel } from '../protocol/log-limiter.js';
 import { VmNetworks } from '../../portals/network/vm-networks.js';
 import { NetworkChanged } from '../../portals/network/schema.js';
-import { HelperClient } from '../helper/client.js';
+import { HelperClient, helperProblem } from '../helper/client.js';
 import type { HostUsb } from '../../portals/usb/host-usb.js';
 import { UsbChanged } from '../../portals/usb/schema.js';
 
@@ -71,7 +71,7 @@ export class VmSession {
     const { halves, networkDirs, usb, ...portalDeps } = deps;
     const notify: HostPortalDeps['notify'] = (note, params) => (this.connected && this.conn ? this.conn.notify(note, params) : false);
     this.networks = networkDirs
-      ? new VmNetworks({ vm, devices: this.devices, policy: deps.policy, consent: deps.consent, nextRequestId: deps.nextRequestId, notify: (change) => notify(NetworkChanged, change), dirs: networkDirs, helper: () => HelperClient.connect(), log: this.log })
+      ? new VmNetworks({ vm, devices: this.devices, policy: deps.policy, consent: deps.consent, nextRequestId: deps.nextRequestId, notify: (change) => notify(NetworkChanged, change), dirs: networkDirs, helper: () => HelperClient.connect(), helperProblem: () => helperProblem(), log: this.log })
       : undefined;
     this.usb = usb;
     this.forgetUsb = usb ? usb.register({ vm, devices: this.devices, notify: (event, device) => notify(UsbChanged, { event, device }), guest: () => this.guest }) : () => undefined;

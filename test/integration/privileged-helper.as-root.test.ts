@@ -9,6 +9,8 @@ import { ExecError, runProgram } from '../../src/exec.js';
 import { HELPER_BUS_NAME, HELPER_INTERFACE, HELPER_PATH } from '../../src/helper/commands.js';
 import { packageRoot } from '../../src/paths.js';
 import { startSystemHelper, type SystemHelper } from '../../src/testbed/system-helper.js';
+import { startPrivateBus } from '../../src/testbed/private-bus.js';
+import { helperProblem } from '../../src/helper/client.js';
 
 /**
  * The privileged helper as it runs for real: root, on a bus configured like
@@ -424,6 +426,21 @@ describe.skipIf(skip)('privileged helper: vm-only bridges', () => {
     });
     const addrs = JSON.parse(await inNs(requireProgram('ip'), ['-j', 'addr', 'show', 'dev', 'br3'])) as { addr_info: unknown[] }[];
     expect(addrs[0]!.addr_info).toEqual([]);
+  });
+});
+
+describe.skipIf(skip)('privileged helper: found before anyone is asked', () => {
+  it('helperProblem has nothing to say where the helper is, and says which it is where the bus is not there or has no helper', async () => {
+    expect(await helperProblem(address)).toBeUndefined();
+    expect(await helperProblem('unix:path=/nonexistent/system_bus_socket')).toMatch(/^the privileged helper cannot be reached on the system bus \(unix:path=\/nonexistent\/system_bus_socket\): /);
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'xdpvm-nohelper-'));
+    const bare = await startPrivateBus({ dir, env: {}, services: [] });
+    try {
+      expect(await helperProblem(bare.address)).toBe('the privileged helper is not installed on this host (README: "The privileged helper")');
+    } finally {
+      await bare.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 
