@@ -88,6 +88,20 @@ export function helperWords(err: unknown): string {
 }
 
 /**
+ * helperProblem, asked at most once per `ttlMs` however many ask at once or
+ * in a row: a VM asking for a bridge network in a loop cannot make the
+ * daemon hammer the system bus.
+ */
+export function cachedHelperProblem(ttlMs = 2000, probe: () => Promise<string | undefined> = () => helperProblem()): () => Promise<string | undefined> {
+  let last: { at: number; answer: Promise<string | undefined> } | undefined;
+  return () => {
+    const now = Date.now();
+    if (!last || now - last.at >= ttlMs) last = { at: now, answer: probe() };
+    return last.answer;
+  };
+}
+
+/**
  * Why the helper cannot be asked from here, or undefined: the system bus
  * answers, and the helper is on it or can be started there by activation.
  * Asked before the user is, so nobody is asked about what cannot be done.

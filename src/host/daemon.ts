@@ -21,7 +21,7 @@ import { VmFolders } from './folders/vm-folders.js';
 import { VmSession } from './vm-session.js';
 import { loadHostHalves } from '../../portals/host.js';
 import { retireLeftoverVirtiofsds } from './removed-vms.js';
-import { HelperClient, helperProblem } from '../helper/client.js';
+import { cachedHelperProblem, HelperClient } from '../helper/client.js';
 import { HostUsb } from '../../portals/usb/host-usb.js';
 import { watchHostUsb } from '../../portals/usb/host-watch.js';
 
@@ -70,8 +70,9 @@ export async function startHostDaemon(opts: HostDaemonOptions): Promise<HostDaem
   const folderStore = new FolderStore(opts.folderStore).load();
   // Each network's passt: its socket beside the VM's other sockets, its log beside virtiofsd's.
   const networkDirs = { runtime: opts.config.runtimeDir ?? path.join(runtimeDir(), 'xdp-vm'), logs: path.join(stateHome(), 'xdp-vm') };
-  const usb = new HostUsb({ policy, consent, nextRequestId, log, helper: () => HelperClient.connect(), helperProblem: () => helperProblem(), runtimeDir: networkDirs.runtime });
-  for (const vm of vmConfigs(opts.config)) sessions.set(vm.name, new VmSession(vm, { hostBus, docs, log, nextRequestId, policy, flood, consent, halves, otherVm, networkDirs, usb }));
+  const helperProblem = cachedHelperProblem();
+  const usb = new HostUsb({ policy, consent, nextRequestId, log, helper: () => HelperClient.connect(), helperProblem, runtimeDir: networkDirs.runtime });
+  for (const vm of vmConfigs(opts.config)) sessions.set(vm.name, new VmSession(vm, { hostBus, docs, log, nextRequestId, policy, flood, consent, halves, otherVm, networkDirs, usb, helperProblem }));
 
   const stoppers: (() => Promise<void> | void)[] = [];
   try {

@@ -19,7 +19,7 @@ import { guestLogText } from '../guest-input.js';
 import { peerLogLimiter, type LimitedLevel } from '../protocol/log-limiter.js';
 import { VmNetworks } from '../../portals/network/vm-networks.js';
 import { NetworkChanged } from '../../portals/network/schema.js';
-import { HelperClient, helperProblem } from '../helper/client.js';
+import { HelperClient } from '../helper/client.js';
 import type { HostUsb } from '../../portals/usb/host-usb.js';
 import { UsbChanged } from '../../portals/usb/schema.js';
 
@@ -37,6 +37,8 @@ export type VmSessionDeps = Omit<HostPortalDeps, 'vm' | 'ensureShare' | 'notify'
   halves: HostHalves;
   /** Where each network's passt keeps its socket and pid file, and its logs; without it the VM joins no network. */
   networkDirs?: { runtime: string; logs: string };
+  /** Whether the privileged helper can be asked (one daemon-wide, cached probe: cachedHelperProblem). */
+  helperProblem?: () => Promise<string | undefined>;
 };
 
 export class VmSession {
@@ -68,10 +70,10 @@ export class VmSession {
     this.log = deps.log.child({ vm: vm.name });
     const connector = vmmConnector(vm, this.log);
     this.devices = connector ? new VmDevices(connector, this.log.child({ component: 'vmm' })) : undefined;
-    const { halves, networkDirs, usb, ...portalDeps } = deps;
+    const { halves, networkDirs, usb, helperProblem, ...portalDeps } = deps;
     const notify: HostPortalDeps['notify'] = (note, params) => (this.connected && this.conn ? this.conn.notify(note, params) : false);
     this.networks = networkDirs
-      ? new VmNetworks({ vm, devices: this.devices, policy: deps.policy, consent: deps.consent, nextRequestId: deps.nextRequestId, notify: (change) => notify(NetworkChanged, change), dirs: networkDirs, helper: () => HelperClient.connect(), helperProblem: () => helperProblem(), log: this.log })
+      ? new VmNetworks({ vm, devices: this.devices, policy: deps.policy, consent: deps.consent, nextRequestId: deps.nextRequestId, notify: (change) => notify(NetworkChanged, change), dirs: networkDirs, helper: () => HelperClient.connect(), ...(helperProblem ? { helperProblem } : {}), log: this.log })
       : undefined;
     this.usb = usb;
     this.forgetUsb = usb ? usb.register({ vm, devices: this.devices, notify: (event, device) => notify(UsbChanged, { event, device }), guest: () => this.guest }) : () => undefined;

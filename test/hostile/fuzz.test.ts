@@ -25,8 +25,12 @@ import { World } from '../../src/testbed/world.js';
  */
 const SEED = process.env.XDP_VM_FUZZ_SEED ? Number(process.env.XDP_VM_FUZZ_SEED) >>> 0 : randomInt(2 ** 32);
 const TARGET_FRAMES = Number(process.env.XDP_VM_FUZZ_FRAMES ?? 100_000);
-/** The run gives up (and fails its frame count) rather than hold the tier hostage. */
-const TIME_BUDGET_MS = 150_000;
+/**
+ * The run gives up (and fails its frame count) rather than hold the tier
+ * hostage. Generous: a run takes 25 s on an idle machine, and one CI run on a
+ * shared machine went 8× slower than the run before it, on the same daemon.
+ */
+const TIME_BUDGET_MS = 420_000;
 const RSS_HEADROOM_KIB = 256 * 1024;
 const WORK_EVERY_MS = 2500;
 /** How long a request at the dialog may go unanswered, though the scripted user cancels at once, before it counts as hung. */
@@ -420,5 +424,5 @@ describe('a seeded fuzz of a VM link', () => {
     expect.soft(perLink, 'kinds of line logged more than once for one link').toEqual({});
     expect.soft(unaudited, 'requests shown a dialog without exactly one audit line').toEqual([]);
     expect.soft(perWindow, `most daemon lines in any 30 s; by kind: ${JSON.stringify(report.log.kinds)}`).toBeLessThanOrEqual(bound);
-  });
+  }, TIME_BUDGET_MS + 120_000);
 });
