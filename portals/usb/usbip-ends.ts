@@ -1,7 +1,7 @@
 import type { Duplex } from 'node:stream';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { connectVsock } from '../../src/transport/af-vsock.js';
 import { connectHybridVsock } from '../../src/transport/hybrid-vsock.js';
+import { dialWhileAsked } from '../../src/usb/stream-pair.js';
 import { VSOCK_RESERVED_BELOW, type UsbipChannel } from '../../src/usb/usbip.js';
 import type { ChannelSpec } from '../../src/vmm/adapter.js';
 import type { UsbVmLink } from './host-usb.js';
@@ -97,7 +97,7 @@ export async function openUsbipEnd(link: UsbVmLink, spec: ChannelSpec, ports: Vs
   return {
     channel: { vsockPort: port },
     connect: async (asked) => {
-      stream = await dialWhileAsked(dial, asked, `vsock port ${port} of VM "${vm}"`);
+      stream = await dialWhileAsked(dial, asked, `vsock port ${port} of VM "${vm}"`, { timeoutMs: CONNECT_MS, retryMs: RETRY_MS });
       if (closed) stream.destroy();
       return stream;
     },
@@ -108,36 +108,4 @@ export async function openUsbipEnd(link: UsbVmLink, spec: ChannelSpec, ports: Vs
       return Promise.resolve();
     },
   };
-}
-
-/**
- * Dial until the guest's agent takes the connection, for as long as the
- * request that makes it listen is pending (and a deadline): a request that
- * failed stops the dialling, and its own error is what the caller hears.
- */
-async function dialWhileAsked(dial: () => Promise<Duplex>, asked: Promise<unknown>, what: string): Promise<Duplex> {
-  let answered: { err?: unknown } | undefined;
-  asked.then(
-    () => (answered = {}),
-    (err: unknown) => (answered = { err }),
-  );
-  const deadline = Date.now() + CONNECT_MS;
-  for (;;) {
-    let stream: Duplex | undefined;
-    let last: Error | undefined;
-    try {
-      stream = await dial();
-    } catch (err) {
-      last = err as Error;
-    }
-    if (answered?.err) {
-      stream?.destroy();
-      throw answered.err;
-    }
-    if (stream) return stream;
-    last ??= new Error('no connection');
-    if (answered) throw new Error(`the VM's root agent answered, but ${what} took no connection: ${last.message}`);
-    if (Date.now() > deadline) throw new Error(`could not connect to ${what} within ${CONNECT_MS / 1000} s: ${last.message}`);
-    await sleep(RETRY_MS);
-  }
 }

@@ -18,13 +18,13 @@ import {
   type VhciPlace,
 } from '../usb/usbip.js';
 import { socketFd } from '../native/fds.js';
-import { streamPair, type StreamKind } from '../usb/stream-pair.js';
+import { dialWhileAsked, streamPair, type StreamKind } from '../usb/stream-pair.js';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { UsbAgent } from '../guest/usb-agent.js';
 import { parseCommand } from '../helper/commands.js';
 import { DEFAULT_PATHS, execute, type HelperPaths } from '../helper/operations.js';
 import { rootLogger } from '../log.js';
-import { connectVsock, VMADDR_CID_LOCAL, type VsockSocket } from '../transport/af-vsock.js';
+import { connectVsock, VMADDR_CID_LOCAL } from '../transport/af-vsock.js';
 
 /**
  * Runs inside a test guest as root, on the built module (dist/): usbip.ts's
@@ -128,33 +128,14 @@ export interface AgentVsock {
   vhciPort: number;
 }
 
-/** Dial the agent's port over the loopback until it listens, while `asked` is pending. */
-async function dialAgent(port: number, asked: Promise<unknown>): Promise<VsockSocket> {
-  let settled = false;
-  void asked.then(
-    () => (settled = true),
-    () => (settled = true),
-  );
-  const deadline = Date.now() + 15_000;
-  for (;;) {
-    try {
-      return await connectVsock(VMADDR_CID_LOCAL, port, { timeoutMs: 2000 });
-    } catch (err) {
-      // The agent's own failure says more than the refused dial.
-      if (settled) await asked;
-      if (settled || Date.now() > deadline) throw err;
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  }
-}
-
 /** One side of USB/IP is the agent's, on vsock port `port`; the other is this process's end of the agent's connection. */
 export async function agentOverVsock(busid: string, direction: 'import' | 'export', port: number, stranger: boolean): Promise<AgentVsock | { refused: string; turnedAway: boolean }> {
   const device = exportableDevice(busid);
   const agent = new UsbAgent({ log: rootLogger(), ...(stranger ? {} : { usbipPeerCid: VMADDR_CID_LOCAL }) });
   if (direction === 'import' && usbDriverOf(busid) !== USBIP_HOST) bindToUsbipHost(busid);
   const asked = direction === 'import' ? agent.import({ vsockPort: port }, device.devid, device.speed) : agent.export(busid, { vsockPort: port }).then(() => -1);
-  const ours = await dialAgent(port, asked);
+  // Over the loopback, as the host would over the VM's vsock, until the agent listens.
+  const ours = await dialWhileAsked(() => connectVsock(VMADDR_CID_LOCAL, port, { timeoutMs: 2000 }), asked, `the agent's vsock port ${port}`, { timeoutMs: 15_000, retryMs: 50 });
   if (stranger) {
     const closed = new Promise<boolean>((resolve) => ours.once('close', () => resolve(true)).once('end', () => resolve(true)).resume());
     const refused = await asked.then(

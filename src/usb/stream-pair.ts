@@ -2,6 +2,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { tmpdir } from 'node:os';
+import { setTimeout as sleep } from 'node:timers/promises';
 import path from 'node:path';
 
 /**
@@ -52,4 +53,36 @@ export function relayBoth(a: Duplex, b: Duplex, names: [string, string], onEnd: 
   a.pipe(b);
   b.pipe(a);
   return () => end('closed here');
+}
+
+/**
+ * Dial until the peer takes the connection, for as long as `asked` (the
+ * request that makes the peer listen) is pending, and at most `timeoutMs`:
+ * a request that failed stops the dialling, and its own error is what the
+ * caller hears, since it says more than a refused dial.
+ */
+export async function dialWhileAsked<T extends Duplex>(dial: () => Promise<T>, asked: Promise<unknown>, what: string, opts: { timeoutMs: number; retryMs: number }): Promise<T> {
+  let answered: { err?: unknown } | undefined;
+  asked.then(
+    () => (answered = {}),
+    (err: unknown) => (answered = { err }),
+  );
+  const deadline = Date.now() + opts.timeoutMs;
+  for (;;) {
+    let stream: T | undefined;
+    let refused: Error = new Error('no connection');
+    try {
+      stream = await dial();
+    } catch (err) {
+      refused = err as Error;
+    }
+    if (answered?.err) {
+      stream?.destroy();
+      throw answered.err;
+    }
+    if (stream) return stream;
+    if (answered) throw new Error(`the request was answered, but ${what} took no connection: ${refused.message}`);
+    if (Date.now() > deadline) throw new Error(`could not connect to ${what} within ${opts.timeoutMs / 1000} s: ${refused.message}`);
+    await sleep(opts.retryMs);
+  }
 }
